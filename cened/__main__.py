@@ -1,0 +1,5 @@
+import sys
+
+from cened.cli import main
+
+sys.exit(main())

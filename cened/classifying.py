@@ -1,0 +1,195 @@
+"""Running the model on a batch of pixels, and turning probabilities into a decision.
+
+Two backends run the same model: LiteRT (``model.tflite``), which is the
+faster of the two on a small CPU, and Keras (``model.keras``).  Both return
+calibrated probabilities: logits divided by the model's fitted temperature,
+then softmax, so a confidence of 0.9 means right nine times in ten.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from cened import modelpack
+from cened.modelpack import ModelError, ModelMeta
+
+Backend = Literal["auto", "tflite", "keras"]
+
+
+class _Runner(Protocol):
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one image; ``album`` is None only when the input was unusable."""
+
+    label: str
+    album: str
+    confidence: float
+    probabilities: dict[str, float]
+    to_review: bool
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def decide(
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    *,
+    threshold: float,
+    albums: dict[str, str],
+    review_album: str,
+) -> Decision:
+    """Pick the album for one image.
+
+    Classes that share an album pool their probability first, so grouping
+    glacier and mountain makes a photo that is 50/50 between them a confident
+    member of the shared album instead of a review case.
+    """
+    pooled: dict[str, float] = {}
+    for name, p in zip(classes, probabilities, strict=True):
+        album = albums.get(name, name)
+        pooled[album] = pooled.get(album, 0.0) + float(p)
+    best_album = max(pooled, key=lambda a: pooled[a])
+    top = int(np.argmax(probabilities))
+    confidence = pooled[best_album]
+    to_review = confidence < threshold
+    return Decision(
+        label=classes[top],
+        album=review_album if to_review else best_album,
+        confidence=round(confidence, 6),
+        probabilities={c: round(float(p), 6) for c, p in zip(classes, probabilities, strict=True)},
+        to_review=to_review,
+    )
+
+
+class Classifier:
+    """A loaded model; ``predict`` is safe to call from one thread at a time."""
+
+    def __init__(self, model_dir: Path, *, backend: Backend = "auto", threads: int = 0) -> None:
+        self.meta: ModelMeta = modelpack.read_meta(model_dir)
+        self.model_dir = model_dir
+        self.threads = threads or os.cpu_count() or 1
+        has_tflite = modelpack.TFLITE_FILE in self.meta.files
+        has_keras = modelpack.KERAS_FILE in self.meta.files
+        if backend == "auto":
+            backend = "tflite" if has_tflite else "keras"
+        if backend == "tflite" and not has_tflite:
+            raise ModelError(f"{model_dir} has no {modelpack.TFLITE_FILE}")
+        if backend == "keras" and not has_keras:
+            raise ModelError(f"{model_dir} has no {modelpack.KERAS_FILE}")
+        self.backend: str = backend
+        self._lock = threading.Lock()
+        runner: _Runner
+        if backend == "tflite":
+            runner = _TFLiteRunner(model_dir / modelpack.TFLITE_FILE, self.meta, self.threads)
+        else:
+            runner = _KerasRunner(model_dir / modelpack.KERAS_FILE, self.meta, self.threads)
+        self._runner = runner
+        # One warm-up call so the first real photo does not pay for graph building.
+        self.predict(np.zeros((1, *self.meta.input_size, 3), dtype=np.uint8))
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.meta.classes
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities for a uint8 batch ``(N, H, W, 3)``."""
+        if pixels.ndim != 4 or pixels.shape[1:] != (*self.meta.input_size, 3):
+            raise ValueError(f"expected (N, {self.meta.input_size}, 3) pixels, got {pixels.shape}")
+        with self._lock:
+            logits = self._runner.logits(pixels.astype(np.float32))
+        return softmax(logits, self.meta.temperature)
+
+
+class _KerasRunner:
+    def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:
+        import tensorflow as tf
+
+        _set_tf_threads(tf, threads)
+        import keras
+
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as exc:
+            raise ModelError(f"cannot load {path}: {exc}") from exc
+        modelpack.check_shapes(model, meta)
+        h, w = meta.input_size
+        # A fixed signature with a free batch axis: one trace, whatever the batch size.
+        self._fn = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+        )
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(batch))
+
+
+class _TFLiteRunner:
+    """LiteRT needs a fixed input shape; one interpreter per power-of-two batch size.
+
+    Padding a batch of 5 up to 8 wastes a little compute but avoids
+    re-allocating tensors for every size the micro-batcher happens to produce.
+    """
+
+    def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:
+        self._content = path.read_bytes()
+        self._meta = meta
+        self._threads = threads
+        self._interpreters: dict[int, object] = {}
+        interpreter = self._interpreter(1)
+        out = interpreter.get_output_details()[0]["shape"]  # type: ignore[attr-defined]
+        if tuple(out[1:]) != (len(meta.classes),):
+            raise ModelError(f"{path} outputs {tuple(out[1:])}, metadata has {len(meta.classes)} classes")
+
+    def _interpreter(self, size: int):
+        if size not in self._interpreters:
+            from cened._tflite import Interpreter
+
+            try:
+                interpreter = Interpreter(model_content=self._content, num_threads=self._threads)
+                detail = interpreter.get_input_details()[0]
+                if tuple(detail["shape"][1:]) != (*self._meta.input_size, 3):
+                    raise ModelError(f"tflite input {tuple(detail['shape'][1:])} does not match metadata")
+                interpreter.resize_tensor_input(detail["index"], [size, *self._meta.input_size, 3])
+                interpreter.allocate_tensors()
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"cannot load the LiteRT model: {exc}") from exc
+            self._interpreters[size] = interpreter
+        return self._interpreters[size]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        size = 1 << max(0, (n - 1).bit_length())
+        if size != n:
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
+        interpreter = self._interpreter(size)
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:n].copy()
+
+
+def _set_tf_threads(tf: object, threads: int) -> None:
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)  # type: ignore[attr-defined]
+        tf.config.threading.set_inter_op_parallelism_threads(2)  # type: ignore[attr-defined]
+    except RuntimeError:
+        pass  # already initialised in this process (tests); the first setting stands

@@ -1,0 +1,178 @@
+"""Settings: defaults, then a TOML file, then ``CENED_*`` environment variables.
+
+The precedence follows the usual service convention: the packaged defaults
+work on their own, ``/etc/cened/config.toml`` (or ``--config``) adapts them to
+a machine, and the environment adapts them to one run.  Unknown keys are an
+error rather than silently ignored, because a misspelt ``confidence_treshold``
+that does nothing is the kind of mistake users never find.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def _state_dir() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else _home() / ".local" / "state") / "cened"
+
+
+def shipped_model_dir() -> Path:
+    """The model that ships with cened: inside the wheel, or ``models/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_models" / "landscapes", here.parent / "models" / "landscapes"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "models" / "landscapes"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class Settings(BaseSettings):
+    """Every key here is documented, with its default, in ``config.example.toml``."""
+
+    model_config = SettingsConfigDict(env_prefix="CENED_", extra="forbid", validate_default=True)
+
+    inbox: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "inbox")
+    library: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "albums")
+    quarantine: Path | None = None
+    database: Path = Field(default_factory=lambda: _state_dir() / "cened.sqlite3")
+    model: Path = Field(default_factory=shipped_model_dir)
+    backend: Literal["auto", "tflite", "keras"] = "auto"
+
+    batch_size: int = Field(16, ge=1, le=256)
+    batch_max_wait_ms: int = Field(150, ge=0, le=60_000)
+    decode_threads: int = Field(2, ge=1, le=64)
+    model_threads: int = Field(0, ge=0, le=64)
+
+    confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    review_album: str = "review"
+    albums: dict[str, str] = Field(default_factory=dict)
+
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
+    ignore_suffixes: list[str] = Field(
+        default_factory=lambda: [".part", ".partial", ".crdownload", ".download", ".tmp", ".swp", "~"]
+    )
+    stable_seconds: float = Field(1.0, ge=0.0, le=3600)
+    rescan_interval_s: float = Field(300.0, ge=0.0)
+    queue_max: int = Field(256, ge=1, le=100_000)
+    max_file_mb: float = Field(200.0, gt=0)
+    max_megapixels: float = Field(100.0, gt=0)
+    retry_max_s: float = Field(300.0, ge=1.0)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("extensions", "ignore_suffixes")
+    @classmethod
+    def _lower_suffixes(cls, value: list[str]) -> list[str]:
+        return [v.lower() if v.startswith(".") or v == "~" else "." + v.lower() for v in value]
+
+    @field_validator("review_album")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return _album_name(value)
+
+    @field_validator("albums")
+    @classmethod
+    def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        return {cls_name: _album_name(album) for cls_name, album in value.items()}
+
+    @model_validator(mode="after")
+    def _paths_apart(self) -> Settings:
+        for name in ("inbox", "library", "database", "model"):
+            setattr(self, name, Path(getattr(self, name)).expanduser())
+        if self.quarantine is not None:
+            self.quarantine = self.quarantine.expanduser()
+        inbox, library = self.inbox.resolve(), self.library.resolve()
+        if inbox == library or library.is_relative_to(inbox) or inbox.is_relative_to(library):
+            raise ValueError("inbox and library must be separate folders, neither inside the other")
+        if self.quarantine_dir.resolve().is_relative_to(inbox):
+            raise ValueError("quarantine must not be inside the inbox")
+        return self
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    def album_for(self, label: str) -> str:
+        """The album a class is filed in; grouping look-alikes is just a shared name."""
+        return self.albums.get(label, label)
+
+    def summary(self) -> dict[str, Any]:
+        """The settings as plain values, for the start-up log line."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.model_dump().items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _album_name(value: str) -> str:
+    if not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise ValueError(f"{value!r} is not a usable folder name")
+    return value
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings, turning every failure into one :class:`ConfigError`.
+
+    ``config`` defaults to ``$CENED_CONFIG``; a named file that does not exist
+    is an error (a typo in a unit file must not silently mean "defaults").
+    """
+    if config is None and os.environ.get("CENED_CONFIG"):
+        config = Path(os.environ["CENED_CONFIG"])
+    if config is not None:
+        config = config.expanduser()
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        try:
+            tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from exc
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config})
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

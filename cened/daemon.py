@@ -1,0 +1,276 @@
+"""The long-running service: watcher → tracker → queue → micro-batches → pipeline.
+
+Three threads of our own, each with one job, connected by bounded queues:
+
+* the **pump** releases settled files from the tracker into the path queue
+  (only as many as fit, so a 100,000-file backlog costs a set of paths, not
+  decoded images) and runs the start-up, overflow and periodic rescans;
+* the **collector** forms micro-batches (up to ``batch_size`` paths, or
+  whatever arrived within ``batch_max_wait_ms`` of the first) and hands each
+  file to a small thread pool that reads and decodes it *while the model is
+  busy with the previous batch*;
+* the **main thread** runs the model and files the results, and is also the
+  only place that talks to systemd's watchdog, so a stuck model call stops
+  the pings and gets the service restarted.
+
+Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
+batches already read; SIGHUP re-reads the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from cened import imaging, logsetup, recovery
+from cened.classifying import Classifier
+from cened.config import ConfigError, Settings, load_settings
+from cened.journal import Journal
+from cened.notify import Notifier, watchdog_interval
+from cened.pipeline import Outcome, Prepared, Processor, prepare
+from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
+
+log = structlog.get_logger("cened.daemon")
+
+#: Settings that only take effect at start; a reload that changes them is logged and ignored.
+RESTART_ONLY = (
+    "inbox",
+    "library",
+    "quarantine",
+    "database",
+    "model",
+    "backend",
+    "decode_threads",
+    "model_threads",
+    "queue_max",
+)
+TICK = 0.1
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        *,
+        load: Callable[[Path | None], Settings] = load_settings,
+    ) -> None:
+        self._settings = settings
+        self._config_path = config_path
+        self._load = load
+        self.stopping = threading.Event()
+        self._rescan = threading.Event()
+        self._reload = threading.Event()
+        self.tracker = StabilityTracker(settings.stable_seconds)
+        self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
+        self._batches: queue.Queue[list[Future[Prepared]]] = queue.Queue(maxsize=1)
+        self._failures: dict[Path, int] = {}
+        self.notifier = Notifier()
+        self.filed = 0
+
+    def settings(self) -> Settings:
+        return self._settings
+
+    # -- life cycle --------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, serve until a stop signal, shut down cleanly; returns the exit code."""
+        s = self._settings
+        for directory in (s.inbox, s.library, s.quarantine_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        imaging.set_pixel_limit(s.max_pixels)
+        started = time.monotonic()
+        journal = Journal(s.database)
+        try:
+            resolved = recovery.reconcile(journal)
+            classifier = Classifier(s.model, backend=s.backend, threads=s.model_threads)
+            _check_albums(s, classifier.classes)
+            processor = Processor(classifier, journal, self.settings)
+            self._install_signals()
+            watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
+            watcher.start()
+            self._rescan.set()  # the start-up scan, done by the pump
+            with ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool:
+                pump = threading.Thread(target=self._pump, name="pump", daemon=True)
+                collector = threading.Thread(
+                    target=self._collect, args=(pool, classifier), name="collect", daemon=True
+                )
+                pump.start()
+                collector.start()
+                log.info(
+                    "started",
+                    pid=os.getpid(),
+                    model=classifier.version,
+                    backend=classifier.backend,
+                    classes=list(classifier.classes),
+                    recovered=len(resolved),
+                    startup_s=round(time.monotonic() - started, 3),
+                    config=s.summary(),
+                )
+                self.notifier.ready(self._status())
+                self._serve(processor, collector)
+                watcher.stop()
+                pump.join(timeout=5)
+        finally:
+            journal.close()
+        log.info("stopped", filed=self.filed)
+        self.notifier.close()
+        return 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            if not self.stopping.is_set():
+                self.notifier.stopping()
+            self.stopping.set()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # -- threads -------------------------------------------------------------
+
+    def _on_event(self, path: Path, closed: bool) -> None:
+        s = self._settings
+        if is_candidate(path, s.inbox, s.extensions, s.ignore_suffixes):
+            self.tracker.touch(path, closed=closed)
+
+    def _pump(self) -> None:
+        next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
+        while not self.stopping.is_set():
+            if self._rescan.is_set() or time.monotonic() >= next_rescan:
+                self._rescan.clear()
+                self._scan()
+                next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
+            room = self.paths.maxsize - self.paths.qsize()
+            for path in self.tracker.ready(room):
+                self.paths.put(path)
+            self.stopping.wait(TICK)
+
+    def _scan(self) -> None:
+        s = self._settings
+        found = 0
+        cutoff = time.time() - s.stable_seconds
+        for path in scan(s.inbox):
+            if not is_candidate(path, s.inbox, s.extensions, s.ignore_suffixes):
+                continue
+            try:
+                old = os.lstat(path).st_mtime < cutoff
+            except OSError:
+                continue
+            self.tracker.touch(path, old=old)
+            found += 1
+        log.info("scanned", inbox=str(s.inbox), candidates=found)
+
+    def _collect(self, pool: ThreadPoolExecutor, classifier: Classifier) -> None:
+        size = classifier.meta.input_size
+        while not self.stopping.is_set():
+            try:
+                first = self.paths.get(timeout=TICK)
+            except queue.Empty:
+                continue
+            s = self._settings
+            batch = [pool.submit(prepare, first, s, size)]
+            deadline = time.monotonic() + s.batch_max_wait_ms / 1000
+            while len(batch) < s.batch_size and not self.stopping.is_set():
+                try:
+                    path = self.paths.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append(pool.submit(prepare, path, s, size))
+            self._batches.put(batch)
+        self._drain_paths()
+
+    def _drain_paths(self) -> None:
+        """Paths queued but not read stay in the inbox; forget them so a restart rescans."""
+        while True:
+            try:
+                self.tracker.done(self.paths.get_nowait())
+            except queue.Empty:
+                return
+
+    def _serve(self, processor: Processor, collector: threading.Thread) -> None:
+        interval = watchdog_interval()
+        last_ping = 0.0
+        while collector.is_alive() or not self._batches.empty():
+            if self._reload.is_set():
+                self._reload.clear()
+                self._apply_reload(processor.classifier.classes)
+            try:
+                batch = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
+            except queue.Empty:
+                batch = None
+            if batch is not None:
+                self._handle([f.result() for f in batch], processor)
+            now = time.monotonic()
+            if interval is not None and now - last_ping >= interval:
+                self.notifier.watchdog()
+                last_ping = now
+
+    def _handle(self, prepared: list[Prepared], processor: Processor) -> None:
+        try:
+            outcomes = processor.process(prepared)
+        except Exception:
+            log.exception("batch-failed", files=len(prepared))
+            outcomes = [Outcome(p.path, "retry", reason="batch failed") for p in prepared]
+        for outcome in outcomes:
+            self._settle(outcome)
+        self.notifier.status(self._status())
+
+    def _settle(self, outcome: Outcome) -> None:
+        path = outcome.path
+        if outcome.action == "retry":
+            failures = self._failures.get(path, 0) + 1
+            self._failures[path] = failures
+            self.tracker.defer(path, min(self._settings.retry_max_s, 0.5 * 2**failures))
+            return
+        self._failures.pop(path, None)
+        self.tracker.done(path, keep=outcome.keep)
+        if outcome.action in ("moved", "review", "quarantined"):
+            self.filed += 1
+
+    def _status(self) -> str:
+        return f"{self.filed} filed, {self.paths.qsize()} queued, {len(self.tracker)} settling"
+
+    def _apply_reload(self, classes: tuple[str, ...]) -> None:
+        self.notifier.reloading()
+        old = self._settings
+        try:
+            new = self._load(self._config_path)
+            _check_albums(new, classes)
+        except ConfigError as exc:
+            log.error("reload-refused", error=str(exc))
+            self.notifier.ready(self._status())
+            return
+        ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        if ignored:
+            log.warning("reload-needs-restart", keys=ignored)
+            new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        self._settings = new
+        self.tracker.stable_seconds = new.stable_seconds
+        logsetup.configure(new.log_format, new.log_level)
+        log.info("reloaded", config=new.summary())
+        self.notifier.ready(self._status())
+
+
+def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:
+    unknown = sorted(set(settings.albums) - set(classes))
+    if unknown:
+        raise ConfigError(f"albums: unknown class(es) {unknown}; the model knows {list(classes)}")

@@ -1,0 +1,297 @@
+"""The SQLite log: every decision, and the intent journal that makes moves crash-safe.
+
+One table, ``decisions``, holds one row per thing that happened to a file.  A
+move is first written as an *intent* (``state='pending'``) and committed with
+``synchronous=FULL`` before the file is touched; once the file is where it was
+going, the row becomes ``done``.  After a crash, :mod:`cened.recovery` looks
+at the pending rows and the disk and finishes or abandons each one, so a photo
+is always either where it was or where it was going.
+
+Rows are never rewritten except for their ``state`` (and ``reason`` on
+failure): undo and correct add new rows that point back at the one they
+reverse via ``ref_id``.  Paths are stored as text when they are valid UTF-8
+and as the raw bytes (a BLOB) when they are not, so any file name round-trips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
+SCHEMA_VERSION = 1
+
+#: Actions that leave a file somewhere new and can therefore be undone or corrected.
+MOVING_ACTIONS = ("moved", "review", "quarantined", "corrected")
+#: Everything a row can record.
+ACTIONS = (*MOVING_ACTIONS, "undone", "skipped")
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE decisions (
+        id            INTEGER PRIMARY KEY,
+        batch_id      TEXT,
+        time          TEXT    NOT NULL,
+        action        TEXT    NOT NULL,
+        state         TEXT    NOT NULL DEFAULT 'done' CHECK (state IN ('pending', 'done', 'failed')),
+        source        TEXT    NOT NULL,
+        destination   TEXT,
+        sha256        TEXT,
+        size          INTEGER,
+        label         TEXT,
+        album         TEXT,
+        confidence    REAL,
+        probabilities TEXT,
+        model_version TEXT,
+        reason        TEXT,
+        ref_id        INTEGER REFERENCES decisions(id),
+        human_label   TEXT
+    );
+    CREATE INDEX decisions_time ON decisions(time);
+    CREATE INDEX decisions_state ON decisions(state) WHERE state != 'done';
+    CREATE INDEX decisions_ref ON decisions(ref_id);
+    CREATE INDEX decisions_source ON decisions(source);
+    CREATE INDEX decisions_destination ON decisions(destination);
+    CREATE INDEX decisions_sha ON decisions(sha256);
+    """,
+}
+
+
+class JournalError(Exception):
+    """The database cannot be used (corrupt, foreign, or from a newer cened)."""
+
+
+def path_to_db(path: Path | str) -> str | bytes:
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def path_from_db(value: str | bytes | None) -> Path | None:
+    if value is None:
+        return None
+    return Path(os.fsdecode(value))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Entry:
+    """One row of ``decisions``; field names match the columns."""
+
+    action: str
+    source: Path
+    destination: Path | None = None
+    sha256: str | None = None
+    size: int | None = None
+    label: str | None = None
+    album: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    model_version: str | None = None
+    reason: str | None = None
+    ref_id: int | None = None
+    human_label: str | None = None
+    batch_id: str | None = None
+    state: str = "done"
+    time: str = field(default_factory=now_iso)
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view, as printed by ``cened history --json``."""
+        out = {k: getattr(self, k) for k in _COLUMNS}
+        out["source"] = os.fsdecode(self.source)
+        out["destination"] = os.fsdecode(self.destination) if self.destination else None
+        return out
+
+
+_COLUMNS = (
+    "id",
+    "batch_id",
+    "time",
+    "action",
+    "state",
+    "source",
+    "destination",
+    "sha256",
+    "size",
+    "label",
+    "album",
+    "confidence",
+    "probabilities",
+    "model_version",
+    "reason",
+    "ref_id",
+    "human_label",
+)
+
+
+def _to_row(entry: Entry) -> tuple[Any, ...]:
+    values = []
+    for col in _COLUMNS[1:]:
+        value = getattr(entry, col)
+        if col in ("source", "destination") and value is not None:
+            value = path_to_db(value)
+        elif col == "probabilities" and value is not None:
+            value = json.dumps(value, sort_keys=True)
+        values.append(value)
+    return tuple(values)
+
+
+def _from_row(row: sqlite3.Row) -> Entry:
+    data = dict(zip(_COLUMNS, row, strict=True))
+    data["source"] = path_from_db(data["source"])
+    data["destination"] = path_from_db(data["destination"])
+    if data["probabilities"] is not None:
+        data["probabilities"] = json.loads(data["probabilities"])
+    return Entry(**data)
+
+
+class Journal:
+    """A connection to the decisions database; one per thread that uses it."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        if readonly and not path.exists():
+            raise JournalError(f"no database at {path} yet (has cened run?)")
+        if not readonly:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            self._check_and_migrate(readonly)
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a committed intent survives power loss, not just a process crash.
+                self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path} is not a usable cened database: {exc}") from exc
+
+    def _check_and_migrate(self, readonly: bool) -> None:
+        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != APPLICATION_ID and (app_id != 0 or tables != 0):
+            raise JournalError(f"{self.path} is not a cened database (refusing to touch it)")
+        if version > SCHEMA_VERSION:
+            raise JournalError(f"{self.path} was written by a newer cened (schema {version})")
+        if version == SCHEMA_VERSION:
+            return
+        if readonly:
+            raise JournalError(f"{self.path} needs a schema upgrade; run cened once to apply it")
+        with self.transaction():
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- writing -----------------------------------------------------------
+
+    def add(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Insert rows in one transaction (one fsync for a whole batch) and set their ids."""
+        placeholders = ", ".join("?" * (len(_COLUMNS) - 1))
+        sql = f"INSERT INTO decisions ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})"
+        with self.transaction() as conn:
+            for entry in entries:
+                entry.id = conn.execute(sql, _to_row(entry)).lastrowid
+        return list(entries)
+
+    def set_state(self, updates: Iterable[tuple[int, str, str | None]]) -> None:
+        """Mark rows done or failed (id, state, reason) in one transaction."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE decisions SET state = ?, reason = coalesce(?, reason) WHERE id = ?",
+                [(state, reason, row_id) for row_id, state, reason in updates],
+            )
+
+    # -- reading -----------------------------------------------------------
+
+    def _select(self, where: str = "1", params: Sequence[Any] = (), tail: str = "ORDER BY id") -> list[Entry]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE {where} {tail}"
+        return [_from_row(row) for row in self.conn.execute(sql, tuple(params))]
+
+    def get(self, row_id: int) -> Entry | None:
+        rows = self._select("id = ?", (row_id,))
+        return rows[0] if rows else None
+
+    def pending(self) -> list[Entry]:
+        return self._select("state = 'pending'")
+
+    def history(
+        self,
+        *,
+        limit: int | None = None,
+        since: str | None = None,
+        file: Path | None = None,
+        batch_id: str | None = None,
+        actions: Sequence[str] | None = None,
+    ) -> list[Entry]:
+        """Newest last; ``file`` matches either end of a move."""
+        clauses, params = ["1"], []
+        if since:
+            clauses.append("time >= ?")
+            params.append(since)
+        if file is not None:
+            clauses.append("(source = ? OR destination = ?)")
+            params += [path_to_db(file)] * 2
+        if batch_id:
+            clauses.append("batch_id = ?")
+            params.append(batch_id)
+        if actions:
+            clauses.append(f"action IN ({', '.join('?' * len(actions))})")
+            params += list(actions)
+        where = " AND ".join(clauses)
+        if limit is None:
+            return self._select(where, params)
+        rows = self._select(where, params, f"ORDER BY id DESC LIMIT {int(limit)}")
+        return rows[::-1]
+
+    def successor(self, row_id: int) -> Entry | None:
+        """The undo or correction that superseded a row, if one was completed or is under way."""
+        rows = self._select("ref_id = ? AND state != 'failed'", (row_id,))
+        return rows[-1] if rows else None
+
+    def last_at(self, path: Path) -> Entry | None:
+        """The latest completed row that left a file at ``path``."""
+        rows = self._select(
+            "destination = ? AND state = 'done'", (path_to_db(path),), "ORDER BY id DESC LIMIT 1"
+        )
+        return rows[0] if rows else None
+
+    def count_by(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run an aggregate query for ``cened stats``."""
+        return list(self.conn.execute(sql))

@@ -1,0 +1,174 @@
+"""The on-disk format of a cened model: one directory, one metadata file.
+
+Everything that must agree between training, evaluation and the daemon (class
+names, input size, how pixels are prepared, the calibration temperature, which
+weight files exist and their hashes) lives in ``metadata.json`` beside the
+weights, and is read and checked here and nowhere else.  ``models/README.md``
+documents the same format for people.
+
+A model directory holds:
+
+* ``metadata.json`` -- a :class:`ModelMeta`;
+* ``model.keras`` -- a Keras 3 model mapping a float32 batch of RGB pixels in
+  0..255, shape ``(N, H, W, 3)``, to *logits* of shape ``(N, len(classes))``.
+  Normalisation belongs inside the model, so the daemon never needs to know
+  which backbone produced it;
+* optionally ``model.tflite`` -- the same function exported for LiteRT, which
+  is faster on small CPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "cened-model/1"
+METADATA_FILE = "metadata.json"
+KERAS_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
+#: How pixels are prepared before the model sees them; the only one defined so far.
+PREPROCESSING = "rgb-exif-bilinear-0-255"
+
+
+class ModelError(Exception):
+    """The model directory is missing, incomplete or does not match its metadata."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model promises about itself; written by training, checked at load."""
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]  # (height, width)
+    temperature: float = 1.0
+    preprocessing: str = PREPROCESSING
+    format: str = FORMAT
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        data["input_size"] = list(self.input_size)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
+        try:
+            meta = cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+                temperature=float(data.get("temperature", 1.0)),
+                preprocessing=str(data.get("preprocessing", PREPROCESSING)),
+                format=str(data.get("format", FORMAT)),
+                files={str(k): str(v) for k, v in data.get("files", {}).items()},
+                training=dict(data.get("training", {})),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"metadata is malformed: {exc!r}") from exc
+        if meta.format != FORMAT:
+            raise ModelError(f"unknown model format {meta.format!r} (expected {FORMAT!r})")
+        if meta.preprocessing != PREPROCESSING:
+            raise ModelError(f"unknown preprocessing {meta.preprocessing!r}")
+        if len(meta.classes) < 2 or len(set(meta.classes)) != len(meta.classes):
+            raise ModelError("metadata needs at least two distinct class names")
+        if meta.temperature <= 0:
+            raise ModelError("temperature must be positive")
+        if min(meta.input_size) < 8:
+            raise ModelError(f"input size {meta.input_size} is too small")
+        return meta
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_meta(model_dir: Path) -> ModelMeta:
+    """Read and check ``metadata.json`` and the hashes of the files it lists."""
+    meta_path = model_dir / METADATA_FILE
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory {model_dir} does not exist")
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path} is missing")
+    try:
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {meta_path}: {exc}") from exc
+    meta = ModelMeta.from_dict(data)
+    if KERAS_FILE not in meta.files and TFLITE_FILE not in meta.files:
+        raise ModelError(f"{meta_path} lists neither {KERAS_FILE} nor {TFLITE_FILE}")
+    for name, expected in meta.files.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ModelError(f"{path} is missing (listed in {METADATA_FILE})")
+        if sha256_file(path) != expected:
+            raise ModelError(f"{path} does not match the sha256 in {METADATA_FILE}")
+    return meta
+
+
+def write_meta(model_dir: Path, meta: ModelMeta) -> ModelMeta:
+    """Hash the weight files present and write ``metadata.json`` atomically."""
+    files = {
+        name: sha256_file(model_dir / name)
+        for name in (KERAS_FILE, TFLITE_FILE)
+        if (model_dir / name).is_file()
+    }
+    meta = ModelMeta(**{**asdict(meta), "files": files})
+    tmp = model_dir / (METADATA_FILE + ".tmp")
+    tmp.write_text(meta.to_json(), encoding="utf-8")
+    tmp.replace(model_dir / METADATA_FILE)
+    return meta
+
+
+def save_keras(
+    model: Any, model_dir: Path, meta: ModelMeta, *, tflite: bool = False, tflite_float16: bool = False
+) -> ModelMeta:
+    """Save a Keras model (and optionally its LiteRT export) with its metadata.
+
+    The model is checked against the metadata first, so a directory that this
+    function wrote always loads.  ``tflite_float16`` stores the LiteRT weights
+    as float16 (half the bytes; computation stays float32 on CPU).
+    """
+    check_shapes(model, meta)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save(model_dir / KERAS_FILE)
+    if tflite:
+        (model_dir / TFLITE_FILE).write_bytes(export_tflite(model, float16=tflite_float16))
+    return write_meta(model_dir, meta)
+
+
+def check_shapes(model: Any, meta: ModelMeta) -> None:
+    """Fail unless ``model`` takes ``(N, H, W, 3)`` and gives one logit per class."""
+    in_shape = tuple(model.inputs[0].shape[1:])
+    out_shape = tuple(model.outputs[0].shape[1:])
+    if in_shape != (*meta.input_size, 3):
+        raise ModelError(f"model input {in_shape} does not match metadata {(*meta.input_size, 3)}")
+    if out_shape != (len(meta.classes),):
+        raise ModelError(f"model output {out_shape} does not match {len(meta.classes)} classes")
+
+
+def export_tflite(model: Any, *, float16: bool = False) -> bytes:
+    """Convert a Keras model to a LiteRT flatbuffer (the batch axis stays free).
+
+    ``from_keras_model`` is used because converting a hand-made concrete
+    function of a Keras 3 model silently drops its variables (garbage logits).
+    ``float16`` halves the file; the daemon's tests compare it with Keras.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    return bytes(converter.convert())

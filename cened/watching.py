@@ -1,0 +1,227 @@
+"""Noticing files in the inbox, and deciding when one has finished arriving.
+
+Watchdog tells us *something happened* to a path; it cannot tell us a copy is
+finished.  :class:`StabilityTracker` therefore holds every candidate until its
+size and modification time have stayed the same for ``stable_seconds`` (or
+the writer closed it and nothing changed since), and only then releases it
+for classification.  Each path is held once however many events arrive, which
+is what deduplicates the burst of created/modified/closed events one copy makes.
+
+Events are a hint, not the truth: a full scan runs at start, after the kernel
+reports lost events (inotify queue overflow), and periodically as a safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+
+def is_candidate(path: Path, inbox: Path, extensions: list[str], ignore_suffixes: list[str]) -> bool:
+    """Whether a path in the inbox is a photo for us, judged by its name alone.
+
+    Hidden files and folders, partial downloads and editor temporaries are
+    someone else's work in progress and are never touched.  Files with other
+    extensions are left where they are: a stray PDF in the inbox is not ours
+    to quarantine.  A ``.jpg`` that is not really a JPEG *is* ours, and ends up
+    in quarantine after decoding fails.
+    """
+    try:
+        rel = path.relative_to(inbox)
+    except ValueError:
+        return False
+    if any(part.startswith(".") for part in rel.parts):
+        return False
+    name = path.name.lower()
+    if any(name.endswith(s) for s in ignore_suffixes):
+        return False
+    return os.path.splitext(name)[1] in extensions
+
+
+def scan(inbox: Path) -> Iterator[Path]:
+    """Every entry below ``inbox`` that is not a directory, without following links."""
+    for root, dirs, files in os.walk(inbox, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            yield Path(root) / name
+
+
+def signature(st: os.stat_result) -> tuple[int, int]:
+    """What "unchanged" means for a file: same size and same modification time."""
+    return (st.st_size, st.st_mtime_ns)
+
+
+@dataclass
+class _Seen:
+    changed_at: float  # monotonic time the file was last seen to change
+    signature: tuple[int, int] | None = None  # at the last look
+    closed_as: tuple[int, int] | None = None  # at the writer's last close
+    not_before: float = 0.0  # a deferred retry waits until then
+
+
+class StabilityTracker:
+    """Paths waiting to settle; thread-safe, fed by events and scans, drained by ``ready``.
+
+    A path is in at most one of three places: waiting here, released to the
+    worker (*busy*), or *settled* -- left in the inbox on purpose, ignored
+    until its size or mtime changes.
+    """
+
+    def __init__(self, stable_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stable_seconds = stable_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[Path, _Seen] = {}
+        self._busy: set[Path] = set()
+        self._settled: dict[Path, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def touch(self, path: Path, *, closed: bool = False, old: bool = False) -> None:
+        """Note activity on ``path``.
+
+        ``closed`` means the writer closed it (inotify's close-write), so it
+        may be taken as soon as it is still the same at the next look.  ``old``
+        marks a scan hit, which need not wait: it was already there.
+        """
+        closed_as = None
+        if closed:
+            try:
+                closed_as = signature(os.lstat(path))
+            except OSError:
+                return
+        now = self._clock()
+        with self._lock:
+            if path in self._busy:
+                return
+            entry = self._seen.get(path)
+            if entry is None:
+                entry = self._seen[path] = _Seen(changed_at=now - self.stable_seconds if old else now)
+            if closed_as is not None:
+                entry.closed_as = closed_as
+
+    def defer(self, path: Path, delay: float) -> None:
+        """Put a released path back, to be retried after ``delay`` seconds."""
+        now = self._clock()
+        with self._lock:
+            self._busy.discard(path)
+            self._seen[path] = _Seen(changed_at=now - self.stable_seconds, not_before=now + delay)
+
+    def done(self, path: Path, *, keep: tuple[int, int] | None = None) -> None:
+        """Finished with ``path``; ``keep`` (its signature) means it stays and must be ignored."""
+        with self._lock:
+            self._busy.discard(path)
+            self._seen.pop(path, None)
+            if keep is not None:
+                self._settled[path] = keep
+            else:
+                self._settled.pop(path, None)
+
+    def ready(self, limit: int) -> list[Path]:
+        """Release up to ``limit`` paths that have stopped changing; forget vanished ones."""
+        now = self._clock()
+        out: list[Path] = []
+        with self._lock:
+            items = list(self._seen.items())
+        for path, entry in items:
+            if len(out) >= limit:
+                break
+            if entry.not_before > now:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                with self._lock:
+                    self._seen.pop(path, None)
+                continue
+            current = signature(st)
+            with self._lock:
+                if self._settled.get(path) == current:
+                    self._seen.pop(path, None)
+                    continue
+                if current != entry.signature:
+                    if entry.signature is not None:
+                        entry.changed_at = now
+                    entry.signature = current
+                settled = entry.closed_as == current or now - entry.changed_at >= self.stable_seconds
+                if not settled and stat.S_ISREG(st.st_mode):
+                    continue
+                del self._seen[path]
+                self._settled.pop(path, None)
+                self._busy.add(path)
+            out.append(path)
+        return out
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, on_path: Callable[[Path, bool], None]) -> None:
+        self._on_path = on_path
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        if isinstance(event, FileMovedEvent):
+            self._on_path(Path(os.fsdecode(event.dest_path)), False)
+        elif isinstance(event, FileClosedEvent):
+            self._on_path(Path(os.fsdecode(event.src_path)), True)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._on_path(Path(os.fsdecode(event.src_path)), False)
+
+
+class _OverflowListener(logging.Handler):
+    """Watchdog reports a lost-events overflow only through its logger; we listen there.
+
+    Watchdog rebuilds its watches on overflow but does not tell its handlers
+    which files were missed, so the daemon must rescan.
+    """
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._on_overflow()
+
+
+class InboxWatcher:
+    """A recursive watchdog observer on the inbox, feeding a callback with paths."""
+
+    _OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+    def __init__(
+        self, inbox: Path, on_path: Callable[[Path, bool], None], on_overflow: Callable[[], None]
+    ) -> None:
+        self.inbox = inbox
+        self._observer = Observer()
+        self._observer.schedule(_Handler(on_path), str(inbox), recursive=True)
+        self._listener = _OverflowListener(on_overflow)
+
+    def start(self) -> None:
+        for name in self._OVERFLOW_LOGGERS:
+            logging.getLogger(name).addHandler(self._listener)
+        self._observer.start()
+
+    def stop(self) -> None:
+        for name in self._OVERFLOW_LOGGERS:
+            logging.getLogger(name).removeHandler(self._listener)
+        self._observer.stop()
+        self._observer.join(timeout=5)
