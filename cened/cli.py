@@ -92,6 +92,9 @@ def build_parser(load: Sequence[str] = ()) -> argparse.ArgumentParser:
     for name, module, text in (
         ("train", "cened.training", "train a model from a folder of labelled images"),
         ("evaluate", "cened.evaluation", "measure a model on the validation split and write its card"),
+        ("install-service", "cened.service", "write a systemd unit for cened and print how to enable it"),
+        ("doctor", "cened.doctor", "find and fix disagreements between the log and the disk"),
+        ("bench", "cened.bench", "measure throughput, latency, memory and start-up time"),
     ):
         p = sub.add_parser(name, help=text)
         if name in load:

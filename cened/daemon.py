@@ -98,7 +98,7 @@ class Daemon:
             self._install_signals()
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
-            self._rescan.set()  # the start-up scan, done by the pump
+            self._scan()  # before READY: every file already waiting is known to the tracker
             with ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool:
                 pump = threading.Thread(target=self._pump, name="pump", daemon=True)
                 collector = threading.Thread(
