@@ -42,7 +42,9 @@ def picture(cls: str, size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def write_photo(path: Path, cls: str, fmt: str = "JPEG", size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+def write_photo(
+    path: Path, cls: str, fmt: str = "JPEG", size: tuple[int, int] = (64, 48), seed: int = 0
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     picture(cls, size, seed).save(path, format=fmt)
     return path

@@ -35,7 +35,7 @@ def test_twenty_photos_are_filed_logged_and_undone(tmp_path: Path, settings: Set
     originals: dict[str, str] = {}
     for i in range(20):
         cls = CLASSES[i % len(CLASSES)]
-        fmt, ext = (("PNG", "png") if i % 5 == 0 else ("JPEG", "jpg"))
+        fmt, ext = ("PNG", "png") if i % 5 == 0 else ("JPEG", "jpg")
         src = write_photo(staging / f"{cls}_{i:02d}.{ext}", cls, fmt=fmt, size=(96 + i, 64), seed=i)
         originals[src.name] = cls
     before = {}
