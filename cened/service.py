@@ -1,0 +1,351 @@
+"""``cened install-service``: a systemd unit for *this* installation, and how to enable it.
+
+The shipped units in ``systemd/`` are complete, commented files; installing
+one only rewrites the lines that depend on the machine: ``ExecStart=`` (the
+cened of the running interpreter, the absolute config path),
+``ReadWritePaths=`` (the folders the config names, because the sandbox makes
+everything else read-only) and, for the system unit, ``ProtectHome=`` when
+cened itself lives under a home directory.
+
+Nothing privileged happens by surprise: the command writes a user unit into
+the user's own ``~/.config/systemd/user``, writes the system unit only when
+it runs as root (or to an ``--output`` path), and otherwise prints the unit
+with the exact ``sudo`` commands.  It never runs ``systemctl`` itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cened import __version__
+from cened.config import ConfigError, Settings, load_settings
+
+SYSTEM_UNIT = Path("/etc/systemd/system/cened.service")
+SYSTEM_CONFIG = Path("/etc/cened/config.toml")
+#: The system unit's StateDirectory=; systemd makes it writable itself.
+STATE_DIRECTORY = Path("/var/lib/cened")
+SERVICE_USER = "cened"
+#: What a fresh system config says: the layout the shipped system unit assumes.
+SYSTEM_DEFAULTS = {
+    "inbox": Path("/srv/cened/inbox"),
+    "library": Path("/srv/cened/albums"),
+    "database": STATE_DIRECTORY / "cened.sqlite3",
+}
+USER_CONFIG_TEXT = """\
+# cened settings for the `systemctl --user` service; every key, with its
+# default, is documented in config.example.toml.  After editing:
+#     systemctl --user reload cened
+# If you move the inbox, library or database, run `cened install-service
+# --user` again: the service may only write to the folders its unit names.
+"""
+#: Under these, ProtectHome=yes would hide the program from the system service.
+HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write a systemd unit for this cened (use the global --config to name the config file "
+        "the service should read: cened --config FILE install-service)."
+    )
+    parser.add_argument("--user", action="store_true", help="a `systemctl --user` unit for your own photos")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"where to write the unit (default: ~/.config/systemd/user/cened.service with --user, "
+        f"else {SYSTEM_UNIT}, which needs root)",
+    )
+    parser.add_argument(
+        "--print",
+        "--dry-run",
+        dest="dry_run",
+        action="store_true",
+        help="print the unit and write nothing",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    exe = cened_executable()
+    if exe is None:
+        print("cened: cannot find the cened executable next to this Python", file=sys.stderr)
+        return 1
+    plan = make_plan(user=args.user, exe=exe, config=_config_arg(args))
+    if args.dry_run:
+        print(plan.text, end="")
+        return 0
+    if plan.user:
+        return _install_user(plan, args.output)
+    return _install_system(plan, args.output)
+
+
+# -- finding things ------------------------------------------------------------
+
+
+def shipped_unit_dir() -> Path:
+    """The unit templates: ``cened/_systemd`` inside the wheel, ``systemd/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_systemd", here.parent / "systemd"):
+        if (candidate / "cened.service").is_file():
+            return candidate
+    raise FileNotFoundError("the shipped systemd units are missing from this installation")
+
+
+def template(user: bool) -> str:
+    return (shipped_unit_dir() / ("cened-user.service" if user else "cened.service")).read_text()
+
+
+def cened_executable() -> Path | None:
+    """The cened entry point of the running interpreter's environment (a venv, pipx, /usr/local).
+
+    ``sys.executable`` is deliberately not resolved: in a venv it is a symlink
+    to the base interpreter, whose directory holds no cened.
+    """
+    beside = Path(sys.executable).absolute().parent / "cened"
+    if os.access(beside, os.X_OK):
+        return beside
+    argv0 = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "cened" and os.access(argv0, os.X_OK):
+        return argv0
+    return None
+
+
+def user_unit_path() -> Path:
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(_home() / ".config")
+    return Path(config_home) / "systemd" / "user" / "cened.service"
+
+
+def default_config(user: bool) -> Path:
+    if not user:
+        return SYSTEM_CONFIG
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(_home() / ".config")
+    return Path(config_home) / "cened" / "config.toml"
+
+
+def _home() -> Path:
+    return Path(os.environ.get("HOME") or Path.home())
+
+
+def _config_arg(args: argparse.Namespace) -> Path | None:
+    named = args.config or (Path(os.environ["CENED_CONFIG"]) if os.environ.get("CENED_CONFIG") else None)
+    return Path(os.path.abspath(named.expanduser())) if named is not None else None
+
+
+# -- planning ------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    user: bool
+    exe: Path
+    config: Path
+    config_exists: bool
+    settings: Settings
+    writable: list[Path]
+    protect_home: str | None
+    text: str
+
+
+def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
+    """Everything install-service decides, before anything is written.
+
+    A named config must exist (as for ``cened run``); the default one may be
+    missing, and is then planned from the defaults the installer will write.
+    """
+    path = config or default_config(user)
+    exists = path.is_file()
+    if config is not None and not exists:
+        raise ConfigError(f"config file {path} does not exist")
+    defaults = {} if user else SYSTEM_DEFAULTS
+    with _without_cened_env():
+        settings = load_settings(path) if exists else load_settings(None, **defaults)
+    covered = [] if user else [STATE_DIRECTORY]
+    writable = writable_paths(settings, covered)
+    protect_home = None
+    if not user and any(_under(p, root) for p in (exe, settings.model, path) for root in HOME_ROOTS):
+        protect_home = "read-only"
+    text = render(template(user), exe=exe, config=path, writable=writable, protect_home=protect_home)
+    return Plan(user, exe, path, exists, settings, writable, protect_home, text)
+
+
+@contextlib.contextmanager
+def _without_cened_env() -> Iterator[None]:
+    """Read the config as the service will: the installer's own CENED_* variables do not reach it."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CENED_")}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def writable_paths(settings: Settings, covered: Sequence[Path] = ()) -> list[Path]:
+    """The folders the service must write to, as few and as narrow as possible.
+
+    Inbox and library are granted through their common parent when they are
+    siblings (the default layout): each ``ReadWritePaths=`` entry is a separate
+    bind mount, and ``link(2)`` across mounts fails with EXDEV, which would
+    turn every move into a copy.  A parent as broad as a home directory is not
+    worth that, and the two are then listed apart.
+    """
+    inbox, library = settings.inbox.absolute(), settings.library.absolute()
+    parent = inbox.parent
+    if parent == library.parent and len(parent.parts) > 2 and parent != _home().absolute():
+        out = [parent]
+    else:
+        out = [inbox, library]
+    for extra in (settings.quarantine_dir.absolute(), settings.database.absolute().parent):
+        if not any(_under(extra, p) for p in (*out, *covered)):
+            out.append(extra)
+    return out
+
+
+def _under(path: Path, root: Path) -> bool:
+    return path.absolute().is_relative_to(root)
+
+
+def render(
+    text: str, *, exe: Path, config: Path, writable: Sequence[Path], protect_home: str | None = None
+) -> str:
+    """The template with its machine-specific lines replaced; each must be there exactly once."""
+    replacements = {
+        "ExecStart": f"{exec_quote(str(exe))} --config {exec_quote(str(config))} run",
+        "ReadWritePaths": " ".join(unit_quote(str(p)) for p in writable),
+    }
+    if protect_home is not None:
+        replacements["ProtectHome"] = protect_home
+    lines = text.splitlines(keepends=True)
+    for key, value in replacements.items():
+        found = [i for i, line in enumerate(lines) if line.startswith(f"{key}=")]
+        if len(found) != 1:
+            raise ValueError(f"unit template: expected one {key}= line, found {len(found)}")
+        lines[found[0]] = f"{key}={value}\n"
+    header = f"# Written by `cened install-service` (cened {__version__}).\n"
+    return header + "".join(lines)
+
+
+def unit_quote(value: str) -> str:
+    """A path as one word of a unit file: ``%`` is a specifier, whitespace splits words."""
+    value = value.replace("%", "%%")
+    if re.search(r"[\s\"'\\;]", value):
+        value = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def exec_quote(value: str) -> str:
+    """Like :func:`unit_quote`, and ``$`` too, which ExecStart= expands as a variable."""
+    return unit_quote(value.replace("$", "$$"))
+
+
+# -- installing ----------------------------------------------------------------
+
+
+def _install_user(plan: Plan, output: Path | None) -> int:
+    dest = output or user_unit_path()
+    if not plan.config_exists:
+        plan.config.parent.mkdir(parents=True, exist_ok=True)
+        plan.config.write_text(USER_CONFIG_TEXT)
+        print(f"created {plan.config} (defaults; edit it, then reload the service)")
+    # The daemon would create these itself, but inside the sandbox a
+    # ReadWritePaths= entry that does not exist stops the start (226/NAMESPACE).
+    for folder in (*plan.writable, plan.settings.inbox, plan.settings.library):
+        folder.mkdir(parents=True, exist_ok=True)
+    replaced = dest.exists()
+    _write(dest, plan.text)
+    print(f"{'replaced' if replaced else 'wrote'} {dest}")
+    print(f"  runs:   {plan.exe} --config {plan.config} run")
+    print(f"  writes: {', '.join(map(str, plan.writable))}")
+    print()
+    print("Enable and start it:")
+    print("  systemctl --user daemon-reload && systemctl --user enable --now cened")
+    print("Keep it running while you are logged out (optional):")
+    print('  loginctl enable-linger "$USER"')
+    print("Then:")
+    print("  systemctl --user status cened")
+    print("  systemctl --user reload cened     # after editing the config")
+    print("  journalctl --user -u cened -f -o cat")
+    return 0
+
+
+def _install_system(plan: Plan, output: Path | None) -> int:
+    root = os.geteuid() == 0
+    sudo = "" if root else "sudo "
+    if output is None and not root:
+        print(plan.text)
+        print("# Not root, so nothing was written.  To install it:")
+        install = f"{_reinvoke(plan)} | sudo tee {SYSTEM_UNIT} >/dev/null"
+    else:
+        dest = output or SYSTEM_UNIT
+        _write(dest, plan.text)
+        print(f"wrote {dest}")
+        install = ""
+        if dest != SYSTEM_UNIT:
+            install = f"{sudo}install -m 0644 {shlex.quote(str(dest))} {SYSTEM_UNIT}"
+    for command in [*_system_setup(plan, sudo), install]:
+        if command:
+            print(command)
+    print(f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now cened")
+    print(f"systemctl status cened; {sudo}systemctl reload cened  # after editing {plan.config}")
+    print("journalctl -u cened -f -o cat")
+    if plan.protect_home:
+        print(
+            "# note: cened, its model or its config lives under a home directory, so the unit "
+            "uses ProtectHome=read-only; install cened outside /home (e.g. /opt/cened) for ProtectHome=yes",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _system_setup(plan: Plan, sudo: str) -> list[str]:
+    """The one-time commands before the first start, only those still needed."""
+    commands = []
+    try:
+        pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        commands.append(
+            f"{sudo}useradd --system --user-group --home-dir {STATE_DIRECTORY} "
+            f"--shell /usr/sbin/nologin {SERVICE_USER}"
+        )
+    # ReadWritePaths= entries must exist before the start (226/NAMESPACE otherwise).
+    wanted = dict.fromkeys((*plan.writable, plan.settings.inbox.absolute(), plan.settings.library.absolute()))
+    missing = [p for p in wanted if not p.exists()]
+    if missing:
+        names = " ".join(shlex.quote(str(p)) for p in missing)
+        commands.append(f"{sudo}install -d -o {SERVICE_USER} -g {SERVICE_USER} -m 2775 {names}")
+    if not plan.config_exists:
+        body = "".join(f"{k} = {_toml_string(str(v))}\n" for k, v in SYSTEM_DEFAULTS.items())
+        commands.append(f"{sudo}install -d -m 0755 {shlex.quote(str(plan.config.parent))}")
+        commands.append(f"{sudo}tee {shlex.quote(str(plan.config))} >/dev/null <<'EOF'\n{body}EOF")
+    return commands
+
+
+def _reinvoke(plan: Plan) -> str:
+    """This same command with --print, for piping into ``sudo tee``."""
+    config = ["--config", str(plan.config)] if plan.config_exists else []
+    return shlex.join([str(plan.exe), *config, "install-service", "--print"])
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write(dest: Path, text: str) -> None:
+    """Atomically, so a half-written unit is never what systemd reads."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".cened-unit-", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
