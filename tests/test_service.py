@@ -1,0 +1,286 @@
+"""The systemd units and ``cened install-service``, checked by systemd's own verifier.
+
+``systemd-analyze verify`` needs no running systemd, but it does check that
+ExecStart='s program exists, so the shipped units are verified as rendered
+for this venv's cened.  It exits 0 on unknown keys (it only warns), so any
+output at all counts as a failure here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cened import service
+from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_MODEL, main
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None,
+    reason="systemd-analyze is not installed (apt-get install systemd; .ci/run does it), "
+    "so the unit files cannot be verified",
+)
+CENED = service.cened_executable()
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → every value (units repeat keys such as Environment=)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+def verify(unit: Path, *, user: bool, tmp_path: Path) -> None:
+    """Run systemd-analyze verify as this container allows; fail on any complaint."""
+    assert SYSTEMD_ANALYZE is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYSTEMD_", "XDG_"))}
+    cmd = [SYSTEMD_ANALYZE]
+    if user:
+        # The user manager needs a runtime directory, even to only load files.
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        cmd.append("--user")
+    cmd += ["verify", "--man=no", str(unit)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    complaints = (done.stdout + done.stderr).strip()
+    assert done.returncode == 0 and not complaints, f"{' '.join(cmd)}:\n{complaints}"
+
+
+def render_shipped(user: bool, tmp_path: Path) -> Path:
+    """A shipped unit with only its program swapped for this venv's cened."""
+    assert CENED is not None
+    text = service.template(user)
+    exec_line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    program = exec_line.removeprefix("ExecStart=").split()[0]
+    out = tmp_path / ("user" if user else "system") / "cened.service"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.replace(f"ExecStart={program} ", f"ExecStart={CENED} "))
+    return out
+
+
+# -- the shipped files ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
+    unit = parse_unit(service.template(user))
+    svc = unit["Service"]
+    assert svc["Type"] == ["notify"]
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert svc["ExecStart"][0].endswith(" run") and " --config " in svc["ExecStart"][0]
+    assert svc["Restart"] == ["on-failure"]
+    # The exit codes a restart cannot fix are the CLI's, not a copy that may drift.
+    assert sorted(map(int, svc["RestartPreventExitStatus"][0].split())) == [EXIT_CONFIG, EXIT_MODEL, EXIT_DB]
+    assert "CENED_LOG_FORMAT=json" in svc["Environment"]
+    for key in ("WatchdogSec", "TimeoutStopSec", "MemoryMax", "ReadWritePaths"):
+        assert svc.get(key), f"{key}= missing"
+    assert svc["NoNewPrivileges"] == ["yes"] and svc["PrivateTmp"] == ["yes"]
+    assert svc["ProtectSystem"] == ["strict"]
+    if user:
+        # Mount sandboxing from an unprivileged manager needs a user namespace.
+        assert svc["PrivateUsers"] == ["yes"] and svc["ProtectHome"] == ["read-only"]
+        assert "User" not in svc
+        assert unit["Install"]["WantedBy"] == ["default.target"]
+    else:
+        assert svc["User"] == ["cened"] and svc["ProtectHome"] == ["yes"]
+        assert "/etc/cened/config.toml" in svc["ExecStart"][0]
+        assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+@needs_analyze
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_shipped_units_pass_systemd_analyze(user: bool, tmp_path: Path) -> None:
+    verify(render_shipped(user, tmp_path), user=user, tmp_path=tmp_path)
+
+
+@needs_analyze
+def test_verification_catches_a_typo(tmp_path: Path) -> None:
+    """The check itself: a misspelt key only warns in systemd, and must fail here."""
+    unit = render_shipped(False, tmp_path)
+    unit.write_text(unit.read_text().replace("WatchdogSec=", "WatchdogSecs="))
+    with pytest.raises(AssertionError, match="WatchdogSecs"):
+        verify(unit, user=False, tmp_path=tmp_path)
+
+
+# -- install-service -------------------------------------------------------------
+
+
+def _user_env(home: Path, fake_bin: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "XDG_"))}
+    return {**env, "HOME": str(home), "PATH": f"{fake_bin}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def _fake_systemctl(tmp_path: Path) -> tuple[Path, Path]:
+    """A systemctl that only records being called: install-service must never call it."""
+    fake_bin, called = tmp_path / "bin", tmp_path / "systemctl-was-called"
+    fake_bin.mkdir()
+    for name in ("systemctl", "sudo"):
+        script = fake_bin / name
+        script.write_text(f'#!/bin/sh\necho "$0 $*" >> {called}\n')
+        script.chmod(0o755)
+    return fake_bin, called
+
+
+@needs_analyze
+def test_install_service_user_writes_a_unit_that_verifies(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    fake_bin, called = _fake_systemctl(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "cened", "install-service", "--user"],
+        capture_output=True,
+        text=True,
+        env=_user_env(home, fake_bin),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    unit_path = home / ".config" / "systemd" / "user" / "cened.service"
+    config = home / ".config" / "cened" / "config.toml"
+    assert unit_path.is_file() and config.is_file()
+    svc = parse_unit(unit_path.read_text())["Service"]
+    assert svc["ExecStart"] == [f"{CENED} --config {config} run"]
+    photos, state = home / "Pictures" / "cened", home / ".local" / "state" / "cened"
+    assert svc["ReadWritePaths"] == [f"{photos} {state}"]
+    # They must exist, or the sandbox cannot be built at start.
+    assert (photos / "inbox").is_dir() and (photos / "albums").is_dir() and state.is_dir()
+    assert "systemctl --user daemon-reload && systemctl --user enable --now cened" in done.stdout
+    assert not called.exists(), called.read_text()
+    verify(unit_path, user=True, tmp_path=tmp_path)
+
+    # Installing again keeps the user's config and replaces the unit.
+    config.write_text("confidence_threshold = 0.7\n")
+    again = subprocess.run(
+        [sys.executable, "-m", "cened", "install-service", "--user"],
+        capture_output=True,
+        text=True,
+        env=_user_env(home, fake_bin),
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "replaced" in again.stdout and config.read_text() == "confidence_threshold = 0.7\n"
+
+
+@needs_analyze
+def test_install_service_follows_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders from the config, awkward names quoted, the installer's CENED_* ignored."""
+    home = tmp_path / "home"
+    photos = tmp_path / "My Photos 100%"
+    config = tmp_path / "conf dir" / "cened.toml"
+    config.parent.mkdir()
+    config.write_text(
+        f'inbox = "{photos}/in"\nlibrary = "{photos}/sorted"\ndatabase = "{tmp_path}/db/cened.sqlite3"\n'
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("CENED_INBOX", str(tmp_path / "not-this"))
+    # "--config=PATH", not "--config PATH": cli.main takes the first word not
+    # starting with "-" as the command whose options it loads.
+    assert main([f"--config={config}", "install-service", "--user"]) == 0
+    capsys.readouterr()
+    unit_path = home / ".config" / "systemd" / "user" / "cened.service"
+    svc = parse_unit(unit_path.read_text())["Service"]
+    quoted_photos = f'"{str(photos).replace("%", "%%")}"'
+    assert svc["ReadWritePaths"] == [f"{quoted_photos} {tmp_path}/db"]
+    assert svc["ExecStart"] == [f'{CENED} --config "{config}" run']
+    assert (photos / "in").is_dir() and not (tmp_path / "not-this").exists()
+    assert os.environ["CENED_INBOX"] == str(tmp_path / "not-this")
+    verify(unit_path, user=True, tmp_path=tmp_path)
+
+
+def test_install_service_print_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert main(["install-service", "--user", "--print"]) == 0
+    out = capsys.readouterr().out
+    assert parse_unit(out)["Service"]["Type"] == ["notify"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_service_system_as_non_root_only_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without root, the system unit is shown with the sudo commands, never written."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(service, "SYSTEM_UNIT", tmp_path / "etc" / "cened.service")
+    monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "etc" / "cened" / "config.toml")
+    assert main(["install-service"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "etc").exists()
+    assert parse_unit(out)["Service"]["ExecStart"] == [f"{CENED} --config {service.SYSTEM_CONFIG} run"]
+    assert f"{CENED} install-service --print | sudo tee {service.SYSTEM_UNIT} >/dev/null" in out
+    assert "sudo systemctl daemon-reload && sudo systemctl enable --now cened" in out
+    assert 'inbox = "/srv/cened/inbox"' in out  # the config to create
+
+
+@needs_analyze
+def test_install_service_system_to_output_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "missing.toml")
+    out_path = tmp_path / "cened.service"
+    assert main(["install-service", "--output", str(out_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"sudo install -m 0644 {out_path} /etc/systemd/system/cened.service" in out
+    svc = parse_unit(out_path.read_text())["Service"]
+    # The database is in StateDirectory=, which systemd makes writable itself.
+    assert svc["ReadWritePaths"] == ["/srv/cened"] and svc["StateDirectory"] == ["cened"]
+    verify(out_path, user=False, tmp_path=tmp_path)
+
+
+def test_missing_named_config_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([f"--config={tmp_path / 'nope.toml'}", "install-service", "--user", "--print"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_render_refuses_a_template_without_the_lines_it_replaces() -> None:
+    with pytest.raises(ValueError, match="ReadWritePaths"):
+        service.render("[Service]\nExecStart=/bin/true\n", exe=Path("/x"), config=Path("/c"), writable=[])
+
+
+def test_writable_paths_keep_inbox_and_library_on_one_mount(tmp_path: Path) -> None:
+    from cened.config import load_settings
+
+    siblings = load_settings(
+        None,
+        inbox=tmp_path / "p" / "in",
+        library=tmp_path / "p" / "out",
+        database=tmp_path / "s" / "db.sqlite3",
+    )
+    assert service.writable_paths(siblings) == [tmp_path / "p", tmp_path / "s"]
+    apart = load_settings(
+        None,
+        inbox=tmp_path / "a" / "in",
+        library=tmp_path / "b" / "out",
+        database=tmp_path / "b" / "out" / "db.sqlite3",
+    )
+    assert service.writable_paths(apart) == [tmp_path / "a" / "in", tmp_path / "b" / "out"]
+
+
+def test_wheel_ships_the_units() -> None:
+    """The wheel maps systemd/ to cened/_systemd, which shipped_unit_dir looks in first."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    includes = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert includes.get("systemd") == "cened/_systemd"
+    assert (service.shipped_unit_dir() / "cened-user.service").is_file()
