@@ -19,6 +19,8 @@ import shutil
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
+from cened.faults import crash_point
+
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".cened-part"
 
@@ -79,6 +81,7 @@ def move(src: Path, dst: Path) -> None:
             return
         else:
             raise
+    crash_point("after-link")
     os.unlink(src)
 
 
@@ -88,6 +91,7 @@ def _copy_across(src: Path, dst: Path) -> None:
         shutil.copy2(src, tmp, follow_symlinks=False)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        crash_point("after-copy")
         os.link(tmp, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):

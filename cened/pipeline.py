@@ -29,6 +29,7 @@ import structlog
 from cened import imaging, moving
 from cened.classifying import Classifier, decide
 from cened.config import Settings
+from cened.faults import crash_point
 from cened.journal import Entry, Journal
 from cened.watching import signature
 
@@ -186,6 +187,7 @@ class Processor:
                 intents.append((prep, entry))
 
         self.journal.add([e for _, e in intents] + notes)
+        crash_point("after-intent")
         outcomes += self._move_all(intents)
         for outcome in outcomes:
             self.counters[outcome.action] = self.counters.get(outcome.action, 0) + 1
@@ -261,6 +263,7 @@ class Processor:
             touched.update((prep.path.parent, entry.destination.parent))
             outcomes.append(Outcome(prep.path, entry.action, entry=entry, reason=entry.reason))
         moving.fsync_dirs(touched)
+        crash_point("before-done")
         if updates:
             self.journal.set_state(updates)
         return outcomes

@@ -1,0 +1,235 @@
+"""Crash safety: interrupted moves are finished or undone, and kill -9 never loses a photo."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, write_config, write_photo
+from daemon_helpers import DaemonProcess, files_under, wait_until
+
+from cened import moving, recovery
+from cened.config import Settings
+from cened.journal import Entry, Journal
+
+# -- each row of the recovery table, staged by hand ----------------------------
+
+
+def _intent(journal: Journal, src: Path, dst: Path, sha: str) -> Entry:
+    (entry,) = journal.add([Entry(action="moved", source=src, destination=dst, sha256=sha, state="pending")])
+    return entry
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def staged(tmp_path: Path):
+    src, dst = tmp_path / "inbox" / "a.jpg", tmp_path / "albums" / "sea" / "a.jpg"
+    src.parent.mkdir(parents=True)
+    dst.parent.mkdir(parents=True)
+    data = os.urandom(5000)
+    journal = Journal(tmp_path / "db.sqlite3")
+    yield journal, src, dst, data
+    journal.close()
+
+
+def _state(journal: Journal, entry: Entry) -> tuple[str, str | None]:
+    row = journal.get(entry.id)
+    return row.state, row.reason
+
+
+def test_recovery_finished_move_is_marked_done(staged) -> None:
+    journal, src, dst, data = staged
+    dst.write_bytes(data)
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    assert _state(journal, entry) == ("done", None)
+    assert dst.read_bytes() == data and not src.exists()
+
+
+def test_recovery_hard_link_left_by_crash_is_resolved(staged) -> None:
+    journal, src, dst, data = staged
+    src.write_bytes(data)
+    os.link(src, dst)  # crashed between link() and unlink()
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    assert _state(journal, entry) == ("done", None)
+    assert not src.exists() and dst.read_bytes() == data
+
+
+def test_recovery_finished_cross_device_copy_drops_source(staged) -> None:
+    journal, src, dst, data = staged
+    src.write_bytes(data)
+    dst.write_bytes(data)  # copied and linked, source not yet removed
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    assert _state(journal, entry) == ("done", None)
+    assert not src.exists() and dst.read_bytes() == data
+
+
+def test_recovery_partial_copy_is_removed_and_source_kept(staged) -> None:
+    journal, src, dst, data = staged
+    src.write_bytes(data)
+    moving.partial_path(dst).write_bytes(data[:1000])  # crashed mid-copy
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    state, reason = _state(journal, entry)
+    assert state == "failed" and "retry" in reason
+    assert src.read_bytes() == data
+    assert files_under(dst.parent) == []
+
+
+def test_recovery_never_removes_a_source_whose_twin_differs(staged) -> None:
+    journal, src, dst, data = staged
+    src.write_bytes(data)
+    dst.write_bytes(b"someone else's photo")
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    assert _state(journal, entry)[0] == "failed"
+    assert src.read_bytes() == data and dst.read_bytes() == b"someone else's photo"
+
+
+def test_recovery_vanished_file_is_marked_failed(staged) -> None:
+    journal, src, dst, data = staged
+    entry = _intent(journal, src, dst, _sha(data))
+    recovery.reconcile(journal)
+    assert _state(journal, entry) == ("failed", "recovery: file vanished")
+
+
+def test_cross_device_move_never_shows_a_partial_destination(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a different filesystem than the temp dir")
+    target = Path(tempfile.mkdtemp(dir=shm)) / "album" / "b.jpg"
+    try:
+        src = tmp_path / "b.jpg"
+        src.write_bytes(os.urandom(100_000))
+        data, mtime = src.read_bytes(), src.stat().st_mtime_ns
+        moving.move(src, target)
+        assert not src.exists() and target.read_bytes() == data
+        assert target.stat().st_mtime_ns == mtime
+        assert [p.name for p in target.parent.iterdir()] == ["b.jpg"]
+    finally:
+        shutil.rmtree(target.parent.parent)
+
+
+def test_move_never_overwrites(tmp_path: Path) -> None:
+    src, dst = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    src.write_bytes(b"new")
+    dst.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        moving.move(src, dst)
+    assert src.read_bytes() == b"new" and dst.read_bytes() == b"old"
+    assert moving.free_name(tmp_path, "b.jpg") == tmp_path / "b-1.jpg"
+
+
+# -- the real thing: SIGKILL at random moments ----------------------------------
+
+
+def _kill_run(
+    tmp_path: Path, settings: Settings, n_images: int, kills: int, seed: int, cross_device: bool = False
+) -> None:
+    rng = random.Random(seed)
+    hashes: Counter[str] = Counter()
+
+    def drop(indices: range) -> None:
+        for i in indices:
+            ext, fmt = rng.choice([("jpg", "JPEG"), ("png", "PNG")])
+            cls = CLASSES[i % len(CLASSES)]
+            path = write_photo(settings.inbox / f"img_{i:03d}.{ext}", cls, fmt=fmt, size=(480, 360), seed=i)
+            hashes[hashlib.sha256(path.read_bytes()).hexdigest()] += 1
+
+    # Half the photos wait from the start; the rest arrive between restarts, so
+    # every run has work in flight when it is killed.
+    drop(range(n_images // 2))
+    per_round = -(-(n_images - n_images // 2) // kills)
+    rounds = [
+        range(n_images // 2 + k * per_round, min(n_images, n_images // 2 + (k + 1) * per_round))
+        for k in range(kills)
+    ]
+    # Two bad files, so quarantine moves are interrupted too.
+    (settings.inbox / "bad_0.jpg").write_bytes(b"not a photo at all")
+    (settings.inbox / "bad_1.jpg").write_bytes(b"")
+    for bad in ("bad_0.jpg", "bad_1.jpg"):
+        hashes[hashlib.sha256((settings.inbox / bad).read_bytes()).hexdigest()] += 1
+    config = write_config(
+        tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0
+    )
+
+    # Odd rounds: the daemon SIGKILLs itself at one of the crash points inside
+    # the journal-move-mark window (random kills from outside rarely land there).
+    # Even rounds: SIGKILL from outside at a random moment, now and then during start-up.
+    points = ["after-intent", "after-link", "before-done"] + (["after-copy"] if cross_device else [])
+    recovered = self_killed = 0
+    for k in range(kills):
+        drop(rounds[k])
+        if k % 2:
+            point = points[(k // 2) % len(points)]
+            daemon = DaemonProcess(config, env={"CENED_CRASH_AT": f"{point}:0.5"})
+            recovered += daemon.wait_for("started", timeout=60)["recovered"]
+            wait_until(lambda d=daemon: d.proc.poll() is not None, timeout=3)
+            self_killed += daemon.proc.returncode == -9
+        else:
+            daemon = DaemonProcess(config)
+            if k % 4 == 0:
+                time.sleep(rng.uniform(0.0, 1.0))
+            else:
+                recovered += daemon.wait_for("started", timeout=60)["recovered"]
+                time.sleep(rng.uniform(0.0, 0.6))
+        daemon.kill()
+
+    daemon = DaemonProcess(config)
+    try:
+        recovered += daemon.wait_for("started", timeout=60)["recovered"]
+        assert wait_until(lambda: not files_under(settings.inbox), timeout=120), files_under(settings.inbox)
+    finally:
+        assert daemon.stop() == 0
+    # The kills must have interrupted real moves, or this test proves nothing.
+    assert self_killed >= kills // 4 and recovered > 0, (self_killed, recovered)
+
+    # Every original exists exactly once, by content, in an album, review or quarantine.
+    everywhere = files_under(settings.library) + files_under(settings.inbox)
+    partials = [p for p in everywhere if p.name.endswith(moving.PARTIAL_SUFFIX)]
+    assert partials == []
+    found = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in everywhere)
+    assert found == hashes
+    # One final row per photo, each pointing at where the photo really is.
+    with sqlite3.connect(settings.database) as db:
+        done = db.execute(
+            "SELECT destination, sha256, action FROM decisions WHERE state = 'done' AND action != 'skipped'"
+        ).fetchall()
+        pending = db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0]
+    assert pending == 0
+    assert len(done) == n_images + 2
+    assert Counter(sha for _, sha, _ in done) == hashes
+    for destination, sha, _ in done:
+        assert hashlib.sha256(Path(destination).read_bytes()).hexdigest() == sha
+    assert Counter(action for *_, action in done)["quarantined"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, settings: Settings) -> None:
+    _kill_run(tmp_path, settings, n_images=200, kills=20, seed=20261124)
+
+
+@pytest.mark.slow
+def test_sigkill_during_cross_device_moves_loses_nothing(tmp_path: Path, settings: Settings) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a different filesystem than the temp dir")
+    library = Path(tempfile.mkdtemp(dir=shm, prefix="cened-lib-"))
+    try:
+        cross = settings.model_copy(update={"library": library})
+        _kill_run(tmp_path, cross, n_images=100, kills=12, seed=7, cross_device=True)
+    finally:
+        shutil.rmtree(library)
