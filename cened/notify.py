@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -42,7 +43,9 @@ class Notifier:
         self.send("WATCHDOG=1")
 
     def reloading(self) -> None:
-        self.send("RELOADING=1")
+        # sd_notify(3) asks for MONOTONIC_USEC with RELOADING=1 so the manager
+        # can tell this reload cycle from an earlier one (Type=notify-reload).
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1")

@@ -1,0 +1,330 @@
+"""The daemon as systemd sees it: sd_notify datagrams on a real socket, SIGHUP reloads, SIGTERM.
+
+Each daemon start costs a TensorFlow import, so two subprocesses carry all
+the behaviour: one speaks the notify protocol end to end, one is reloaded
+through good and bad configs.  The Notifier itself (path and abstract
+sockets, the watchdog environment) is tested in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import COLOURS, write_config, write_photo
+from daemon_helpers import DaemonProcess, files_under, wait_until
+from PIL import Image
+
+from cened.config import Settings
+from cened.notify import Notifier, watchdog_interval
+
+Message = dict[str, str]
+
+
+class NotifySocket:
+    """What systemd's side of NOTIFY_SOCKET would receive, in order, with arrival times."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self._sock.settimeout(0.2)
+        self.messages: list[tuple[float, Message]] = []
+        self._new: queue.Queue[None] = queue.Queue()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+            self._new.put(None)
+
+    def wait_for(self, match: Callable[[Message], bool], start: int = 0, timeout: float = 60.0) -> int:
+        """Index of the first message from ``start`` on that matches; fails with what did arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.messages)):
+                if match(self.messages[i][1]):
+                    return i
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no such notify message; got {[m for _, m in self.messages][-30:]}")
+            with contextlib.suppress(queue.Empty):
+                self._new.get(timeout=0.2)
+
+    def since(self, start: int) -> list[Message]:
+        return [m for _, m in self.messages[start:]]
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short directory: AF_UNIX paths are limited to 107 bytes, pytest's tmp paths can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="cened-sd-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_(key: str) -> Callable[[Message], bool]:
+    return lambda m: m.get(key) == "1"
+
+
+def filed_count(message: Message) -> int | None:
+    """The daemon's STATUS reads "N filed, Q queued, S settling"."""
+    status = message.get("STATUS", "")
+    return int(status.split()[0]) if status.endswith("settling") else None
+
+
+def status_numbers(message: Message) -> dict[str, int]:
+    parts = [p.split() for p in message["STATUS"].split(", ")]
+    return {word: int(n) for n, word in parts}
+
+
+def daemon_env(notify: NotifySocket, **extra: str) -> dict[str, str]:
+    # WATCHDOG_PID empty, not inherited: a stale one would make the daemon ignore WATCHDOG_USEC.
+    return {"NOTIFY_SOCKET": notify.address, "WATCHDOG_PID": "", **extra}
+
+
+def nth_event(daemon: DaemonProcess, name: str, n: int, timeout: float = 60.0) -> dict[str, Any]:
+    """The n-th (1-based) log event called ``name``; DaemonProcess.wait_for only finds the first."""
+
+    def found() -> list[dict[str, Any]]:
+        return [e for e in list(daemon.events) if e.get("event") == name]
+
+    wait_until(lambda: len(found()) >= n or daemon.proc.poll() is not None, timeout=timeout)
+    events = found()
+    assert len(events) >= n, f"only {len(events)} {name!r} events; last lines: {daemon.events[-20:]}"
+    return events[n - 1]
+
+
+def drop(inbox: Path, name: str, cls: str, seed: int = 0) -> Path:
+    """Arrive the way a finished copy does: written under a hidden name, then renamed in."""
+    hidden = write_photo(inbox / f".{name}.part", cls, seed=seed)
+    target = inbox / name
+    hidden.rename(target)
+    return target
+
+
+# -- the protocol, end to end ----------------------------------------------------
+
+
+def test_daemon_speaks_the_notify_protocol(tmp_path: Path, settings: Settings, socket_dir: Path) -> None:
+    """READY after the start-up scan and before any filing, STATUS per batch, WATCHDOG, STOPPING."""
+    write_photo(settings.inbox / "waiting.jpg", "sea")  # there before start: the scan must find it
+    config = write_config(tmp_path / "cened.toml", settings)
+    notify = NotifySocket(str(socket_dir / "notify"))
+    daemon = DaemonProcess(config, env=daemon_env(notify, WATCHDOG_USEC="1000000"))
+    try:
+        ready = notify.wait_for(is_("READY"), timeout=120)
+        first = notify.since(0)
+        assert ready == 0, f"messages before READY=1: {first[:ready]}"
+        assert filed_count(first[0]) == 0, first[0]  # nothing filed before READY
+        assert daemon.wait_for("scanned", timeout=10)["candidates"] == 1
+        assert daemon.wait_for("started", timeout=10)
+
+        one = notify.wait_for(lambda m: filed_count(m) == 1, start=ready, timeout=60)
+        assert wait_until(lambda: (settings.library / "sea" / "waiting.jpg").exists(), timeout=10)
+        write_photo(settings.inbox / "later.jpg", "forest", seed=1)
+        two = notify.wait_for(lambda m: filed_count(m) == 2, start=one, timeout=60)
+        assert (settings.library / "forest" / "later.jpg").exists()
+
+        # WATCHDOG=1 every WATCHDOG_USEC/2, from the serving loop.
+        def pings() -> list[float]:
+            return [t for t, m in notify.messages[ready:] if m.get("WATCHDOG") == "1"]
+
+        assert wait_until(lambda: len(pings()) >= 6, timeout=30), notify.since(ready)
+        gaps = [b - a for a, b in itertools.pairwise(pings())]
+        assert statistics.median(gaps) < 1.0, gaps
+
+        # A reload is bracketed by RELOADING=1 (with its timestamp) and READY=1.
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloading = notify.wait_for(is_("RELOADING"), start=two, timeout=30)
+        assert int(notify.messages[reloading][1]["MONOTONIC_USEC"]) > 0
+        notify.wait_for(is_("READY"), start=reloading + 1, timeout=30)
+        daemon.wait_for("reloaded", timeout=30)
+        mark = len(notify.messages)
+    finally:
+        code = daemon.stop(timeout=60)
+    try:
+        stopping = notify.wait_for(is_("STOPPING"), start=mark, timeout=10)
+        assert not any(m.get("READY") for m in notify.since(stopping))
+    finally:
+        notify.close()
+    assert code == 0
+    assert daemon.wait_for("stopped", timeout=5)["filed"] == 2
+
+
+# -- reloading -------------------------------------------------------------------
+
+
+def mixed_photo(path: Path) -> Path:
+    """Half forest, half sea: a photo the test model cannot be sure of."""
+    left, right = Image.new("RGB", (32, 48), COLOURS["forest"]), Image.new("RGB", (32, 48), COLOURS["sea"])
+    img = Image.new("RGB", (64, 48))
+    img.paste(left, (0, 0))
+    img.paste(right, (32, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def write_reload_config(path: Path, settings: Settings, albums: dict[str, str], **keys: object) -> None:
+    """Rewritten in place, the way an editor saves: the daemon rereads the same path."""
+    write_config(path, settings, **keys)
+    with path.open("a") as fh:
+        fh.write("\n[albums]\n" + "".join(f'{k} = "{v}"\n' for k, v in albums.items()))
+
+
+def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
+    tmp_path: Path, settings: Settings, socket_dir: Path
+) -> None:
+    inbox, library = settings.inbox, settings.library
+    config = tmp_path / "cened.toml"
+    write_reload_config(config, settings, {}, confidence_threshold=1.0)
+    notify = NotifySocket(str(socket_dir / "notify"))
+    daemon = DaemonProcess(config, env=daemon_env(notify))
+    try:
+        daemon.wait_for("started", timeout=120)
+
+        # Threshold 1.0: even a photo the model likes goes to review.
+        mixed_photo(inbox / "unsure.png")
+        first = daemon.wait_for("filed", timeout=60)
+        assert first["album"] == "review" and first["confidence"] < 1.0, first
+        assert (library / "review" / "unsure.png").exists()
+
+        # A good config, applied by SIGHUP: threshold 0 and a mapping.
+        write_reload_config(config, settings, {"forest": "woods"}, confidence_threshold=0.0)
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert nth_event(daemon, "reloaded", 1)["config"]["albums"] == {"forest": "woods"}
+        drop(inbox, "trees.jpg", "forest", seed=2)
+        assert wait_until(lambda: (library / "woods" / "trees.jpg").exists(), timeout=60), files_under(
+            library
+        )
+
+        # Bad configs are refused, one after the other, and the good one stays.
+        bad_configs = [
+            ("batch_size = = 4\n", {"forest": "woods"}, "not valid TOML"),
+            ("batch_size = 0\n", {"forest": "woods"}, "batch_size"),
+            ("", {"forest": "woods", "lava": "hot"}, "lava"),  # a class the model does not know
+        ]
+        for n, (bad_line, albums, why) in enumerate(bad_configs, start=1):
+            write_reload_config(config, settings, albums, confidence_threshold=0.5)
+            config.write_text(bad_line + config.read_text())
+            daemon.proc.send_signal(signal.SIGHUP)
+            refused = nth_event(daemon, "reload-refused", n)
+            assert refused["level"] == "error" and why in refused["error"], refused
+        assert len([e for e in daemon.events if e.get("event") == "reloaded"]) == 1
+        drop(inbox, "more-trees.jpg", "forest", seed=3)
+        assert wait_until(lambda: (library / "woods" / "more-trees.jpg").exists(), timeout=60), files_under(
+            library
+        )
+        assert daemon.proc.poll() is None
+
+        # Files still settling when SIGHUP arrives are not dropped: a long
+        # stable_seconds keeps them waiting in the daemon, across the reload,
+        # and they are filed under the *new* mapping.  queue_max only changes
+        # at a restart, which the reload says.
+        write_reload_config(
+            config, settings, {"forest": "woods"}, confidence_threshold=0.0, stable_seconds=6.0, queue_max=32
+        )
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert nth_event(daemon, "reload-needs-restart", 1)["keys"] == ["queue_max"]
+        nth_event(daemon, "reloaded", 2)
+        waiting = [drop(inbox, f"wait-{i}.jpg", "forest", seed=10 + i) for i in range(4)]
+        time.sleep(1.0)  # let the watcher see them
+        mark = len(notify.messages)
+        write_reload_config(
+            config, settings, {"forest": "trees"}, confidence_threshold=0.0, stable_seconds=6.0
+        )
+        daemon.proc.send_signal(signal.SIGHUP)
+        nth_event(daemon, "reloaded", 3)
+        ready = notify.wait_for(is_("READY"), start=mark, timeout=30)
+        held = status_numbers(notify.messages[ready][1])
+        assert held["filed"] == 3 and held["queued"] + held["settling"] == 4, held
+        assert wait_until(lambda: all(not p.exists() for p in waiting), timeout=60)
+        assert sorted(p.name for p in (library / "trees").iterdir()) == [p.name for p in waiting]
+    finally:
+        code = daemon.stop(timeout=60)
+        notify.close()
+    assert code == 0
+
+
+# -- the Notifier in-process -----------------------------------------------------
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_notifier_sends_datagrams(abstract: bool, socket_dir: Path) -> None:
+    address = f"@cened-test-{uuid.uuid4().hex}" if abstract else str(socket_dir / "notify")
+    receiver = NotifySocket(address)
+    notifier = Notifier(address)
+    try:
+        assert notifier.enabled
+        notifier.ready("0 filed, 0 queued, 0 settling")
+        notifier.watchdog()
+        notifier.stopping()
+        receiver.wait_for(is_("STOPPING"), timeout=10)
+        assert receiver.since(0) == [
+            {"READY": "1", "STATUS": "0 filed, 0 queued, 0 settling"},
+            {"WATCHDOG": "1"},
+            {"STOPPING": "1"},
+        ]
+    finally:
+        notifier.close()
+        receiver.close()
+
+
+def test_notifier_is_a_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch, socket_dir: Path) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier = Notifier()
+    assert not notifier.enabled
+    notifier.ready("x")  # nothing to send to, nothing raised
+    # A socket that went away must not hurt the daemon either.
+    gone = Notifier(str(socket_dir / "nobody-listens"))
+    gone.ready("x")
+    gone.close()
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "expected"),
+    [
+        ("1000000", None, 0.5),
+        ("1000000", "self", 0.5),
+        ("1000000", "1", None),  # meant for another process
+        ("", None, None),
+        ("soon", None, None),
+    ],
+)
+def test_watchdog_interval(
+    usec: str, pid: str | None, expected: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
+    assert watchdog_interval() == expected
