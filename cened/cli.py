@@ -24,10 +24,19 @@ from cened.modelpack import ModelError
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_MODEL, EXIT_DB = 1, 2, 3, 4
 
+#: Commands whose module declares its own options (``add_arguments``/``run``).
+LAZY_COMMANDS = {
+    "train": ("cened.training", "train a model from a folder of labelled images"),
+    "evaluate": ("cened.evaluation", "measure a model on the validation split and write its card"),
+    "install-service": ("cened.service", "write a systemd unit for cened and print how to enable it"),
+    "doctor": ("cened.doctor", "find and fix disagreements between the log and the disk"),
+    "bench": ("cened.bench", "measure throughput, latency, memory and start-up time"),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(load=[a for a in argv if not a.startswith("-")][:1])
+    parser = build_parser(load=[a for a in argv if a in LAZY_COMMANDS][:1])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -89,13 +98,7 @@ def build_parser(load: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
-    for name, module, text in (
-        ("train", "cened.training", "train a model from a folder of labelled images"),
-        ("evaluate", "cened.evaluation", "measure a model on the validation split and write its card"),
-        ("install-service", "cened.service", "write a systemd unit for cened and print how to enable it"),
-        ("doctor", "cened.doctor", "find and fix disagreements between the log and the disk"),
-        ("bench", "cened.bench", "measure throughput, latency, memory and start-up time"),
-    ):
+    for name, (module, text) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=text)
         if name in load:
             # These modules declare their own options; importing them costs

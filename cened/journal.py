@@ -29,9 +29,9 @@ APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign data
 SCHEMA_VERSION = 1
 
 #: Actions that leave a file somewhere new and can therefore be undone or corrected.
-MOVING_ACTIONS = ("moved", "review", "quarantined", "corrected")
-#: Everything a row can record.
-ACTIONS = (*MOVING_ACTIONS, "undone", "skipped")
+MOVING_ACTIONS = ("moved", "review", "quarantined", "corrected", "relocated")
+#: Everything a row can record ("missing" and "adopted" are written by cened doctor).
+ACTIONS = (*MOVING_ACTIONS, "undone", "skipped", "missing", "adopted")
 
 _MIGRATIONS: dict[int, str] = {
     1: """

@@ -63,7 +63,7 @@ def undoable(journal: Journal, *, since: str | None = None, batch_id: str | None
 
 def origin(journal: Journal, row: Entry) -> Entry:
     """The first row of a photo's chain (before any corrections): where it came from."""
-    while row.ref_id is not None and row.action == "corrected":
+    while row.ref_id is not None and row.action in ("corrected", "relocated"):
         parent = journal.get(row.ref_id)
         if parent is None:
             break

@@ -1,0 +1,177 @@
+"""``cened doctor``: find where the log and the disk disagree, and mend it without deleting.
+
+Checks, in order:
+
+* **pending intents** -- moves a crash interrupted (normally resolved at
+  start-up; doctor resolves them too, with :mod:`cened.recovery`);
+* **missing files** -- the log says a photo is at a path where nothing is.
+  If a file with the same sha256 is elsewhere in the library (someone moved
+  it by hand) a ``relocated`` row records where; otherwise a ``missing`` row
+  records the loss, so undo refuses it with a clear reason;
+* **unlogged files** -- photos in the library that no row accounts for
+  (copied in by hand, or filed by another tool): an ``adopted`` row records
+  them so history and stats include them;
+* **stray partial copies** (``.name.cened-part``) with no intent behind them:
+  moved to quarantine, never deleted.
+
+Without ``--fix`` nothing is changed and the exit code says whether all is well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cened import moving, recovery
+from cened.config import load_settings
+from cened.journal import MOVING_ACTIONS, Entry, Journal
+from cened.modelpack import sha256_file
+
+
+@dataclass
+class Report:
+    pending: list[Entry] = field(default_factory=list)
+    missing: list[Entry] = field(default_factory=list)
+    unlogged: list[Path] = field(default_factory=list)
+    partials: list[Path] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.pending or self.missing or self.unlogged or self.partials)
+
+
+def current_rows(journal: Journal) -> list[Entry]:
+    """Rows that say where a photo in the library is now: completed moves nobody superseded.
+
+    Undo rows are left out: a photo put back in the inbox is the inbox's
+    business again, and may rightly be gone from there.
+    """
+    rows = journal.history()
+    superseded = {r.ref_id for r in rows if r.ref_id is not None and r.state != "failed"}
+    wanted = (*MOVING_ACTIONS, "adopted")
+    return [r for r in rows if r.action in wanted and r.state == "done" and r.id not in superseded]
+
+
+def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
+    report = Report(pending=journal.pending())
+    current = current_rows(journal)
+    known: set[Path] = set()
+    for row in current:
+        assert row.destination is not None
+        known.add(row.destination)
+        if not os.path.lexists(row.destination):
+            report.missing.append(row)
+    pending_dst = {e.destination for e in report.pending}
+    roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
+    for root in roots:
+        for path in _files(root):
+            if path.name.endswith(moving.PARTIAL_SUFFIX):
+                final = path.with_name(path.name[len(moving.PARTIAL_PREFIX) : -len(moving.PARTIAL_SUFFIX)])
+                if final not in pending_dst:
+                    report.partials.append(path)
+            elif path not in known:
+                report.unlogged.append(path)
+    return report
+
+
+def _files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(Path(d) / f for d, _, files in os.walk(root) for f in files)
+
+
+def repair(journal: Journal, report: Report, library: Path, quarantine: Path) -> list[str]:
+    """Apply the fixes described in the module docstring; returns what was done."""
+    done: list[str] = []
+    if report.pending:
+        for r in recovery.reconcile(journal):
+            done.append(f"resolved interrupted move #{r.id}: {r.state}")
+    by_hash: dict[str, Path] = {}
+    for path in report.unlogged:
+        try:
+            by_hash.setdefault(sha256_file(path), path)
+        except OSError:
+            continue
+    rows: list[Entry] = []
+    relocated: set[Path] = set()
+    for row in report.missing:
+        found = by_hash.get(row.sha256 or "")
+        if found is not None and found not in relocated:
+            relocated.add(found)
+            rows.append(_follow_up(row, "relocated", found, "found elsewhere in the library by sha256"))
+            done.append(f"#{row.id}: found at {os.fsdecode(found)}")
+        else:
+            rows.append(_follow_up(row, "missing", row.destination, "not on disk (found by cened doctor)"))
+            done.append(f"#{row.id}: recorded as missing")
+    for path in report.unlogged:
+        if path in relocated:
+            continue
+        try:
+            sha, size = sha256_file(path), path.stat().st_size
+        except OSError:
+            continue
+        rows.append(
+            Entry(
+                action="adopted",
+                source=path,
+                destination=path,
+                sha256=sha,
+                size=size,
+                album=path.parent.name,
+                reason="in the library without a log row",
+            )
+        )
+        done.append(f"adopted {os.fsdecode(path)}")
+    for path in report.partials:
+        final = path.name[len(moving.PARTIAL_PREFIX) : -len(moving.PARTIAL_SUFFIX)]
+        dst = moving.free_name(quarantine, f"{final}.partial")
+        moving.move(path, dst)
+        rows.append(Entry(action="quarantined", source=path, destination=dst, reason="stray partial copy"))
+        done.append(f"quarantined stray partial {os.fsdecode(path)}")
+    if rows:
+        journal.add(rows)
+    return done
+
+
+def _follow_up(row: Entry, action: str, where: Path | None, reason: str) -> Entry:
+    return Entry(
+        action=action,
+        source=row.destination or row.source,
+        destination=where,
+        sha256=row.sha256,
+        size=row.size,
+        label=row.label,
+        album=where.parent.name if where else None,
+        ref_id=row.id,
+        reason=reason,
+        model_version=row.model_version,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fix", action="store_true", help="mend what was found (never deletes a file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    with Journal(settings.database) as journal:
+        report = examine(journal, settings.library, settings.quarantine_dir)
+        for e in report.pending:
+            print(f"interrupted move #{e.id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')}")
+        for e in report.missing:
+            print(f"missing: #{e.id} says {os.fsdecode(e.destination or '')}")
+        for p in report.unlogged:
+            print(f"not in the log: {os.fsdecode(p)}")
+        for p in report.partials:
+            print(f"stray partial copy: {os.fsdecode(p)}")
+        if report.clean:
+            print("all consistent")
+            return 0
+        if not args.fix:
+            print("run `cened doctor --fix` to mend these (nothing is deleted)")
+            return 1
+        for line in repair(journal, report, settings.library, settings.quarantine_dir):
+            print(f"fixed: {line}")
+    return 0

@@ -1,0 +1,195 @@
+"""history, undo, correct, stats and doctor against a real log and real files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import write_config, write_photo
+
+from cened.classifying import Classifier
+from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_REFUSED, main
+from cened.config import Settings
+from cened.journal import Journal
+from cened.pipeline import Processor, prepare
+
+
+@pytest.fixture
+def filed(settings: Settings, model_dir: Path, tmp_path: Path):
+    """Three photos filed by the real pipeline; returns (config path, {name: row id})."""
+    classifier = Classifier(model_dir)
+    paths = [
+        write_photo(settings.inbox / "a.jpg", "sea", seed=1),
+        write_photo(settings.inbox / "b.jpg", "forest", seed=2),
+        write_photo(settings.inbox / "c.jpg", "glacier", seed=3),
+    ]
+    with Journal(settings.database) as journal:
+        outcomes = Processor(classifier, journal, lambda: settings).process(
+            [prepare(p, settings, classifier.meta.input_size) for p in paths]
+        )
+    assert [o.action for o in outcomes] == ["moved"] * 3
+    config = write_config(tmp_path / "cened.toml", settings)
+    return config, {o.path.name: o.entry.id for o in outcomes}
+
+
+def _cli(config: Path, *args: str) -> int:
+    return main(["--config", str(config), *args])
+
+
+def test_history_json_lists_every_field(filed, capsys) -> None:
+    config, ids = filed
+    assert _cli(config, "history", "--json") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == sorted(ids.values())
+    row = rows[0]
+    for key in (
+        "batch_id",
+        "time",
+        "source",
+        "destination",
+        "sha256",
+        "size",
+        "label",
+        "confidence",
+        "probabilities",
+        "model_version",
+        "action",
+        "state",
+    ):
+        assert row[key] is not None, key
+    assert _cli(config, "history") == 0  # the table renders too
+    assert "a.jpg" in capsys.readouterr().out
+
+
+def test_history_filters_by_file(filed, settings: Settings, capsys) -> None:
+    config, ids = filed
+    assert _cli(config, "history", "--json", "--file", str(settings.library / "forest" / "b.jpg")) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [ids["b.jpg"]]
+
+
+def test_undo_by_id_restores_and_records(filed, settings: Settings) -> None:
+    config, ids = filed
+    data = (settings.library / "sea" / "a.jpg").read_bytes()
+    assert _cli(config, "undo", str(ids["a.jpg"])) == 0
+    assert (settings.inbox / "a.jpg").read_bytes() == data
+    assert not (settings.library / "sea" / "a.jpg").exists()
+    with sqlite3.connect(settings.database) as db:
+        action, ref, state = db.execute(
+            "SELECT action, ref_id, state FROM decisions ORDER BY id DESC"
+        ).fetchone()
+    assert (action, ref, state) == ("undone", ids["a.jpg"], "done")
+    assert _cli(config, "undo", str(ids["a.jpg"])) == EXIT_REFUSED  # not twice
+
+
+def test_undo_refuses_changed_gone_or_taken_and_moves_nothing(filed, settings: Settings, capsys) -> None:
+    config, ids = filed
+    (settings.library / "sea" / "a.jpg").write_bytes(b"edited since")
+    (settings.library / "forest" / "b.jpg").unlink()
+    write_photo(settings.inbox / "c.jpg", "street")  # the original name is taken again
+    before = sorted(p for p in settings.library.rglob("*"))
+    assert _cli(config, "undo", "--last", "3") == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "has changed" in err and "is gone" in err and "is taken" in err
+    assert sorted(p for p in settings.library.rglob("*")) == before
+    with sqlite3.connect(settings.database) as db:
+        assert db.execute("SELECT count(*) FROM decisions WHERE action = 'undone'").fetchone()[0] == 0
+
+
+def test_undo_since_and_batch(filed, settings: Settings) -> None:
+    config, ids = filed
+    with sqlite3.connect(settings.database) as db:
+        (batch,) = db.execute("SELECT DISTINCT batch_id FROM decisions").fetchone()
+    assert _cli(config, "undo", "--batch", batch, "--dry-run") == 0
+    assert len(list(settings.library.rglob("*.jpg"))) == 3
+    assert _cli(config, "undo", "--since", "1h") == 0
+    assert sorted(p.name for p in settings.inbox.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert _cli(config, "undo") == EXIT_CONFIG  # says what to undo
+
+
+def test_correct_moves_to_the_right_album_and_keeps_the_label(filed, settings: Settings) -> None:
+    config, ids = filed
+    assert _cli(config, "correct", str(ids["c.jpg"]), "mountain") == 0
+    assert (settings.library / "mountain" / "c.jpg").exists()
+    with sqlite3.connect(settings.database) as db:
+        row = db.execute(
+            "SELECT action, human_label, label, ref_id FROM decisions ORDER BY id DESC"
+        ).fetchone()
+    assert row == ("corrected", "mountain", "glacier", ids["c.jpg"])
+    # Undoing the correction's row sends the photo back to the inbox it came from.
+    with sqlite3.connect(settings.database) as db:
+        (corrected_id,) = db.execute("SELECT max(id) FROM decisions").fetchone()
+    assert _cli(config, "undo", str(ids["c.jpg"])) == EXIT_REFUSED  # superseded by the correction
+    assert _cli(config, "undo", str(corrected_id)) == 0
+    assert (settings.inbox / "c.jpg").exists()
+
+
+def test_stats_counts_albums_and_rates(filed, capsys) -> None:
+    config, ids = filed
+    assert _cli(config, "undo", str(ids["a.jpg"])) == 0
+    capsys.readouterr()
+    assert _cli(config, "stats", "--json") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["filed"] == 3 and stats["undone"] == 1
+    assert set(stats["albums"]) == {"sea", "forest", "glacier"}
+    assert stats["undo_rate"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+def test_doctor_reports_then_mends_without_deleting(filed, settings: Settings, capsys) -> None:
+    config, ids = filed
+    moved_by_hand = settings.library / "favourites" / "a.jpg"
+    moved_by_hand.parent.mkdir()
+    os.rename(settings.library / "sea" / "a.jpg", moved_by_hand)
+    (settings.library / "forest" / "b.jpg").unlink()
+    stranger = write_photo(settings.library / "sea" / "from-camera.jpg", "sea")
+    partial = settings.library / "sea" / ".x.jpg.cened-part"
+    partial.write_bytes(b"half")
+    assert _cli(config, "doctor") == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert "missing" in out and "not in the log" in out and "stray partial" in out
+    assert _cli(config, "doctor", "--fix") == 0
+    assert moved_by_hand.exists() and stranger.exists()
+    assert (settings.quarantine_dir / "x.jpg.partial").read_bytes() == b"half"
+    capsys.readouterr()
+    assert _cli(config, "doctor") == 0
+    assert "all consistent" in capsys.readouterr().out
+    # The photo moved by hand can still be undone from where it is now.
+    assert _cli(config, "undo", "--last", "1") == 0
+    assert (settings.inbox / "a.jpg").exists() and not moved_by_hand.exists()
+    assert _cli(config, "undo", str(ids["b.jpg"])) == EXIT_REFUSED  # recorded missing
+
+
+def test_foreign_or_corrupt_database_is_refused_untouched(settings: Settings, tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "cened.toml", settings)
+    settings.database.write_bytes(b"this is not sqlite" * 100)
+    digest = hashlib.sha256(settings.database.read_bytes()).hexdigest()
+    assert _cli(config, "history") == EXIT_DB
+    assert "database problem" in capsys.readouterr().err
+    assert hashlib.sha256(settings.database.read_bytes()).hexdigest() == digest
+    settings.database.unlink()
+    with sqlite3.connect(settings.database) as db:
+        db.execute("CREATE TABLE invoices (id INTEGER)")
+    assert _cli(config, "undo", "--last", "1") == EXIT_DB
+    assert "not a cened database" in capsys.readouterr().err
+
+
+def test_history_reads_while_a_writer_holds_the_database(settings: Settings, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "cened.toml", settings)
+    writer = Journal(settings.database)
+    writer.conn.execute("BEGIN IMMEDIATE")
+    try:
+        assert _cli(config, "history", "--json") == 0  # WAL: readers never wait for the writer
+    finally:
+        writer.conn.execute("ROLLBACK")
+        writer.close()
+
+
+def test_journal_settings_are_durable(settings: Settings) -> None:
+    with Journal(settings.database) as journal:
+        assert journal.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] >= 1
