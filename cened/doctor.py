@@ -127,8 +127,11 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
     for path in report.partials:
         final = path.name[len(moving.PARTIAL_PREFIX) : -len(moving.PARTIAL_SUFFIX)]
         dst = moving.free_name(quarantine, f"{final}.partial")
+        sha = sha256_file(path)
         moving.move(path, dst)
-        rows.append(Entry(action="quarantined", source=path, destination=dst, reason="stray partial copy"))
+        rows.append(
+            Entry(action="quarantined", source=path, destination=dst, sha256=sha, reason="stray partial copy")
+        )
         done.append(f"quarantined stray partial {os.fsdecode(path)}")
     if rows:
         journal.add(rows)

@@ -87,7 +87,7 @@ def test_undo_by_id_restores_and_records(filed, settings: Settings) -> None:
 
 
 def test_undo_refuses_changed_gone_or_taken_and_moves_nothing(filed, settings: Settings, capsys) -> None:
-    config, ids = filed
+    config, _ids = filed
     (settings.library / "sea" / "a.jpg").write_bytes(b"edited since")
     (settings.library / "forest" / "b.jpg").unlink()
     write_photo(settings.inbox / "c.jpg", "street")  # the original name is taken again
@@ -101,7 +101,7 @@ def test_undo_refuses_changed_gone_or_taken_and_moves_nothing(filed, settings: S
 
 
 def test_undo_since_and_batch(filed, settings: Settings) -> None:
-    config, ids = filed
+    config, _ids = filed
     with sqlite3.connect(settings.database) as db:
         (batch,) = db.execute("SELECT DISTINCT batch_id FROM decisions").fetchone()
     assert _cli(config, "undo", "--batch", batch, "--dry-run") == 0
@@ -158,7 +158,9 @@ def test_doctor_reports_then_mends_without_deleting(filed, settings: Settings, c
     assert _cli(config, "doctor") == 0
     assert "all consistent" in capsys.readouterr().out
     # The photo moved by hand can still be undone from where it is now.
-    assert _cli(config, "undo", "--last", "1") == 0
+    with sqlite3.connect(settings.database) as db:
+        (relocated,) = db.execute("SELECT id FROM decisions WHERE action = 'relocated'").fetchone()
+    assert _cli(config, "undo", str(relocated)) == 0
     assert (settings.inbox / "a.jpg").exists() and not moved_by_hand.exists()
     assert _cli(config, "undo", str(ids["b.jpg"])) == EXIT_REFUSED  # recorded missing
 
