@@ -75,6 +75,8 @@ class Daemon:
         self._batches: queue.Queue[list[Future[Prepared]]] = queue.Queue(maxsize=1)
         self._failures: dict[Path, int] = {}
         self.notifier = Notifier()
+        self.serving = threading.Event()  # set once READY has been sent
+        self.counters: dict[str, int] = {}  # outcomes by action, shared with the Processor
         self.filed = 0
 
     def settings(self) -> Settings:
@@ -94,7 +96,7 @@ class Daemon:
             resolved = recovery.reconcile(journal)
             classifier = Classifier(s.model, backend=s.backend, threads=s.model_threads)
             _check_albums(s, classifier.classes)
-            processor = Processor(classifier, journal, self.settings)
+            processor = Processor(classifier, journal, self.settings, self.counters)
             self._install_signals()
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
@@ -117,6 +119,7 @@ class Daemon:
                     config=s.summary(),
                 )
                 self.notifier.ready(self._status())
+                self.serving.set()
                 self._serve(processor, collector)
                 watcher.stop()
                 pump.join(timeout=5)
@@ -212,7 +215,8 @@ class Daemon:
         while collector.is_alive() or not self._batches.empty():
             if self._reload.is_set():
                 self._reload.clear()
-                self._apply_reload(processor.classifier.classes)
+                if not self.stopping.is_set():  # no READY=1 to systemd after STOPPING=1
+                    self._apply_reload(processor.classifier.classes)
             try:
                 batch = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
             except queue.Empty:
@@ -265,6 +269,7 @@ class Daemon:
             new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
         self._settings = new
         self.tracker.stable_seconds = new.stable_seconds
+        imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
         self.notifier.ready(self._status())

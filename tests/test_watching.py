@@ -1,0 +1,242 @@
+"""Watching the inbox: stability, deduplication, ignored names, rescans and back-pressure.
+
+The daemon runs in a thread of the test process here (signals are only
+installed from the main thread), with the real watchdog observer on a real
+temp inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_photo
+from daemon_helpers import files_under, wait_until
+
+from cened.config import Settings
+from cened.daemon import Daemon
+from cened.watching import InboxWatcher, StabilityTracker, is_candidate
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tracker_waits_until_size_and_mtime_hold(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = StabilityTracker(stable_seconds=2.0, clock=clock)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"first half")
+    tracker.touch(path)
+    assert tracker.ready(10) == []
+    clock.now += 1.5
+    with open(path, "ab") as fh:
+        fh.write(b" second half")
+    assert tracker.ready(10) == []  # it changed: the clock starts again
+    clock.now += 1.9
+    assert tracker.ready(10) == []
+    clock.now += 0.2
+    assert tracker.ready(10) == [path]
+    tracker.touch(path)  # events for a path already handed out are ignored
+    assert tracker.ready(10) == [] and len(tracker) == 0
+
+
+def test_close_write_releases_without_waiting(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = StabilityTracker(stable_seconds=60.0, clock=clock)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"done")
+    tracker.touch(path, closed=True)
+    assert tracker.ready(10) == [path]
+
+
+def test_settled_file_is_ignored_until_it_changes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    tracker = StabilityTracker(stable_seconds=0.0, clock=clock)
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"x")
+    tracker.touch(path)
+    assert tracker.ready(10) == [path]
+    st = path.stat()
+    tracker.done(path, keep=(st.st_size, st.st_mtime_ns))
+    tracker.touch(path)
+    assert tracker.ready(10) == []
+    path.write_bytes(b"changed")
+    tracker.touch(path)
+    assert tracker.ready(10) == [path]
+
+
+def test_ready_respects_the_limit_and_drops_vanished(tmp_path: Path) -> None:
+    tracker = StabilityTracker(stable_seconds=0.0, clock=FakeClock())
+    paths = [tmp_path / f"{i}.jpg" for i in range(5)]
+    for p in paths:
+        p.write_bytes(b"x")
+        tracker.touch(p, old=True)
+    paths[0].unlink()
+    first = tracker.ready(2)
+    assert first == paths[1:3]
+    assert tracker.ready(10) == paths[3:]
+
+
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("a.jpg", True),
+        ("A.JPEG", True),
+        ("sub/b.png", True),
+        (".hidden.jpg", False),
+        (".sync/c.jpg", False),
+        ("c.jpg.part", False),
+        ("d.jpg.crdownload", False),
+        ("e.jpg~", False),
+        ("notes.txt", False),
+        ("f.tmp", False),
+    ],
+)
+def test_candidate_names(settings: Settings, name: str, ok: bool) -> None:
+    path = settings.inbox / name
+    assert is_candidate(path, settings.inbox, settings.extensions, settings.ignore_suffixes) is ok
+
+
+def test_one_copy_is_released_once_however_many_events(tmp_path: Path) -> None:
+    tracker = StabilityTracker(stable_seconds=0.3)
+    events: list[Path] = []
+
+    def on_path(path: Path, closed: bool) -> None:
+        events.append(path)
+        tracker.touch(path, closed=closed)
+
+    watcher = InboxWatcher(tmp_path, on_path, lambda: None)
+    watcher.start()
+    try:
+        target = tmp_path / "photo.jpg"
+        with open(target, "wb") as fh:
+            for _ in range(20):
+                fh.write(b"x" * 1000)
+                fh.flush()
+        released: list[Path] = []
+        assert wait_until(lambda: bool(released.extend(tracker.ready(10)) or released), timeout=10)
+        time.sleep(0.5)
+        released += tracker.ready(10)
+    finally:
+        watcher.stop()
+    assert len(events) >= 3  # created, modified…, closed: several events for one copy
+    assert released == [target]
+
+
+class RunningDaemon:
+    """The daemon in a background thread of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.daemon = Daemon(settings)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.code = self.daemon.run()
+
+    def __enter__(self) -> Daemon:
+        self.thread.start()
+        assert self.daemon.serving.wait(timeout=60)
+        return self.daemon
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive() and self.code == 0
+
+
+def test_temporaries_hidden_and_foreign_files_stay_put(settings: Settings) -> None:
+    with RunningDaemon(settings):
+        keep = [
+            write_photo(settings.inbox / ".hidden.jpg", "sea"),
+            write_photo(settings.inbox / "download.jpg.part", "sea"),
+            write_photo(settings.inbox / ".thumbs" / "t.jpg", "sea"),
+        ]
+        (settings.inbox / "notes.txt").write_text("not a photo")
+        take = write_photo(settings.inbox / "real.jpg", "sea")
+        assert wait_until(lambda: not take.exists(), timeout=20)
+        time.sleep(0.5)
+    assert all(p.exists() for p in keep) and (settings.inbox / "notes.txt").exists()
+    assert [p.name for p in files_under(settings.library)] == ["real.jpg"]
+
+
+def test_lost_events_are_recovered_by_the_overflow_rescan(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setattr(Daemon, "_on_event", lambda self, path, closed: None)  # every event is lost
+    with RunningDaemon(settings):
+        photo = write_photo(settings.inbox / "missed.jpg", "forest")
+        time.sleep(1.0)
+        assert photo.exists()
+        # What watchdog logs when the kernel's inotify queue overflows:
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        assert wait_until(lambda: not photo.exists(), timeout=20)
+    assert (settings.library / "forest" / "missed.jpg").exists()
+
+
+def test_periodic_rescan_is_a_safety_net(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setattr(Daemon, "_on_event", lambda self, path, closed: None)
+    with RunningDaemon(settings.model_copy(update={"rescan_interval_s": 1.0})):
+        photo = write_photo(settings.inbox / "missed.jpg", "sea")
+        assert wait_until(lambda: not photo.exists(), timeout=20)
+
+
+def test_backlog_never_overfills_the_queue(settings: Settings) -> None:
+    for i in range(150):
+        write_photo(settings.inbox / f"{i:03d}.jpg", "sea", size=(32, 32), seed=i)
+    small = settings.model_copy(update={"queue_max": 8, "batch_size": 4})
+    peak = 0
+    with RunningDaemon(small) as daemon:
+
+        def drained() -> bool:
+            nonlocal peak
+            peak = max(peak, daemon.paths.qsize())
+            return not files_under(settings.inbox)
+
+        assert wait_until(drained, timeout=60, interval=0.005)
+    assert 0 < peak <= 8
+    assert len(files_under(settings.library)) == 150
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up here: {result.stderr.decode().strip()}")
+
+
+def test_full_disk_keeps_photos_in_the_inbox_and_retries_with_backoff(
+    settings: Settings, tmp_path: Path
+) -> None:
+    library = tmp_path / "small-disk"
+    _mount_tmpfs(library, "48k")
+    try:
+        tight = settings.model_copy(update={"library": library, "retry_max_s": 2.0})
+        photos = [
+            write_photo(settings.inbox / f"{i}.png", "sea", fmt="PNG", size=(200, 150), seed=i)
+            for i in range(4)
+        ]
+        assert sum(p.stat().st_size for p in photos) > 48 * 1024
+        with RunningDaemon(tight) as daemon:
+            time.sleep(4.0)
+            waiting = [p for p in photos if p.exists()]
+            assert waiting, "the small disk should have filled up"
+            failures = daemon.counters.get("retry", 0)
+            # Backoff: a handful of attempts per photo in 4 s, not a busy loop.
+            assert 0 < failures <= 4 * len(waiting), failures
+            subprocess.run(["mount", "-o", "remount,size=4m", str(library)], check=True)
+            assert wait_until(lambda: not any(p.exists() for p in photos), timeout=20)
+        assert len(files_under(library / "sea")) == 4
+    finally:
+        subprocess.run(["umount", "-l", str(library)], check=False)
