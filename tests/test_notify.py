@@ -122,9 +122,9 @@ def nth_event(daemon: DaemonProcess, name: str, n: int, timeout: float = 60.0) -
     return events[n - 1]
 
 
-def drop(inbox: Path, name: str, cls: str, seed: int = 0) -> Path:
+def drop(inbox: Path, name: str, cls: str, seed: int = 0, size: tuple[int, int] = (64, 48)) -> Path:
     """Arrive the way a finished copy does: written under a hidden name, then renamed in."""
-    hidden = write_photo(inbox / f".{name}.part", cls, seed=seed)
+    hidden = write_photo(inbox / f".{name}.part", cls, seed=seed, size=size)
     target = inbox / name
     hidden.rename(target)
     return target
@@ -183,11 +183,11 @@ def test_daemon_speaks_the_notify_protocol(tmp_path: Path, settings: Settings, s
 
 
 def mixed_photo(path: Path) -> Path:
-    """Half forest, half sea: a photo the test model cannot be sure of."""
-    left, right = Image.new("RGB", (32, 48), COLOURS["forest"]), Image.new("RGB", (32, 48), COLOURS["sea"])
-    img = Image.new("RGB", (64, 48))
+    """Half forest, half sea (40x30 pixels): a photo the test model cannot be sure of."""
+    left, right = Image.new("RGB", (20, 30), COLOURS["forest"]), Image.new("RGB", (20, 30), COLOURS["sea"])
+    img = Image.new("RGB", (40, 30))
     img.paste(left, (0, 0))
-    img.paste(right, (32, 0))
+    img.paste(right, (20, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
     return path
@@ -205,7 +205,8 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
 ) -> None:
     inbox, library = settings.inbox, settings.library
     config = tmp_path / "cened.toml"
-    write_reload_config(config, settings, {}, confidence_threshold=1.0)
+    # 2,000 pixels at most: Pillow's own guard (a global) refuses more than twice that.
+    write_reload_config(config, settings, {}, confidence_threshold=1.0, max_megapixels=0.002)
     notify = NotifySocket(str(socket_dir / "notify"))
     daemon = DaemonProcess(config, env=daemon_env(notify))
     try:
@@ -216,12 +217,14 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         first = daemon.wait_for("filed", timeout=60)
         assert first["album"] == "review" and first["confidence"] < 1.0, first
         assert (library / "review" / "unsure.png").exists()
+        drop(inbox, "big.jpg", "forest", size=(100, 60))
+        assert daemon.wait_for("quarantined", timeout=60)["reason"].startswith("decompression-bomb")
 
-        # A good config, applied by SIGHUP: threshold 0 and a mapping.
+        # A good config, applied by SIGHUP: threshold 0, a mapping, the default pixel limit.
         write_reload_config(config, settings, {"forest": "woods"}, confidence_threshold=0.0)
         daemon.proc.send_signal(signal.SIGHUP)
         assert nth_event(daemon, "reloaded", 1)["config"]["albums"] == {"forest": "woods"}
-        drop(inbox, "trees.jpg", "forest", seed=2)
+        drop(inbox, "trees.jpg", "forest", seed=2, size=(100, 60))
         assert wait_until(lambda: (library / "woods" / "trees.jpg").exists(), timeout=60), files_under(
             library
         )
@@ -265,7 +268,7 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         nth_event(daemon, "reloaded", 3)
         ready = notify.wait_for(is_("READY"), start=mark, timeout=30)
         held = status_numbers(notify.messages[ready][1])
-        assert held["filed"] == 3 and held["queued"] + held["settling"] == 4, held
+        assert held["filed"] == 4 and held["queued"] + held["settling"] == 4, held
         assert wait_until(lambda: all(not p.exists() for p in waiting), timeout=60)
         assert sorted(p.name for p in (library / "trees").iterdir()) == [p.name for p in waiting]
     finally:
