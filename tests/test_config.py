@@ -1,0 +1,112 @@
+"""Configuration: defaults, TOML, environment, and one clear error for anything wrong."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+from daemon_helpers import run_cli
+
+from cened.config import ConfigError, Settings, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("CENED_CONFIG", raising=False)
+    s = load_settings()
+    assert s.inbox == tmp_path / "Pictures" / "cened" / "inbox"
+    assert s.database == tmp_path / ".local" / "state" / "cened" / "cened.sqlite3"
+    assert s.quarantine_dir == s.library / "_quarantine"
+    assert s.model.name == "landscapes"
+
+
+def test_example_config_documents_every_key_with_its_default(monkeypatch, tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    documented = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.M)) | set(
+        re.findall(r"^\[([a-z_]+)\]", text, flags=re.M)
+    )
+    assert set(Settings.model_fields) <= documented, set(Settings.model_fields) - documented
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    from_file, defaults = load_settings(EXAMPLE), load_settings()
+    assert from_file.model_dump() == defaults.model_dump()
+    assert tomllib.loads(text)["albums"] == {}
+
+
+def test_environment_wins_over_the_file(monkeypatch, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('batch_size = 8\nconfidence_threshold = 0.7\n[albums]\nglacier = "mountains"\n')
+    monkeypatch.setenv("CENED_BATCH_SIZE", "4")
+    monkeypatch.setenv("CENED_ALBUMS", '{"mountain": "mountains"}')
+    s = load_settings(cfg)
+    assert (s.batch_size, s.confidence_threshold) == (4, 0.7)
+    assert s.album_for("glacier") == s.album_for("mountain") == "mountains"
+    monkeypatch.setenv("CENED_CONFIG", str(cfg))
+    monkeypatch.delenv("CENED_BATCH_SIZE")
+    assert load_settings().batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ("confidence_treshold = 0.5", "confidence_treshold"),
+        ("confidence_threshold = 1.5", "confidence_threshold"),
+        ("batch_size = 0", "batch_size"),
+        ('log_format = "xml"', "log_format"),
+        ('review_album = "a/b"', "review_album"),
+        ('inbox = "/tmp/x"\nlibrary = "/tmp/x/albums"', "inbox and library"),
+        ("batch_size = ", "not valid TOML"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, body: str, key: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(body + "\n")
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_settings(cfg)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_bad_config_exits_2_and_touches_nothing(tmp_path: Path, settings: Settings) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, batch_size=-1)
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2
+    assert "batch_size" in result.stderr and result.stderr.count("\n") == 1
+    assert not settings.database.exists() and list(settings.library.iterdir()) == []
+
+
+def test_missing_model_fails_fast_with_exit_3(tmp_path: Path, settings: Settings) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, model=str(tmp_path / "no-model"))
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 3
+    assert "no-model" in result.stderr and "does not exist" in result.stderr
+
+
+def test_model_not_matching_its_metadata_is_refused(
+    tmp_path: Path, settings: Settings, model_dir: Path
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer")
+    cfg = write_config(tmp_path / "c.toml", settings, model=str(broken))
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 3 and "sha256" in result.stderr
+
+
+def test_unknown_class_in_album_mapping_is_refused(tmp_path: Path, settings: Settings) -> None:
+    cfg = tmp_path / "c.toml"
+    write_config(cfg, settings)
+    cfg.write_text(cfg.read_text() + '[albums]\nvolcano = "fire"\n')
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2 and "volcano" in result.stderr
