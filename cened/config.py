@@ -100,10 +100,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _paths_apart(self) -> Settings:
+        # Absolute, so the log records paths that mean the same from any working directory.
         for name in ("inbox", "library", "database", "model"):
-            setattr(self, name, Path(getattr(self, name)).expanduser())
+            setattr(self, name, Path(getattr(self, name)).expanduser().absolute())
         if self.quarantine is not None:
-            self.quarantine = self.quarantine.expanduser()
+            self.quarantine = self.quarantine.expanduser().absolute()
         inbox, library = self.inbox.resolve(), self.library.resolve()
         if inbox == library or library.is_relative_to(inbox) or inbox.is_relative_to(library):
             raise ValueError("inbox and library must be separate folders, neither inside the other")

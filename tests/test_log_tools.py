@@ -195,3 +195,27 @@ def test_journal_settings_are_durable(settings: Settings) -> None:
         assert journal.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert journal.conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_classify_prints_labels_and_moves_nothing(settings: Settings, tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "cened.toml", settings)
+    folder = tmp_path / "old-photos"
+    write_photo(folder / "1.jpg", "forest")
+    write_photo(folder / "deeper" / "2.png", "street", fmt="PNG")
+    (folder / "3.jpg").write_text("not an image")
+    assert _cli(config, "classify", str(folder), "--json") == EXIT_REFUSED  # one file was unusable
+    rows = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["1.jpg"]["label"] == "forest" and rows["2.png"]["album"] == "street"
+    assert rows["3.jpg"]["error"] == "not-an-image"
+    assert len(list(folder.rglob("*.*"))) == 3 and not settings.database.exists()
+
+
+def test_classify_apply_files_like_the_daemon(settings: Settings, tmp_path: Path, capsys) -> None:
+    config = write_config(tmp_path / "cened.toml", settings)
+    photo = write_photo(tmp_path / "elsewhere" / "p.jpg", "sea")
+    assert _cli(config, "classify", str(photo), "--apply", "--json") == 0
+    (row,) = map(json.loads, capsys.readouterr().out.splitlines())
+    assert row["action"] == "moved" and Path(row["destination"]) == settings.library / "sea" / "p.jpg"
+    assert not photo.exists()
+    assert _cli(config, "undo", str(row["id"])) == 0
+    assert photo.exists()
