@@ -1,0 +1,699 @@
+"""``cened bench``: how fast the daemon is, next to how fast it could be.
+
+One run measures, on the same machine and model, the figures that only mean
+something side by side:
+
+* the **limit** -- the model alone on pre-decoded tensors, at its best batch
+  size, for both runtimes (so the default runtime is a measured choice);
+* the **daemon** end to end, as a subprocess on temporary folders: photos
+  appear in the inbox, and the clock stops at the last ``filed`` log line;
+  once for small (150 px) JPEGs, once for realistic 12-megapixel ones;
+* the **naive baseline** -- one file at a time, full decode, ``model.predict``
+  -- the way the original notebook sorted photos;
+* idle **latency** from one drop to ``filed``, **peak memory** and **cold start**.
+
+Throughput runs rename the photos into the inbox (arrival is instant) with
+``stable_seconds = 0``: the stability hold is a fixed delay per file, not a
+limit on throughput, and would otherwise be timed as if it were.  Latency is
+measured the way a person drops a photo (a copy, closed by its writer) with the
+configured settings, hold included.  Figures are medians over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cened.config import Settings, load_settings
+
+#: Bump when :func:`synthetic_photo` changes, so cached images are regenerated.
+GENERATOR = 2
+JPEG_QUALITY = 90
+SMALL = (150, 150)
+LARGE = (4000, 3000)
+TARGETS = {
+    "e2e_150px_vs_limit": 0.9,
+    "e2e_150px_vs_naive": 10.0,
+    "e2e_12mp_vs_150px": 0.5,
+}
+LATENCY_P95_TARGET_S = 1.0
+PEAK_RSS_TARGET_MIB = 1024.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; ``--quick`` shrinks everything to a smoke run."""
+
+    repeats: int
+    small_count: int
+    large_count: int
+    large_size: tuple[int, int]
+    batch_sizes: tuple[int, ...]
+    naive_count: int
+    latency_drops: int
+    latency_gap_s: float
+    raw_min_images: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Plan:
+        if args.quick:
+            plan = cls(1, 12, 3, (1600, 1200), (1, 4), 4, 3, 0.2, 8)
+        else:
+            plan = cls(3, 256, 48, LARGE, (1, 4, 8, 16, 32), 32, 20, 0.5, 96)
+        overrides = {
+            "repeats": args.repeats,
+            "small_count": args.count,
+            "large_count": args.large_count,
+            "latency_drops": args.latency_drops,
+        }
+        kept = {k: v for k, v in overrides.items() if v is not None}
+        if args.batch_sizes:
+            kept["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
+        return cls(**{**asdict(plan), **kept})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, help="model directory (default: the configured model)")
+    parser.add_argument("--images", type=Path, help="also time the daemon on these images (a folder)")
+    parser.add_argument("--repeats", type=int, help="repeats per figure; the median is reported (3)")
+    parser.add_argument("--count", type=int, help="150 px photos per throughput run (256)")
+    parser.add_argument("--large-count", type=int, help="12-megapixel photos per throughput run (48)")
+    parser.add_argument("--latency-drops", type=int, help="single drops timed while idle (20)")
+    parser.add_argument("--batch-sizes", help="batch sizes for the model limit, e.g. 1,4,8,16,32")
+    parser.add_argument("--cache", type=Path, help="where generated photos are kept between runs")
+    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not minutes)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = Plan.from_args(args)
+    settings = load_settings(args.config)
+    model = (args.model or settings.model).expanduser().resolve()
+    cache = (args.cache or _default_cache()).expanduser()
+    result = measure(plan, settings, model, cache, args.images)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    return 0
+
+
+def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Path | None) -> dict[str, Any]:
+    """Every figure, in the order that keeps them from disturbing one another."""
+    from cened import modelpack
+
+    _say(f"model {model}")
+    model_meta = modelpack.read_meta(model)
+    input_size = model_meta.input_size
+    meta = {
+        "path": str(model),
+        "version": model_meta.version,
+        "input_size": list(input_size),
+        "backend": _daemon_backend(settings, model),
+    }
+    large_label = "12MP" if plan.large_size == LARGE else f"{plan.large_size[0]}x{plan.large_size[1]}"
+    sets = {
+        "150px": image_set(cache, SMALL, plan.small_count),
+        large_label: image_set(cache, plan.large_size, plan.large_count),
+    }
+    if images is not None:
+        sets["yours"] = user_images(images)
+    result: dict[str, Any] = {
+        "machine": machine_info(),
+        "model": meta,
+        "settings": {
+            k: getattr(settings, k)
+            for k in ("backend", "batch_size", "batch_max_wait_ms", "decode_threads", "model_threads")
+        },
+        "plan": asdict(plan),
+        "sets": {name: _describe(files) for name, files in sets.items()},
+    }
+    result["stages_ms"] = {name: stage_costs(files[:16], input_size) for name, files in sets.items()}
+    result["raw"] = raw_limits(model, settings, sets["150px"], plan)
+    result["naive"] = {
+        name: naive_throughput(
+            model, files[: plan.naive_count if name == "150px" else max(2, plan.naive_count // 4)], plan
+        )
+        for name, files in sets.items()
+    }
+    result.update(daemon_figures(plan, settings, model, sets, cache))
+    result["machine"]["load_after"] = list(os.getloadavg())
+    result["ratios"], result["targets"] = ratios(result, large_label)
+    return result
+
+
+# -- photos ----------------------------------------------------------------
+
+
+def synthetic_photo(seed: int, size: tuple[int, int]) -> bytes:
+    """A JPEG that costs what a camera photo costs to decode.
+
+    Flat colour would compress to almost nothing and decode unrealistically
+    fast; a sky-like gradient, a wavy texture and sensor-like noise give the
+    3-6 MB per 12 megapixels that phones produce at quality 90.
+    """
+    from PIL import Image
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
+    top, bottom = rng.uniform(20, 235, 3), rng.uniform(20, 235, 3)
+    fx, fy, phase_x, phase_y = (
+        rng.uniform(3, 40),
+        rng.uniform(3, 40),
+        rng.uniform(0, 6.3),
+        rng.uniform(0, 6.3),
+    )
+    texture = np.sin(2 * np.pi * fx * x * (1 + 0.3 * y) + phase_x) * np.sin(
+        2 * np.pi * fy * y + 3 * x + phase_y
+    )
+    pixels = np.empty((height, width, 3), np.uint8)
+    for c in range(3):
+        channel = top[c] + (bottom[c] - top[c]) * y + 25 * texture + (x - 0.5) * rng.uniform(-40, 40)
+        channel = channel + rng.standard_normal((height, width), dtype=np.float32) * 10
+        pixels[..., c] = np.clip(channel, 0, 255)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def image_set(cache: Path, size: tuple[int, int], count: int) -> list[Path]:
+    """``count`` deterministic photos of ``size``, generated once and kept in ``cache``."""
+    folder = cache / f"{size[0]}x{size[1]}-q{JPEG_QUALITY}-g{GENERATOR}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{seed:04d}.jpg" for seed in range(count)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        _say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
+    for path in missing:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(synthetic_photo(int(path.stem), size))
+        tmp.replace(path)
+    return files
+
+
+def user_images(folder: Path) -> list[Path]:
+    from cened.config import DEFAULT_EXTENSIONS
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DEFAULT_EXTENSIONS)
+    if not files:
+        raise SystemExit(f"cened bench: no images in {folder}")
+    return files
+
+
+def _describe(files: Sequence[Path]) -> dict[str, Any]:
+    sizes = [f.stat().st_size for f in files]
+    return {"count": len(files), "mean_mb": round(statistics.fmean(sizes) / 1e6, 3)}
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cened" / "bench"
+
+
+# -- the machine -------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures depend on, so two runs can be compared honestly."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "pillow", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "load_before": list(os.getloadavg()),
+    }
+
+
+# -- in-process figures --------------------------------------------------------
+
+
+def stage_costs(files: Sequence[Path], input_size: tuple[int, int]) -> dict[str, float]:
+    """Median milliseconds per photo for each step of ``pipeline.prepare``, on one thread."""
+    from cened import imaging
+
+    read, digest, decode = [], [], []
+    for path in files:
+        t0 = time.perf_counter()
+        data = path.read_bytes()
+        t1 = time.perf_counter()
+        hashlib.sha256(data).hexdigest()
+        t2 = time.perf_counter()
+        imaging.decode(data, input_size)
+        t3 = time.perf_counter()
+        read.append(t1 - t0)
+        digest.append(t2 - t1)
+        decode.append(t3 - t2)
+    return {
+        k: round(statistics.median(v) * 1000, 3)
+        for k, v in (("read", read), ("sha256", digest), ("decode", decode))
+    }
+
+
+def raw_limits(model: Path, settings: Settings, files: Sequence[Path], plan: Plan) -> dict[str, Any]:
+    """Model-only images/s per backend and batch size; the daemon's backend's best is the limit."""
+    from cened import imaging
+    from cened.classifying import Classifier
+    from cened.modelpack import ModelError
+
+    out: dict[str, Any] = {"by_backend": {}}
+    pool: np.ndarray | None = None
+    for backend in ("tflite", "keras"):
+        try:
+            classifier = Classifier(model, backend=backend, threads=settings.model_threads)  # type: ignore[arg-type]
+        except ModelError:
+            continue
+        if pool is None:
+            pool = np.stack([imaging.decode(f.read_bytes(), classifier.meta.input_size) for f in files[:64]])
+        _say(f"model limit: {backend}")
+        out["by_backend"][backend] = _rates_by_batch(classifier.predict, pool, plan)
+        del classifier
+    daemon_backend = _daemon_backend(settings, model)
+    rates = out["by_backend"][daemon_backend]
+    best = max(rates, key=lambda k: rates[k])
+    out.update(backend=daemon_backend, best_batch=int(best), limit_ips=rates[best])
+    return out
+
+
+def _daemon_backend(settings: Settings, model: Path) -> str:
+    """The runtime the daemon will pick, by the same rule as :class:`cened.classifying.Classifier`."""
+    from cened import modelpack
+
+    if settings.backend != "auto":
+        return settings.backend
+    return "tflite" if modelpack.TFLITE_FILE in modelpack.read_meta(model).files else "keras"
+
+
+def _rates_by_batch(
+    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, plan: Plan
+) -> dict[str, float]:
+    def once(batch: int) -> Callable[[], float]:
+        return lambda: _predict_rate(predict, pool, batch, plan.raw_min_images)
+
+    return {str(batch): _median_ips(once(batch), plan) for batch in plan.batch_sizes}
+
+
+def _predict_rate(
+    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, batch: int, minimum: int
+) -> float:
+    """Images/s over at least ``minimum`` images, after one untimed call of the same shape."""
+    index = np.arange(batch) % len(pool)
+    predict(pool[index])
+    done, start = 0, time.perf_counter()
+    while done < max(minimum, batch):
+        predict(pool[(index + done) % len(pool)])
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def _median_ips(measure_once: Callable[[], float], plan: Plan) -> float:
+    return round(statistics.median(measure_once() for _ in range(plan.repeats)), 2)
+
+
+def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str, Any]:
+    """The notebook's loop: open, decode in full, resize, ``model.predict`` one photo at a time."""
+    import keras
+    from PIL import Image
+
+    from cened import modelpack
+
+    meta = modelpack.read_meta(model)
+    if modelpack.KERAS_FILE not in meta.files:
+        return {"ips": None, "images": 0}
+    net = keras.models.load_model(model / modelpack.KERAS_FILE, compile=False)
+    height, width = meta.input_size
+    subset = list(files)
+    _say(f"naive baseline on {len(subset)} photos")
+
+    def once() -> float:
+        start = time.perf_counter()
+        for path in subset:
+            image = Image.open(path).convert("RGB").resize((width, height))
+            net.predict(np.asarray(image, dtype=np.float32)[None], verbose=0)
+        return len(subset) / (time.perf_counter() - start)
+
+    once()  # the notebook's first call builds the graph; do not time that
+    return {"ips": _median_ips(once, plan), "images": len(subset)}
+
+
+# -- the daemon as a subprocess ------------------------------------------------------
+
+
+class DaemonRun:
+    """``cened run`` in a subprocess; its JSON log lines are timestamped as they arrive."""
+
+    def __init__(self, config: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CENED_")}
+        env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+        self.spawned = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cened", "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self._cond = threading.Condition()
+        self.started: tuple[float, dict[str, Any]] | None = None
+        self.done_at: dict[str, float] = {}  # inbox path -> when its filed/quarantined line arrived
+        self.problems: list[dict[str, Any]] = []
+        self.tail: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            now = time.monotonic()
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = {"event": "raw", "line": raw.decode(errors="replace").rstrip()}
+            with self._cond:
+                self._note(now, event)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _note(self, now: float, event: dict[str, Any]) -> None:
+        name = event.get("event")
+        self.tail = [*self.tail[-20:], str(event.get("line") or name)]
+        if name == "started":
+            self.started = (now, event)
+        elif name in ("filed", "quarantined"):
+            self.done_at[event["file"]] = now
+            if name == "quarantined":
+                self.problems.append(event)
+        elif name in ("not-moved", "batch-failed"):
+            self.problems.append(event)
+
+    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise RuntimeError(f"daemon: no {what} within {timeout:.0f}s; it said: {self.tail}")
+                self._cond.wait(min(left, 0.5))
+
+    def wait_started(self) -> float:
+        """Seconds from process start to the ``started`` line (READY)."""
+        self.wait(lambda: self.started is not None, 180, "start")
+        assert self.started is not None
+        return self.started[0] - self.spawned
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+@dataclass
+class Workspace:
+    root: Path
+    inbox: Path = field(init=False)
+    library: Path = field(init=False)
+    staging: Path = field(init=False)
+    database: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inbox, self.library, self.staging = (self.root / n for n in ("inbox", "library", "staging"))
+        for folder in (self.inbox, self.library, self.staging, self.root / "state"):
+            folder.mkdir(parents=True)
+        self.database = self.root / "state" / "cened.sqlite3"
+
+    def config(self, settings: Settings, model: Path, **overrides: object) -> Path:
+        keys: dict[str, object] = {
+            "inbox": self.inbox,
+            "library": self.library,
+            "database": self.database,
+            "model": model,
+            "backend": settings.backend,
+            "batch_size": settings.batch_size,
+            "batch_max_wait_ms": settings.batch_max_wait_ms,
+            "decode_threads": settings.decode_threads,
+            "model_threads": settings.model_threads,
+            "stable_seconds": settings.stable_seconds,
+            "log_format": "json",
+            "log_level": "info",
+            **overrides,
+        }
+        lines = [f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in keys.items()]
+        path = self.root / "cened.toml"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    def done_rows(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.database)) as db:
+            return int(db.execute("SELECT count(*) FROM decisions WHERE state = 'done'").fetchone()[0])
+
+
+@contextlib.contextmanager
+def workspace(cache: Path) -> Iterator[Workspace]:
+    """Temporary folders beside the cache, so photos can be hard-linked in rather than copied."""
+    cache.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="run-", dir=cache))
+    try:
+        yield Workspace(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str) -> float:
+    """Images/s from the first photo appearing in the inbox to the last one filed."""
+    staged = []
+    for i, src in enumerate(files):
+        dst = ws.staging / f"{tag}-{i:04d}{src.suffix.lower()}"
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        staged.append(dst)
+    targets = [ws.inbox / p.name for p in staged]
+    start = time.monotonic()
+    for src, dst in zip(staged, targets, strict=True):
+        os.rename(src, dst)
+    keys = [os.fsdecode(t) for t in targets]
+    daemon.wait(lambda: all(k in daemon.done_at for k in keys), 60 + 5 * len(keys), f"{tag} filed")
+    return len(keys) / (max(daemon.done_at[k] for k in keys) - start)
+
+
+def daemon_figures(
+    plan: Plan, settings: Settings, model: Path, sets: dict[str, list[Path]], cache: Path
+) -> dict[str, Any]:
+    """Throughput per photo set, cold start and peak memory, then idle latency."""
+    throughput: dict[str, list[float]] = {name: [] for name in sets}
+    cold, rss = [], []
+    for rep in range(plan.repeats):
+        with workspace(cache) as ws:
+            daemon = DaemonRun(ws.config(settings, model, stable_seconds=0))
+            try:
+                cold.append(daemon.wait_started())
+                for name, files in sets.items():
+                    _say(f"daemon throughput: {name}, run {rep + 1}/{plan.repeats}")
+                    throughput[name].append(drop_burst(daemon, ws, files, f"{name}-{rep}"))
+                rss.append(daemon.peak_rss_mib())
+                _check_clean(daemon)
+            finally:
+                daemon.stop()
+            expected = sum(len(f) for f in sets.values())
+            if ws.done_rows() != expected:
+                raise RuntimeError(f"the log has {ws.done_rows()} done rows, expected {expected}")
+    latency, latency_cold, latency_rss = idle_latency(plan, settings, model, sets["150px"], cache)
+    return {
+        "e2e": {
+            name: {"ips": round(statistics.median(v), 2), "runs": [round(x, 2) for x in v]}
+            for name, v in throughput.items()
+        },
+        "latency": latency,
+        "memory": {"peak_rss_mib": round(max([*rss, latency_rss]), 1)},
+        "startup": {
+            "cold_start_s": round(statistics.median([*cold, latency_cold]), 3),
+            "runs": [round(c, 3) for c in [*cold, latency_cold]],
+        },
+    }
+
+
+def idle_latency(
+    plan: Plan, settings: Settings, model: Path, files: Sequence[Path], cache: Path
+) -> tuple[dict[str, Any], float, float]:
+    """Single photos copied in (closed by the writer, as ``cp`` does), each once the daemon is idle."""
+    waits = []
+    with workspace(cache) as ws:
+        daemon = DaemonRun(ws.config(settings, model))
+        try:
+            cold = daemon.wait_started()
+            time.sleep(plan.latency_gap_s)
+            _say(f"idle latency: {plan.latency_drops} drops")
+            for i in range(plan.latency_drops):
+                src = files[i % len(files)]
+                dst = ws.inbox / f"single-{i:03d}.jpg"
+                start = time.monotonic()
+                shutil.copyfile(src, dst)
+                key = os.fsdecode(dst)
+                daemon.wait(lambda k=key: k in daemon.done_at, 60, f"drop {i} filed")
+                waits.append(daemon.done_at[key] - start)
+                time.sleep(plan.latency_gap_s)
+            rss = daemon.peak_rss_mib()
+            _check_clean(daemon)
+        finally:
+            daemon.stop()
+    figures = {
+        "drops": len(waits),
+        "p50_s": round(float(np.percentile(waits, 50)), 3),
+        "p95_s": round(float(np.percentile(waits, 95)), 3),
+        "max_s": round(max(waits), 3),
+        "stable_seconds": settings.stable_seconds,
+    }
+    return figures, cold, rss
+
+
+def _check_clean(daemon: DaemonRun) -> None:
+    if daemon.problems:
+        raise RuntimeError(f"the daemon did not file every photo cleanly: {daemon.problems[:3]}")
+
+
+# -- report ------------------------------------------------------------------------
+
+
+def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """The ratios the targets are stated in, and whether each target is met."""
+    e2e = {k: v["ips"] for k, v in result["e2e"].items()}
+    naive = {k: v["ips"] for k, v in result["naive"].items()}
+    limit = result["raw"]["limit_ips"]
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    values = {
+        "e2e_150px_vs_limit": div(e2e["150px"], limit),
+        "e2e_150px_vs_naive": div(e2e["150px"], naive["150px"]),
+        "e2e_12mp_vs_150px": div(e2e[large], e2e["150px"]),
+        "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
+    }
+    targets: dict[str, dict[str, Any]] = {
+        name: {"target": f">= {goal:g}", "value": values[name], "met": (values[name] or 0) >= goal}
+        for name, goal in TARGETS.items()
+    }
+    p95 = result["latency"]["p95_s"]
+    rss = result["memory"]["peak_rss_mib"]
+    targets["idle_latency_p95_s"] = {
+        "target": f"<= {LATENCY_P95_TARGET_S:g}",
+        "value": p95,
+        "met": p95 <= LATENCY_P95_TARGET_S,
+    }
+    targets["peak_rss_mib"] = {
+        "target": f"<= {PEAK_RSS_TARGET_MIB:g}",
+        "value": rss,
+        "met": rss <= PEAK_RSS_TARGET_MIB,
+    }
+    return values, targets
+
+
+def print_report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = result["machine"]
+    console.print(
+        f"[bold]{m['cpu']}[/], {m['cores']} cores, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f"; load {m['load_before'][0]:.2f} → {m['load_after'][0]:.2f}"
+    )
+    s, model = result["settings"], result["model"]
+    console.print(
+        f"model {model['version']} {tuple(model['input_size'])} on {model['backend']}; "
+        f"batch_size {s['batch_size']}, batch_max_wait_ms {s['batch_max_wait_ms']}, "
+        f"decode_threads {s['decode_threads']}, "
+        f"model_threads {s['model_threads']}; medians of {result['plan']['repeats']}"
+    )
+    table = Table(title="figures", header_style="bold")
+    for column, justify in (("figure", "left"), ("value", "right"), ("unit", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for figure, value, unit in _rows(result):
+        table.add_row(figure, value, unit)
+    console.print(table)
+    targets = Table(title="ratios and targets", header_style="bold")
+    for column in ("ratio", "value", "target", "met"):
+        targets.add_column(column)
+    for name, t in result["targets"].items():
+        targets.add_row(name, str(t["value"]), t["target"], "yes" if t["met"] else "[red]no[/]")
+    for name, value in result["ratios"].items():
+        if name not in result["targets"]:
+            targets.add_row(name, str(value), "", "")
+    console.print(targets)
+
+
+def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    raw = result["raw"]
+    yield (
+        f"model limit ({raw['backend']}, batch {raw['best_batch']})",
+        f"{raw['limit_ips']:.1f}",
+        "images/s",
+    )
+    for backend, rates in raw["by_backend"].items():
+        yield (f"  {backend} by batch size", "  ".join(f"{b}:{r:.1f}" for b, r in rates.items()), "images/s")
+    for name, e2e in result["e2e"].items():
+        yield (f"daemon end to end, {name}", f"{e2e['ips']:.1f}", "images/s")
+    for name, naive in result["naive"].items():
+        if naive["ips"] is not None:
+            yield (f"naive baseline, {name}", f"{naive['ips']:.1f}", "images/s")
+    for name, st in result["stages_ms"].items():
+        yield (
+            f"prepare per photo, {name}",
+            f"read {st['read']} · sha256 {st['sha256']} · decode {st['decode']}",
+            "ms, 1 thread",
+        )
+    lat = result["latency"]
+    yield ("idle drop → filed p50 / p95", f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f}", "s")
+    yield ("peak RSS of the daemon", f"{result['memory']['peak_rss_mib']:.0f}", "MiB")
+    yield ("cold start (spawn → started)", f"{result['startup']['cold_start_s']:.2f}", "s")
+
+
+def _say(message: str) -> None:
+    print(f"cened bench: {message}", file=sys.stderr, flush=True)
