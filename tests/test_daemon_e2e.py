@@ -102,3 +102,20 @@ def test_twenty_photos_are_filed_logged_and_undone(tmp_path: Path, settings: Set
     with sqlite3.connect(settings.database) as db:
         actions = db.execute("SELECT action, count(*) FROM decisions GROUP BY action").fetchall()
     assert dict(actions) == {"moved": 20, "undone": 20}
+
+
+def test_sigterm_mid_backlog_finishes_the_batch_and_exits_quickly(tmp_path: Path, settings: Settings) -> None:
+    for i in range(120):
+        write_photo(settings.inbox / f"{i:03d}.png", CLASSES[i % 6], fmt="PNG", size=(400, 300), seed=i)
+    config = write_config(tmp_path / "cened.toml", settings, batch_size=8)
+    daemon = DaemonProcess(config)
+    daemon.wait_for("filed", timeout=90)
+    started = time.monotonic()
+    code = daemon.stop(timeout=10)
+    assert code == 0 and time.monotonic() - started < 5
+    with sqlite3.connect(settings.database) as db:
+        states = dict(db.execute("SELECT state, count(*) FROM decisions GROUP BY state").fetchall())
+    assert "pending" not in states and states["done"] == len(files_under(settings.library))
+    left = files_under(settings.inbox)
+    assert left, "the stop came too late to test anything"
+    assert len(left) + len(files_under(settings.library)) == 120
