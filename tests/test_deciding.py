@@ -1,0 +1,55 @@
+"""The pure decision functions: probabilities, thresholds, grouping, times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from cened.classifying import decide, softmax
+from cened.config import CLASSES
+from cened.undoing import parse_since
+
+
+def _probs(**by_class: float) -> np.ndarray:
+    return np.array([by_class.get(c, 0.0) for c in CLASSES])
+
+
+def test_confident_photo_goes_to_its_album() -> None:
+    d = decide(_probs(sea=0.9, glacier=0.1), CLASSES, threshold=0.6, albums={}, review_album="review")
+    assert (d.label, d.album, d.to_review) == ("sea", "sea", False)
+    assert d.confidence == pytest.approx(0.9)
+    assert set(d.probabilities) == set(CLASSES)
+
+
+def test_unsure_photo_goes_to_review_but_keeps_its_best_guess() -> None:
+    d = decide(
+        _probs(glacier=0.5, mountain=0.45, sea=0.05), CLASSES, threshold=0.6, albums={}, review_album="check"
+    )
+    assert (d.label, d.album, d.to_review) == ("glacier", "check", True)
+
+
+def test_grouped_look_alikes_pool_their_probability() -> None:
+    albums = {"glacier": "mountains", "mountain": "mountains"}
+    d = decide(
+        _probs(glacier=0.5, mountain=0.45, sea=0.05), CLASSES, threshold=0.6, albums=albums, review_album="r"
+    )
+    assert (d.label, d.album, d.to_review) == ("glacier", "mountains", False)
+    assert d.confidence == pytest.approx(0.95)
+
+
+def test_softmax_temperature_softens_confidence() -> None:
+    logits = np.array([[4.0, 1.0, 0.0]])
+    sharp, soft = softmax(logits, 1.0), softmax(logits, 2.0)
+    assert np.allclose(sharp.sum(), 1) and np.allclose(soft.sum(), 1)
+    assert soft.max() < sharp.max()
+
+
+def test_parse_since() -> None:
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    assert parse_since("2h", now) == "2026-11-24T10:00:00.000+00:00"
+    assert parse_since("3d", now).startswith("2026-11-21T12:00")
+    assert parse_since("2026-11-20T08:30+00:00") == "2026-11-20T08:30:00.000+00:00"
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_since("yesterday-ish")
