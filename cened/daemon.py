@@ -90,6 +90,7 @@ class Daemon:
         for directory in (s.inbox, s.library, s.quarantine_dir):
             directory.mkdir(parents=True, exist_ok=True)
         imaging.set_pixel_limit(s.max_pixels)
+        self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
         journal = Journal(s.database)
         try:
@@ -97,7 +98,6 @@ class Daemon:
             classifier = Classifier(s.model, backend=s.backend, threads=s.model_threads)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
-            self._install_signals()
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
             self._scan()  # before READY: every file already waiting is known to the tracker
@@ -259,7 +259,7 @@ class Daemon:
         try:
             new = self._load(self._config_path)
             _check_albums(new, classes)
-        except ConfigError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the service
             log.error("reload-refused", error=str(exc))
             self.notifier.ready(self._status())
             return
