@@ -1,0 +1,80 @@
+"""``cened bench --quick``: every figure is there, positive, and the ratios follow from them.
+
+Timings are machine- and load-dependent, so nothing here asserts a speed;
+this only proves the benchmark runs the real daemon end to end and reports
+consistently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cened.cli import main
+
+
+def _run_quick(model_dir: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    code = main(["bench", "--quick", "--json", "--model", str(model_dir), "--cache", str(cache)])
+    assert code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_quick_bench_reports_every_figure(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CENED_CONFIG", raising=False)
+    result = _run_quick(model_dir, tmp_path / "cache", capsys)
+
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["python"]
+    assert "ai-edge-litert" in machine["versions"] or "tensorflow-cpu" in machine["versions"]
+
+    raw = result["raw"]
+    assert raw["backend"] == result["model"]["backend"] == "tflite"  # "auto" picks model.tflite
+    assert set(raw["by_backend"]) == {"tflite", "keras"}
+    for rates in raw["by_backend"].values():
+        assert set(rates) == {"1", "4"} and all(r > 0 for r in rates.values())
+    best = raw["by_backend"]["tflite"][str(raw["best_batch"])]
+    assert raw["limit_ips"] == best == max(raw["by_backend"]["tflite"].values())
+
+    sets = list(result["sets"])
+    assert sets[0] == "150px" and len(sets) == 2
+    for name in sets:
+        assert result["e2e"][name]["ips"] > 0 and len(result["e2e"][name]["runs"]) == 1
+        assert result["naive"][name]["ips"] > 0
+        assert all(v >= 0 for v in result["stages_ms"][name].values())
+
+    latency = result["latency"]
+    assert latency["drops"] == 3 and 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
+    assert 0 < result["memory"]["peak_rss_mib"] < 64 * 1024
+    assert result["startup"]["cold_start_s"] > 0
+
+    e2e = {k: v["ips"] for k, v in result["e2e"].items()}
+    ratios = result["ratios"]
+    assert math.isclose(ratios["e2e_150px_vs_limit"], e2e["150px"] / raw["limit_ips"], abs_tol=1e-3)
+    assert math.isclose(
+        ratios["e2e_150px_vs_naive"], e2e["150px"] / result["naive"]["150px"]["ips"], abs_tol=1e-3
+    )
+    assert math.isclose(ratios["e2e_12mp_vs_150px"], e2e[sets[1]] / e2e["150px"], abs_tol=1e-3)
+    for name, target in result["targets"].items():
+        goal = float(target["target"].split()[1])
+        value = target["value"]
+        assert target["met"] == (value >= goal if target["target"].startswith(">=") else value <= goal), name
+
+
+def test_cached_photos_are_reused_and_realistic(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cened.bench import image_set
+
+    first = image_set(tmp_path, (400, 300), 2)
+    stamps = [p.stat().st_mtime_ns for p in first]
+    again = image_set(tmp_path, (400, 300), 2)
+    assert again == first and [p.stat().st_mtime_ns for p in again] == stamps
+    with Image.open(first[0]) as im:
+        assert im.format == "JPEG" and im.size == (400, 300)
+    # Noise and texture, not flat colour: about 3 bits per pixel at quality 90.
+    assert first[0].stat().st_size > 400 * 300 * 0.2
