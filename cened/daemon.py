@@ -95,7 +95,9 @@ class Daemon:
         journal = Journal(s.database)
         try:
             resolved = recovery.reconcile(journal)
-            classifier = Classifier(s.model, backend=s.backend, threads=s.model_threads)
+            classifier = Classifier(
+                s.model, backend=s.backend, threads=s.model_threads, warm_batch=s.batch_size
+            )
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)

@@ -107,7 +107,9 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
         return base
     try:
         with os.fdopen(fd, "rb") as fh:
-            data = fh.read(settings.max_file_bytes + 1)
+            # One byte more than stat said, to see growth; not max_file_bytes + 1,
+            # which makes Python allocate (and page-fault) that whole buffer per file.
+            data = fh.read(st.st_size + 1)
             after = os.fstat(fh.fileno())
     except OSError as exc:
         base.reject = imaging.Rejected("unreadable", f"read failed: {exc.strerror}")
