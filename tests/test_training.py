@@ -1,0 +1,163 @@
+"""Split, augmentation, metrics, and a tiny end-to-end train + evaluate run.
+
+The end-to-end run uses random initial weights (``--weights none``) on a dozen
+Pillow-made images, so it needs neither torch nor the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cened import dataset, evaluation, modelpack, training
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "intel" / "train"
+
+
+def test_split_is_stratified_disjoint_and_deterministic() -> None:
+    labels = np.repeat(np.arange(3), [100, 40, 7])
+    tr, va = dataset.split_indices(labels, 0.15, seed=7)
+    assert set(tr).isdisjoint(va) and len(tr) + len(va) == len(labels)
+    assert np.bincount(labels[va]).tolist() == [15, 6, 1]
+    tr2, va2 = dataset.split_indices(labels, 0.15, seed=7)
+    assert np.array_equal(va, va2) and np.array_equal(tr, tr2)
+    _, va3 = dataset.split_indices(labels, 0.15, seed=8)
+    assert not np.array_equal(va, va3)
+
+
+def test_listing_is_sorted_and_pins_class_order(tmp_path: Path) -> None:
+    for c in ("b", "a"):
+        (tmp_path / c).mkdir()
+        for name in ("2.jpg", "10.jpg", "notes.txt"):
+            (tmp_path / c / name).write_bytes(b"x")
+    listing = dataset.list_images(tmp_path)
+    assert listing.classes == ("a", "b")
+    assert [p.name for p in listing.paths] == ["10.jpg", "2.jpg", "10.jpg", "2.jpg"]
+    assert dataset.list_images(tmp_path, ["b", "a", "c"]).labels.tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="not model classes"):
+        dataset.list_images(tmp_path, ["a"])
+
+
+def test_views_are_deterministic_and_keep_shape() -> None:
+    px = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    assert np.array_equal(training.make_view(px, 1, training.view_rng(1, 0, 1)), px[:, ::-1])
+    a = training.make_view(px, 2, training.view_rng(1, 5, 2))
+    b = training.make_view(px, 2, training.view_rng(1, 5, 2))
+    assert a.shape == px.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert not np.array_equal(a, training.make_view(px, 2, training.view_rng(1, 6, 2)))
+
+
+def test_confusion_matrix_and_f1_by_hand() -> None:
+    y = np.array([0, 0, 0, 1, 1, 2])
+    p = np.array([0, 0, 1, 1, 2, 2])
+    cm = evaluation.confusion_matrix(y, p, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    pc = evaluation.per_class(cm)
+    np.testing.assert_allclose(pc["precision"], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(pc["recall"], [2 / 3, 0.5, 1.0])
+    np.testing.assert_allclose(pc["f1"], [0.8, 0.5, 2 / 3])
+    assert evaluation.per_class(np.array([[1, 0], [1, 0]]))["f1"].tolist() == [2 / 3, 0.0]
+
+
+def test_ece_by_hand() -> None:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])
+    # bin 0.9: confidence 0.9, accuracy 0.5; bin 0.6: confidence 0.6, accuracy 1.0
+    assert evaluation.expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert evaluation.expected_calibration_error(np.eye(3), np.arange(3)) == pytest.approx(0.0)
+
+
+def test_threshold_table() -> None:
+    probs = np.array([[0.95, 0.05], [0.7, 0.3], [0.55, 0.45], [0.2, 0.8]])
+    rows = evaluation.threshold_table(probs, np.array([0, 1, 0, 1]), (0.5, 0.75))
+    assert rows[0] == {"threshold": 0.5, "review_share": 0.0, "filed": 4, "filed_accuracy": 0.75}
+    assert rows[1]["review_share"] == 0.5 and rows[1]["filed_accuracy"] == 1.0
+
+
+def test_temperature_fit_recovers_the_true_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20000, 4))
+    true_t = 2.5
+    p = evaluation.softmax(logits, true_t)
+    labels = np.array([rng.choice(4, p=row) for row in p])
+    assert evaluation.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+
+
+def _tiny_data(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(7):
+            px = np.clip(np.array(colour) + rng.normal(0, 25, (30, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path) -> None:
+    import keras
+
+    data = _tiny_data(tmp_path / "data")
+    out = tmp_path / "models" / "tiny"
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--weights",
+            "none",
+            "--input-size",
+            "32",
+            "--views",
+            "2",
+            "--head-epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--val-fraction",
+            "0.3",
+            "--no-tflite",
+        ]
+    )
+    assert training.run(args) == 0
+    meta = modelpack.read_meta(out)
+    assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
+    assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
+    assert meta.version.startswith("tiny-") and meta.temperature > 0
+    assert (out / "training_log.json").is_file()
+    model = keras.models.load_model(out / modelpack.KERAS_FILE, compile=False)
+    assert model.output_shape == (None, 3)
+
+    parser = argparse.ArgumentParser()
+    evaluation.add_arguments(parser)
+    assert evaluation.run(parser.parse_args(["--data", str(data), "--model", str(out)])) == 0
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Accuracy" in card and "review threshold" in card
+    assert Image.open(out / "confusion_matrix.png").size[0] > 100
+
+
+@pytest.mark.data
+def test_real_dataset_split_sizes() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"training data not present at {DATA}")
+    listing = dataset.list_images(DATA)
+    _, va = dataset.split_indices(listing.labels, 0.15, training.TrainConfig().seed)
+    assert len(listing.paths) == 8741 and len(va) == 1311
+
+
+def test_each_epoch_sees_every_image_once_through_some_view() -> None:
+    rows = training.epoch_order(50, 4, seed=3, epoch=0)
+    assert sorted(rows % 50) == list(range(50)) and rows.max() < 200
+    assert not np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=1))
+    assert np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=0))
