@@ -161,3 +161,11 @@ def test_each_epoch_sees_every_image_once_through_some_view() -> None:
     assert sorted(rows % 50) == list(range(50)) and rows.max() < 200
     assert not np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=1))
     assert np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=0))
+
+
+def test_crossfit_ece_is_small_for_a_calibratable_model() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (4000, 3))
+    labels = np.array([rng.choice(3, p=row) for row in evaluation.softmax(logits, 2.0)])
+    assert evaluation.crossfit_ece(logits, labels) < 0.03
+    assert evaluation.expected_calibration_error(evaluation.softmax(logits), labels) > 0.05
