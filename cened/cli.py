@@ -242,11 +242,21 @@ def cmd_history(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row.to_dict(), ensure_ascii=False))
         return 0
-    _history_table(rows)
+    _history_table(rows, settings)
     return 0
 
 
-def _history_table(rows: list[Entry]) -> None:
+def _short(path: Path | None, settings: Settings) -> str:
+    """Paths relative to the inbox or library, which is what a person scans a table for."""
+    if path is None:
+        return ""
+    for root, prefix in ((settings.inbox, "inbox/"), (settings.library, "")):
+        if path.is_relative_to(root):
+            return prefix + os.fsdecode(path.relative_to(root))
+    return os.fsdecode(path)
+
+
+def _history_table(rows: list[Entry], settings: Settings) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -255,15 +265,15 @@ def _history_table(rows: list[Entry]) -> None:
         table.add_column(column, overflow="fold")
     for r in rows:
         action = r.action if r.state == "done" else f"{r.action} ({r.state})"
-        dest = os.fsdecode(r.destination) if r.destination else ""
+        dest = _short(r.destination, settings)
         note = r.reason or (f"undoes #{r.ref_id}" if r.ref_id else "")
         if r.human_label:
             note = f"human: {r.human_label}; {note}"
         table.add_row(
             str(r.id),
-            r.time[:19].replace("T", " "),
+            r.time[5:16].replace("T", " "),
             action,
-            os.fsdecode(r.source),
+            _short(r.source, settings),
             dest,
             r.label or "",
             f"{r.confidence:.2f}" if r.confidence is not None else "",
