@@ -1,6 +1,6 @@
 """The long-running service: watcher → tracker → queue → micro-batches → pipeline.
 
-Three threads of our own, each with one job, connected by bounded queues:
+Four threads of our own, each with one job, connected by bounded queues:
 
 * the **pump** releases settled files from the tracker into the path queue
   (only as many as fit, so a 100,000-file backlog costs a set of paths, not
@@ -9,9 +9,13 @@ Three threads of our own, each with one job, connected by bounded queues:
   whatever arrived within ``batch_max_wait_ms`` of the first) and hands each
   file to a small thread pool that reads and decodes it *while the model is
   busy with the previous batch*;
-* the **main thread** runs the model and files the results, and is also the
-  only place that talks to systemd's watchdog, so a stuck model call stops
-  the pings and gets the service restarted.
+* the **main thread** runs the model, and is also the only place that talks
+  to systemd's watchdog, so a stuck model call stops the pings and gets the
+  service restarted;
+* the **filer** journals and moves each scored batch while the model works
+  on the next one (the journal's fsyncs would otherwise idle the model); the
+  main thread waits for it before handing over another batch, without
+  pinging, so a filer stuck on a dead disk gets the service restarted too.
 
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
@@ -26,9 +30,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
 import structlog
 
 from cened import imaging, logsetup, recovery
@@ -54,6 +60,9 @@ RESTART_ONLY = (
     "queue_max",
 )
 TICK = 0.1
+#: Shortest pause between two looks at the tracker, so a flood of write events
+#: from a slow copy cannot turn the pump into a busy loop.
+EVENT_GAP = 0.01
 
 
 class Daemon:
@@ -70,9 +79,12 @@ class Daemon:
         self.stopping = threading.Event()
         self._rescan = threading.Event()
         self._reload = threading.Event()
+        self._activity = threading.Event()  # an inbox event: the pump looks now, not at the next tick
         self.tracker = StabilityTracker(settings.stable_seconds)
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
         self._batches: queue.Queue[list[Future[Prepared]]] = queue.Queue(maxsize=1)
+        # Scored batches for the filer thread; None tells it to finish.
+        self._filing: queue.Queue[_Scored | None] = queue.Queue(maxsize=1)
         self._failures: dict[Path, int] = {}
         self.notifier = Notifier()
         self.serving = threading.Event()  # set once READY has been sent
@@ -156,6 +168,7 @@ class Daemon:
         s = self._settings
         if is_candidate(path, s.inbox, s.extensions, s.ignore_suffixes):
             self.tracker.touch(path, closed=closed)
+            self._activity.set()
 
     def _pump(self) -> None:
         next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
@@ -164,10 +177,14 @@ class Daemon:
                 self._rescan.clear()
                 self._scan()
                 next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
+            self._activity.clear()
             room = self.paths.maxsize - self.paths.qsize()
             for path in self.tracker.ready(room):
                 self.paths.put(path)
-            self.stopping.wait(TICK)
+            # Woken by an event, a photo closed by its writer is queued within
+            # EVENT_GAP instead of waiting up to a TICK (half of it on average).
+            self._activity.wait(TICK)
+            self.stopping.wait(EVENT_GAP)
 
     def _scan(self) -> None:
         s = self._settings
@@ -212,30 +229,65 @@ class Daemon:
                 return
 
     def _serve(self, processor: Processor, collector: threading.Thread) -> None:
+        filer = threading.Thread(target=self._file_batches, args=(processor,), name="filer", daemon=True)
+        filer.start()
         interval = watchdog_interval()
         last_ping = 0.0
-        while collector.is_alive() or not self._batches.empty():
-            if self._reload.is_set():
-                self._reload.clear()
-                if not self.stopping.is_set():  # no READY=1 to systemd after STOPPING=1
-                    self._apply_reload(processor.classifier.classes)
-            try:
-                batch = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
-            except queue.Empty:
-                batch = None
-            if batch is not None:
-                self._handle([f.result() for f in batch], processor)
-            now = time.monotonic()
-            if interval is not None and now - last_ping >= interval:
-                self.notifier.watchdog()
-                last_ping = now
-
-    def _handle(self, prepared: list[Prepared], processor: Processor) -> None:
         try:
-            outcomes = processor.process(prepared)
+            while collector.is_alive() or not self._batches.empty():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    if not self.stopping.is_set():  # no READY=1 to systemd after STOPPING=1
+                        self._apply_reload(processor.classifier.classes)
+                try:
+                    batch = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
+                except queue.Empty:
+                    batch = None
+                if batch is not None:
+                    self._hand_over(self._score([f.result() for f in batch], processor), filer)
+                now = time.monotonic()
+                if interval is not None and now - last_ping >= interval:
+                    self.notifier.watchdog()
+                    last_ping = now
+        finally:
+            self._hand_over(None, filer)
+            filer.join()
+
+    def _score(self, prepared: list[Prepared], processor: Processor) -> _Scored:
+        try:
+            return _Scored(prepared, processor.score(prepared))
         except Exception:
             log.exception("batch-failed", files=len(prepared))
-            outcomes = [Outcome(p.path, "retry", reason="batch failed") for p in prepared]
+            return _Scored(prepared, None, failed=True)
+
+    def _hand_over(self, scored: _Scored | None, filer: threading.Thread) -> None:
+        """Queue a scored batch for the filer; waits while it files the previous one.
+
+        No watchdog ping while waiting: a filer stuck on a dead disk must get
+        the service restarted, just as a stuck model call does.
+        """
+        while filer.is_alive():
+            try:
+                self._filing.put(scored, timeout=TICK)
+                return
+            except queue.Full:
+                continue
+        if scored is not None:
+            raise RuntimeError("the filer thread has died")
+
+    def _file_batches(self, processor: Processor) -> None:
+        """The filer thread: journal and move each scored batch, in order, one at a time."""
+        while (scored := self._filing.get()) is not None:
+            self._handle(scored, processor)
+
+    def _handle(self, scored: _Scored, processor: Processor) -> None:
+        prepared = scored.prepared
+        outcomes = [Outcome(p.path, "retry", reason="batch failed") for p in prepared]
+        if not scored.failed:
+            try:
+                outcomes = processor.file(prepared, scored.probabilities)
+            except Exception:
+                log.exception("batch-failed", files=len(prepared))
         for outcome in outcomes:
             self._settle(outcome)
         self.notifier.status(self._status())
@@ -275,6 +327,15 @@ class Daemon:
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
         self.notifier.ready(self._status())
+
+
+@dataclass
+class _Scored:
+    """A batch the model has seen, on its way to the filer thread."""
+
+    prepared: list[Prepared]
+    probabilities: np.ndarray | None
+    failed: bool = False
 
 
 def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:

@@ -145,6 +145,20 @@ class Processor:
     counters: dict[str, int] = field(default_factory=dict)
 
     def process(self, batch: Sequence[Prepared]) -> list[Outcome]:
+        return self.file(batch, self.score(batch))
+
+    def score(self, batch: Sequence[Prepared]) -> np.ndarray | None:
+        """The model's probabilities for the decoded photos of ``batch``, in order.
+
+        Kept apart from :meth:`file` so the daemon can run the model on one
+        batch while another thread journals and moves the previous one: the
+        model is the bottleneck, and fsyncs need not wait their turn behind it.
+        """
+        pixels = [p.pixels for p in batch if p.pixels is not None]
+        return self.classifier.predict(np.stack(pixels)) if pixels else None
+
+    def file(self, batch: Sequence[Prepared], probabilities: np.ndarray | None) -> list[Outcome]:
+        """Decide, journal and move one scored batch (``probabilities`` from :meth:`score`)."""
         settings = self.settings()
         batch_id = uuid.uuid4().hex[:12]
         outcomes: list[Outcome] = []
@@ -153,7 +167,7 @@ class Processor:
         reserved: set[Path] = set()
 
         classify = [p for p in batch if p.pixels is not None]
-        for prep, entry in zip(classify, self._classify(classify, settings), strict=True):
+        for prep, entry in zip(classify, self._entries(classify, probabilities, settings), strict=True):
             if self._restored_by_undo(prep):
                 outcomes.append(Outcome(prep.path, "skipped", keep=prep.sig, reason="restored-by-undo"))
                 continue
@@ -196,11 +210,11 @@ class Processor:
             _log_outcome(outcome)
         return outcomes
 
-    def _classify(self, items: Sequence[Prepared], settings: Settings) -> list[Entry]:
-        if not items:
+    def _entries(
+        self, items: Sequence[Prepared], probabilities: np.ndarray | None, settings: Settings
+    ) -> list[Entry]:
+        if not items or probabilities is None:
             return []
-        pixels = np.stack([p.pixels for p in items])  # type: ignore[misc]
-        probabilities = self.classifier.predict(pixels)
         entries = []
         for prep, probs in zip(items, probabilities, strict=True):
             decision = decide(
