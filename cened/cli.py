@@ -94,6 +94,10 @@ def build_parser(load: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("label", help="the right class (or any album name)")
     p.set_defaults(func=cmd_correct)
 
+    p = sub.add_parser("corrections", help="list human-corrected photos; export them as training data")
+    p.add_argument("--export", type=Path, metavar="DIR", help="copy them into DIR/<label>/ for cened train")
+    p.set_defaults(func=cmd_corrections)
+
     p = sub.add_parser("stats", help="counts per album, confidence, undo and correction rates")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
@@ -324,6 +328,35 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"undone {result['undone']} ({result['undo_rate']:.1%}), corrected {result['corrected']} "
         f"({result['correct_rate']:.1%}), skipped {result['skipped']}"
     )
+    return 0
+
+
+def cmd_corrections(args: argparse.Namespace) -> int:
+    """Human labels are the best training data we will ever get; make them easy to reuse.
+
+    The export is a folder per label, the layout ``cened train --data`` reads,
+    so users can retrain on their own photos (alone, or merged with the
+    original data set).  Files are copied, never moved: the albums stay as they are.
+    """
+    import shutil
+
+    from cened.moving import free_name
+    from cened.undoing import undoable
+
+    settings = _settings(args)
+    with _readonly_journal(settings) as journal:
+        rows = [r for r in undoable(journal) if r.action == "corrected" and r.human_label]
+    exported = 0
+    for row in rows:
+        assert row.destination is not None
+        print(f"#{row.id}\t{row.label} -> {row.human_label}\t{_short(row.destination, settings)}")
+        if args.export is not None and row.destination.is_file():
+            target = free_name(args.export / row.human_label, row.destination.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(row.destination, target)
+            exported += 1
+    if args.export is not None:
+        print(f"exported {exported} photos to {args.export}")
     return 0
 
 

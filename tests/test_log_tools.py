@@ -219,3 +219,14 @@ def test_classify_apply_files_like_the_daemon(settings: Settings, tmp_path: Path
     assert not photo.exists()
     assert _cli(config, "undo", str(row["id"])) == 0
     assert photo.exists()
+
+
+def test_corrections_are_exported_as_training_data(filed, settings: Settings, tmp_path: Path, capsys) -> None:
+    config, ids = filed
+    assert _cli(config, "correct", str(ids["c.jpg"]), "mountain") == 0
+    out = tmp_path / "my-labels"
+    assert _cli(config, "corrections", "--export", str(out)) == 0
+    assert "glacier -> mountain" in capsys.readouterr().out
+    exported = out / "mountain" / "c.jpg"
+    assert exported.read_bytes() == (settings.library / "mountain" / "c.jpg").read_bytes()
+    assert [p.relative_to(out) for p in out.rglob("*.jpg")] == [Path("mountain/c.jpg")]
