@@ -292,17 +292,19 @@ def raw_limits(model: Path, settings: Settings, files: Sequence[Path], plan: Pla
 
     out: dict[str, Any] = {"by_backend": {}}
     pool: np.ndarray | None = None
+    daemon_backend = _daemon_backend(settings, model)
     for backend in ("tflite", "keras"):
         try:
             classifier = Classifier(model, backend=backend, threads=settings.model_threads)  # type: ignore[arg-type]
         except ModelError:
+            if backend == daemon_backend:
+                raise  # the daemon could not start either
             continue
         if pool is None:
             pool = np.stack([imaging.decode(f.read_bytes(), classifier.meta.input_size) for f in files[:64]])
         _say(f"model limit: {backend}")
         out["by_backend"][backend] = _rates_by_batch(classifier.predict, pool, plan)
         del classifier
-    daemon_backend = _daemon_backend(settings, model)
     rates = out["by_backend"][daemon_backend]
     best = max(rates, key=lambda k: rates[k])
     out.update(backend=daemon_backend, best_batch=int(best), limit_ips=rates[best])
@@ -321,10 +323,12 @@ def _daemon_backend(settings: Settings, model: Path) -> str:
 def _rates_by_batch(
     predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, plan: Plan
 ) -> dict[str, float]:
-    def once(batch: int) -> Callable[[], float]:
-        return lambda: _predict_rate(predict, pool, batch, plan.raw_min_images)
-
-    return {str(batch): _median_ips(once(batch), plan) for batch in plan.batch_sizes}
+    """Median images/s per batch size; sizes take turns, so a burst of load hits them all alike."""
+    runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
+    for _ in range(plan.repeats):
+        for batch in plan.batch_sizes:
+            runs[batch].append(_predict_rate(predict, pool, batch, plan.raw_min_images))
+    return {str(batch): round(statistics.median(rates), 2) for batch, rates in runs.items()}
 
 
 def _predict_rate(
