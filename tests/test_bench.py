@@ -43,7 +43,8 @@ def test_quick_bench_reports_every_figure(
     sets = list(result["sets"])
     assert sets[0] == "150px" and len(sets) == 2
     for name in sets:
-        assert result["e2e"][name]["ips"] > 0 and len(result["e2e"][name]["runs"]) == 1
+        e2e_set = result["e2e"][name]
+        assert e2e_set["ips"] > 0 and len(e2e_set["runs"]) == 1 and e2e_set["first_filed_s"] > 0
         assert result["naive"][name]["ips"] > 0
         assert all(v >= 0 for v in result["stages_ms"][name].values())
 
