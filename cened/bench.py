@@ -150,14 +150,19 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
         "sets": {name: _describe(files) for name, files in sets.items()},
     }
     result["stages_ms"] = {name: stage_costs(files[:16], input_size) for name, files in sets.items()}
-    result["raw"] = raw_limits(model, settings, sets["150px"], plan)
+    # The limit is measured a round at a time between the daemon runs, so that
+    # a burst of load from elsewhere hits both sides of their ratio alike; the
+    # other runtime and the naive loop import TensorFlow, so they come last.
+    pool = decoded(sets["150px"], input_size)
+    limit = ModelRates(model, meta["backend"], settings.model_threads, pool, plan)
+    result.update(daemon_figures(plan, settings, model, sets, cache, between=limit.measure_round))
+    result["raw"] = raw_limits(model, settings, limit, plan)
     result["naive"] = {
         name: naive_throughput(
             model, files[: plan.naive_count if name == "150px" else max(2, plan.naive_count // 4)], plan
         )
         for name, files in sets.items()
     }
-    result.update(daemon_figures(plan, settings, model, sets, cache))
     result["machine"]["load_after"] = list(os.getloadavg())
     result["ratios"], result["targets"] = ratios(result, large_label)
     return result
@@ -284,31 +289,55 @@ def stage_costs(files: Sequence[Path], input_size: tuple[int, int]) -> dict[str,
     }
 
 
-def raw_limits(model: Path, settings: Settings, files: Sequence[Path], plan: Plan) -> dict[str, Any]:
-    """Model-only images/s per backend and batch size; the daemon's backend's best is the limit."""
+class ModelRates:
+    """Model-only images/s of one runtime on pre-decoded pixels, by batch size."""
+
+    def __init__(self, model: Path, backend: str, threads: int, pool: np.ndarray, plan: Plan) -> None:
+        from cened.classifying import Classifier
+
+        self.backend = backend
+        self.plan = plan
+        self.pool = pool
+        self.classifier: Any = Classifier(model, backend=backend, threads=threads)  # type: ignore[arg-type]
+        self.runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
+
+    def measure_round(self) -> None:
+        """One rate per batch size; sizes take turns, so a burst of load hits them all alike."""
+        _say(f"model limit: {self.backend}")
+        for batch in self.plan.batch_sizes:
+            self.runs[batch].append(
+                _predict_rate(self.classifier.predict, self.pool, batch, self.plan.raw_min_images)
+            )
+
+    def medians(self) -> dict[str, float]:
+        while len(self.runs[self.plan.batch_sizes[0]]) < self.plan.repeats:
+            self.measure_round()
+        self.classifier = None  # free the runtime before the next one loads
+        return {str(batch): round(statistics.median(rates), 2) for batch, rates in self.runs.items()}
+
+
+def decoded(files: Sequence[Path], input_size: tuple[int, int]) -> np.ndarray:
     from cened import imaging
-    from cened.classifying import Classifier
+
+    return np.stack([imaging.decode(f.read_bytes(), input_size) for f in files[:64]])
+
+
+def raw_limits(model: Path, settings: Settings, limit: ModelRates, plan: Plan) -> dict[str, Any]:
+    """Both runtimes' rates; the best of the daemon's runtime is the limit."""
     from cened.modelpack import ModelError
 
-    out: dict[str, Any] = {"by_backend": {}}
-    pool: np.ndarray | None = None
-    daemon_backend = _daemon_backend(settings, model)
-    for backend in ("tflite", "keras"):
-        try:
-            classifier = Classifier(model, backend=backend, threads=settings.model_threads)  # type: ignore[arg-type]
-        except ModelError:
-            if backend == daemon_backend:
-                raise  # the daemon could not start either
-            continue
-        if pool is None:
-            pool = np.stack([imaging.decode(f.read_bytes(), classifier.meta.input_size) for f in files[:64]])
-        _say(f"model limit: {backend}")
-        out["by_backend"][backend] = _rates_by_batch(classifier.predict, pool, plan)
-        del classifier
-    rates = out["by_backend"][daemon_backend]
+    by_backend = {limit.backend: limit.medians()}
+    other = "keras" if limit.backend == "tflite" else "tflite"
+    with contextlib.suppress(ModelError):  # a model may ship one runtime only
+        by_backend[other] = ModelRates(model, other, settings.model_threads, limit.pool, plan).medians()
+    rates = by_backend[limit.backend]
     best = max(rates, key=lambda k: rates[k])
-    out.update(backend=daemon_backend, best_batch=int(best), limit_ips=rates[best])
-    return out
+    return {
+        "by_backend": {b: by_backend[b] for b in ("tflite", "keras") if b in by_backend},
+        "backend": limit.backend,
+        "best_batch": int(best),
+        "limit_ips": rates[best],
+    }
 
 
 def _daemon_backend(settings: Settings, model: Path) -> str:
@@ -318,17 +347,6 @@ def _daemon_backend(settings: Settings, model: Path) -> str:
     if settings.backend != "auto":
         return settings.backend
     return "tflite" if modelpack.TFLITE_FILE in modelpack.read_meta(model).files else "keras"
-
-
-def _rates_by_batch(
-    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, plan: Plan
-) -> dict[str, float]:
-    """Median images/s per batch size; sizes take turns, so a burst of load hits them all alike."""
-    runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
-    for _ in range(plan.repeats):
-        for batch in plan.batch_sizes:
-            runs[batch].append(_predict_rate(predict, pool, batch, plan.raw_min_images))
-    return {str(batch): round(statistics.median(rates), 2) for batch, rates in runs.items()}
 
 
 def _predict_rate(
@@ -533,9 +551,17 @@ def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str
 
 
 def daemon_figures(
-    plan: Plan, settings: Settings, model: Path, sets: dict[str, list[Path]], cache: Path
+    plan: Plan,
+    settings: Settings,
+    model: Path,
+    sets: dict[str, list[Path]],
+    cache: Path,
+    between: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Throughput per photo set, cold start and peak memory, then idle latency."""
+    """Throughput per photo set, cold start and peak memory, then idle latency.
+
+    ``between`` runs after each daemon has stopped (the model limit's rounds).
+    """
     throughput: dict[str, list[float]] = {name: [] for name in sets}
     first: dict[str, list[float]] = {name: [] for name in sets}
     cold, rss = [], []
@@ -556,6 +582,7 @@ def daemon_figures(
             expected = sum(len(f) for f in sets.values())
             if ws.done_rows() != expected:
                 raise RuntimeError(f"the log has {ws.done_rows()} done rows, expected {expected}")
+        between()
     latency, latency_cold, latency_rss = idle_latency(plan, settings, model, sets["150px"], cache)
     return {
         "e2e": {
