@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ class TrainConfig:
     variant: str = "lite0"
     input_size: int = 224
     views: int = 6
-    finetune_blocks: int = 3
+    finetune_blocks: int = 5
     head_epochs: int = 10
     finetune_epochs: int = 10
     batch_size: int = 64
@@ -288,9 +287,8 @@ def _state_dict(cfg: TrainConfig) -> tuple[dict[str, np.ndarray] | None, str]:
     variant = backbone.VARIANTS[cfg.variant]
     path = backbone.weights_file(variant) if cfg.weights == "imagenet" else Path(cfg.weights)
     source = WEIGHTS_PACKAGE.format(cfg.variant) if cfg.weights == "imagenet" else str(path)
-    return backbone.load_state_dict(
-        path
-    ), f"{source} ({path.name}, sha256 {modelpack.sha256_file(path)[:16]})"
+    provenance = f"{source} ({path.name}, sha256 {modelpack.sha256_file(path)[:16]})"
+    return backbone.load_state_dict(path), provenance
 
 
 def train(
@@ -303,7 +301,6 @@ def train(
     say: Callable[[str], None] | None = None,
 ) -> modelpack.ModelMeta:
     """Train, calibrate and save a model directory; returns the metadata written."""
-
     from . import backbone
 
     say = say or _say
@@ -392,7 +389,6 @@ def train(
         "validation": {k: report[k] for k in ("accuracy", "macro_f1", "ece")}
         | {"ece_uncalibrated": raw["ece"]},
         "wall_time_s": round(timings["total_s"], 1),
-        "tensorflow_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", "default"),
     }
     meta = modelpack.ModelMeta(
         name=out_dir.name,
