@@ -28,7 +28,7 @@ class _Runner(Protocol):
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one image; ``album`` is None only when the input was unusable."""
+    """What to do with one image: its best class, and the album (or the review album) it goes to."""
 
     label: str
     album: str
