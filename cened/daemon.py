@@ -171,12 +171,14 @@ class Daemon:
             self._activity.set()
 
     def _pump(self) -> None:
-        next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
+        last_scan = time.monotonic()  # run() scanned just before starting us
         while not self.stopping.is_set():
-            if self._rescan.is_set() or time.monotonic() >= next_rescan:
+            # Read the interval each time, so a reload that changes it applies at once.
+            interval = self._settings.rescan_interval_s or float("inf")
+            if self._rescan.is_set() or time.monotonic() >= last_scan + interval:
                 self._rescan.clear()
                 self._scan()
-                next_rescan = time.monotonic() + (self._settings.rescan_interval_s or float("inf"))
+                last_scan = time.monotonic()
             self._activity.clear()
             room = self.paths.maxsize - self.paths.qsize()
             for path in self.tracker.ready(room):
