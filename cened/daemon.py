@@ -307,7 +307,9 @@ class Daemon:
             self.filed += 1
 
     def _status(self) -> str:
-        return f"{self.filed} filed, {self.paths.qsize()} queued, {len(self.tracker)} settling"
+        queued = self.paths.qsize()
+        busy = max(0, self.tracker.released - queued)  # being read, classified or filed
+        return f"{self.filed} filed, {busy} busy, {queued} queued, {len(self.tracker)} settling"
 
     def _apply_reload(self, classes: tuple[str, ...]) -> None:
         self.notifier.reloading()

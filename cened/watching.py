@@ -95,6 +95,12 @@ class StabilityTracker:
         with self._lock:
             return len(self._seen)
 
+    @property
+    def released(self) -> int:
+        """Paths handed out by :meth:`ready` and not yet finished with (queued or in flight)."""
+        with self._lock:
+            return len(self._busy)
+
     def touch(self, path: Path, *, closed: bool = False, old: bool = False) -> None:
         """Note activity on ``path``.
 

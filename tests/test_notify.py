@@ -95,7 +95,7 @@ def is_(key: str) -> Callable[[Message], bool]:
 
 
 def filed_count(message: Message) -> int | None:
-    """The daemon's STATUS reads "N filed, Q queued, S settling"."""
+    """The daemon's STATUS reads "N filed, B busy, Q queued, S settling"."""
     status = message.get("STATUS", "")
     return int(status.split()[0]) if status.endswith("settling") else None
 
@@ -268,7 +268,7 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         nth_event(daemon, "reloaded", 3)
         ready = notify.wait_for(is_("READY"), start=mark, timeout=30)
         held = status_numbers(notify.messages[ready][1])
-        assert held["filed"] == 4 and held["queued"] + held["settling"] == 4, held
+        assert held["filed"] == 4 and held["busy"] + held["queued"] + held["settling"] == 4, held
         assert wait_until(lambda: all(not p.exists() for p in waiting), timeout=60)
         assert sorted(p.name for p in (library / "trees").iterdir()) == [p.name for p in waiting]
     finally:
@@ -287,12 +287,12 @@ def test_notifier_sends_datagrams(abstract: bool, socket_dir: Path) -> None:
     notifier = Notifier(address)
     try:
         assert notifier.enabled
-        notifier.ready("0 filed, 0 queued, 0 settling")
+        notifier.ready("0 filed, 0 busy, 0 queued, 0 settling")
         notifier.watchdog()
         notifier.stopping()
         receiver.wait_for(is_("STOPPING"), timeout=10)
         assert receiver.since(0) == [
-            {"READY": "1", "STATUS": "0 filed, 0 queued, 0 settling"},
+            {"READY": "1", "STATUS": "0 filed, 0 busy, 0 queued, 0 settling"},
             {"WATCHDOG": "1"},
             {"STOPPING": "1"},
         ]
