@@ -22,7 +22,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 

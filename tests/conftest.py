@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cened.config import CLASSES, Settings, load_settings
+from cened.config import Settings, load_settings
 from cened.modelpack import ModelMeta
 
+#: The classes of the shipped model (and of the small test model built here).
+CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 #: Each class's colour in the synthetic world of the test model.
 COLOURS = {
     "buildings": (200, 60, 60),

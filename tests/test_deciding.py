@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from conftest import CLASSES
 
 from cened.classifying import decide, softmax
-from cened.config import CLASSES
 from cened.undoing import parse_since
 
 

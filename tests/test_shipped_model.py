@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASSES
 
 from cened import modelpack
 from cened.classifying import Classifier
-from cened.config import CLASSES, shipped_model_dir
+from cened.config import shipped_model_dir
 from cened.dataset import list_images, split_indices
 from cened.imaging import decode
 
