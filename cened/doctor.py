@@ -68,8 +68,7 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
     for root in roots:
         for path in _files(root):
             if path.name.endswith(moving.PARTIAL_SUFFIX):
-                final = path.with_name(path.name[len(moving.PARTIAL_PREFIX) : -len(moving.PARTIAL_SUFFIX)])
-                if final not in pending_dst:
+                if moving.completed_path(path) not in pending_dst:
                     report.partials.append(path)
             elif path not in known:
                 report.unlogged.append(path)
@@ -125,8 +124,7 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
         )
         done.append(f"adopted {os.fsdecode(path)}")
     for path in report.partials:
-        final = path.name[len(moving.PARTIAL_PREFIX) : -len(moving.PARTIAL_SUFFIX)]
-        dst = moving.free_name(quarantine, f"{final}.partial")
+        dst = moving.free_name(quarantine, f"{moving.completed_path(path).name}.partial")
         sha = sha256_file(path)
         moving.move(path, dst)
         rows.append(

@@ -94,6 +94,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_or_none(path: Path) -> str | None:
+    """The file's sha256, or None when it cannot be read (gone, no permission)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
 def read_meta(model_dir: Path) -> ModelMeta:
     """Read and check ``metadata.json`` and the hashes of the files it lists."""
     meta_path = model_dir / METADATA_FILE

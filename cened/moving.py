@@ -30,6 +30,11 @@ def partial_path(dst: Path) -> Path:
     return dst.with_name(f"{PARTIAL_PREFIX}{dst.name}{PARTIAL_SUFFIX}")
 
 
+def completed_path(partial: Path) -> Path:
+    """The destination a partial copy was assembled for: the inverse of :func:`partial_path`."""
+    return partial.with_name(partial.name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)])
+
+
 def free_name(directory: Path, name: str, reserved: Collection[Path] = ()) -> Path:
     """``directory/name``, or ``stem-1.ext``, ``stem-2.ext``… if taken on disk or reserved.
 

@@ -31,6 +31,7 @@ from cened.classifying import Classifier, decide
 from cened.config import Settings
 from cened.faults import crash_point
 from cened.journal import Entry, Journal
+from cened.modelpack import sha256_or_none
 from cened.watching import signature
 
 log = structlog.get_logger("cened.pipeline")
@@ -86,7 +87,7 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
     base = Prepared(path, sig=sig, size=st.st_size)
     if st.st_size > settings.max_file_bytes:
         base.reject = imaging.Rejected("too-large", f"{st.st_size} bytes exceeds max_file_mb")
-        base.sha256 = _hash_file(path)
+        base.sha256 = sha256_or_none(path)
         return base
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
@@ -122,17 +123,6 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
     except imaging.Rejected as exc:
         base.reject = exc
     return base
-
-
-def _hash_file(path: Path) -> str | None:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 @dataclass

@@ -30,7 +30,7 @@ import structlog
 
 from cened import moving
 from cened.journal import Entry, Journal
-from cened.modelpack import sha256_file
+from cened.modelpack import sha256_or_none
 
 log = structlog.get_logger("cened.recovery")
 
@@ -53,8 +53,8 @@ def resolve(entry: Entry) -> Resolution:
     if dst_there and src_there and _same_file(src, dst):
         os.unlink(src)
         return Resolution(entry.id, "done", None)
-    if dst_there and _hash(dst) == entry.sha256:
-        if src_there and _hash(src) == entry.sha256:
+    if dst_there and sha256_or_none(dst) == entry.sha256:
+        if src_there and sha256_or_none(src) == entry.sha256:
             os.unlink(src)
         elif src_there:
             return Resolution(entry.id, "failed", "recovery: source changed after the copy; both kept")
@@ -68,11 +68,10 @@ def resolve(entry: Entry) -> Resolution:
 
 def reconcile(journal: Journal) -> list[Resolution]:
     """Resolve every pending intent; returns what was decided, for the start-up log."""
-    resolutions = [resolve(entry) for entry in journal.pending()]
+    pending = journal.pending()
+    resolutions = [resolve(entry) for entry in pending]
     if resolutions:
-        moving.fsync_dirs(
-            p.parent for e in journal.pending() for p in (e.source, e.destination) if p is not None
-        )
+        moving.fsync_dirs(p.parent for e in pending for p in (e.source, e.destination) if p is not None)
         journal.set_state((r.id, r.state, r.reason) for r in resolutions)
         for r in resolutions:
             log.warning("recovered-intent", id=r.id, state=r.state, reason=r.reason)
@@ -84,10 +83,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _hash(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
