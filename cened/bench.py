@@ -7,7 +7,8 @@ something side by side:
   size, for both runtimes (so the default runtime is a measured choice);
 * the **daemon** end to end, as a subprocess on temporary folders: photos
   appear in the inbox, and the clock stops at the last ``filed`` log line;
-  once for small (150 px) JPEGs, once for realistic 12-megapixel ones;
+  once for small (150 px) JPEGs, once for realistic 12-megapixel ones (with
+  the EXIF preview a phone embeds), and once for 12-megapixel ones without it;
 * the **naive baseline** -- one file at a time, full decode, ``model.predict``
   -- the way the original notebook sorted photos;
 * idle **latency** from one drop to ``filed``, **peak memory** and **cold start**.
@@ -52,6 +53,9 @@ GENERATOR = 2
 JPEG_QUALITY = 90
 SMALL = (150, 150)
 LARGE = (4000, 3000)
+#: The EXIF preview written into the large photos, as phones embed one
+#: (cameras that store only 160x120 get the full decode: see ``thumbnail_min_side``).
+PREVIEW = (320, 240)
 TARGETS = {
     "e2e_150px_vs_limit": 0.9,
     "e2e_150px_vs_naive": 10.0,
@@ -136,7 +140,8 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
     large_label = "12MP" if plan.large_size == LARGE else f"{plan.large_size[0]}x{plan.large_size[1]}"
     sets = {
         "150px": image_set(cache, SMALL, plan.small_count),
-        large_label: image_set(cache, plan.large_size, plan.large_count),
+        large_label: image_set(cache, plan.large_size, plan.large_count, PREVIEW),
+        f"{large_label}-no-preview": image_set(cache, plan.large_size, plan.large_count),
     }
     if images is not None:
         sets["yours"] = user_images(images)
@@ -145,12 +150,21 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
         "model": meta,
         "settings": {
             k: getattr(settings, k)
-            for k in ("backend", "batch_size", "batch_max_wait_ms", "decode_threads", "model_threads")
+            for k in (
+                "backend",
+                "batch_size",
+                "batch_max_wait_ms",
+                "decode_threads",
+                "model_threads",
+                "thumbnail_min_side",
+            )
         },
         "plan": asdict(plan),
         "sets": {name: _describe(files) for name, files in sets.items()},
     }
-    result["stages_ms"] = {name: stage_costs(files[:16], input_size) for name, files in sets.items()}
+    result["stages_ms"] = {
+        name: stage_costs(files[:16], input_size, settings.thumbnail_min_side) for name, files in sets.items()
+    }
     # The limit is measured a round at a time between the daemon runs, so that
     # a burst of load from elsewhere hits both sides of their ratio alike; the
     # other runtime and the naive loop import TensorFlow, so they come last.
@@ -172,7 +186,7 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
 # -- photos ----------------------------------------------------------------
 
 
-def synthetic_photo(seed: int, size: tuple[int, int]) -> bytes:
+def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] | None = None) -> bytes:
     """A JPEG that costs what a camera photo costs to decode.
 
     Flat colour would compress to almost nothing and decode unrealistically
@@ -200,14 +214,41 @@ def synthetic_photo(seed: int, size: tuple[int, int]) -> bytes:
         channel = top[c] + (bottom[c] - top[c]) * y + 25 * texture + (x - 0.5) * rng.uniform(-40, 40)
         channel = channel + rng.standard_normal((height, width), dtype=np.float32) * 10
         pixels[..., c] = np.clip(channel, 0, 255)
+    photo = Image.fromarray(pixels, "RGB")
+    exif = b""
+    if preview is not None:
+        small = io.BytesIO()
+        photo.resize(preview, Image.Resampling.BILINEAR).save(small, "JPEG", quality=85)
+        exif = exif_with_preview(small.getvalue())
     out = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(out, "JPEG", quality=JPEG_QUALITY)
+    photo.save(out, "JPEG", quality=JPEG_QUALITY, exif=exif)
     return out.getvalue()
 
 
-def image_set(cache: Path, size: tuple[int, int], count: int) -> list[Path]:
+def exif_with_preview(preview_jpeg: bytes, orientation: int = 1) -> bytes:
+    """An EXIF block holding ``orientation`` and a JPEG preview, as a camera writes it.
+
+    Pillow reads EXIF previews but cannot write one (its ``Exif.tobytes`` has
+    no IFD1), so the few bytes of TIFF structure are put together here: IFD0
+    with the orientation, IFD1 pointing at the preview, then the preview.
+    Pass the result as ``exif=`` to Pillow's JPEG ``save``.
+    """
+    import struct
+
+    ifd0 = struct.pack("<HHHIHHI", 1, 0x0112, 3, 1, orientation, 0, 26)  # next IFD at 26
+    preview_at = 26 + 2 + 3 * 12 + 4
+    entries = [(0x0103, 3, 1, 6), (0x0201, 4, 1, preview_at), (0x0202, 4, 1, len(preview_jpeg))]
+    ifd1 = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + struct.pack("<I", 0) + preview_jpeg
+    return b"Exif\x00\x00" + tiff
+
+
+def image_set(
+    cache: Path, size: tuple[int, int], count: int, preview: tuple[int, int] | None = None
+) -> list[Path]:
     """``count`` deterministic photos of ``size``, generated once and kept in ``cache``."""
-    folder = cache / f"{size[0]}x{size[1]}-q{JPEG_QUALITY}-g{GENERATOR}"
+    tag = f"-p{preview[0]}x{preview[1]}" if preview else ""
+    folder = cache / f"{size[0]}x{size[1]}-q{JPEG_QUALITY}-g{GENERATOR}{tag}"
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{seed:04d}.jpg" for seed in range(count)]
     missing = [f for f in files if not f.is_file()]
@@ -215,7 +256,7 @@ def image_set(cache: Path, size: tuple[int, int], count: int) -> list[Path]:
         _say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
     for path in missing:
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(synthetic_photo(int(path.stem), size))
+        tmp.write_bytes(synthetic_photo(int(path.stem), size, preview))
         tmp.replace(path)
     return files
 
@@ -268,7 +309,9 @@ def machine_info() -> dict[str, Any]:
 # -- in-process figures --------------------------------------------------------
 
 
-def stage_costs(files: Sequence[Path], input_size: tuple[int, int]) -> dict[str, float]:
+def stage_costs(
+    files: Sequence[Path], input_size: tuple[int, int], thumbnail_min_side: int
+) -> dict[str, float]:
     """Median milliseconds per photo for each step of ``pipeline.prepare``, on one thread."""
     from cened import imaging
 
@@ -279,7 +322,7 @@ def stage_costs(files: Sequence[Path], input_size: tuple[int, int]) -> dict[str,
         t1 = time.perf_counter()
         hashlib.sha256(data).hexdigest()
         t2 = time.perf_counter()
-        imaging.decode(data, input_size)
+        imaging.decode(data, input_size, thumbnail_min_side=thumbnail_min_side)
         t3 = time.perf_counter()
         read.append(t1 - t0)
         digest.append(t2 - t1)
@@ -658,6 +701,7 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         "e2e_150px_vs_limit": div(e2e["150px"], limit),
         "e2e_150px_vs_naive": div(e2e["150px"], naive["150px"]),
         "e2e_12mp_vs_150px": div(e2e[large], e2e["150px"]),
+        "e2e_12mp_no_preview_vs_150px": div(e2e[f"{large}-no-preview"], e2e["150px"]),
         "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
     }
     targets: dict[str, dict[str, Any]] = {

@@ -119,7 +119,7 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
         return Prepared(path, retry="changed while being read")
     base.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        base.pixels = imaging.decode(data, input_size, settings.max_pixels)
+        base.pixels = imaging.decode(data, input_size, settings.max_pixels, settings.thumbnail_min_side)
     except imaging.Rejected as exc:
         base.reject = exc
     return base

@@ -41,7 +41,7 @@ def test_quick_bench_reports_every_figure(
     assert raw["limit_ips"] == best == max(raw["by_backend"]["tflite"].values())
 
     sets = list(result["sets"])
-    assert sets[0] == "150px" and len(sets) == 2
+    assert sets == ["150px", sets[1], f"{sets[1]}-no-preview"]
     for name in sets:
         e2e_set = result["e2e"][name]
         assert e2e_set["ips"] > 0 and len(e2e_set["runs"]) == 1 and e2e_set["first_filed_s"] > 0
@@ -79,3 +79,25 @@ def test_cached_photos_are_reused_and_realistic(tmp_path: Path) -> None:
         assert im.format == "JPEG" and im.size == (400, 300)
     # Noise and texture, not flat colour: about 3 bits per pixel at quality 90.
     assert first[0].stat().st_size > 400 * 300 * 0.2
+
+
+def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import ExifTags, Image
+
+    from cened.bench import image_set
+    from cened.imaging import decode
+
+    (with_preview,) = image_set(tmp_path, (1600, 1200), 1, (320, 240))
+    (without,) = image_set(tmp_path, (1600, 1200), 1)
+    assert with_preview.parent != without.parent
+    with Image.open(with_preview) as im:
+        ifd1 = im.getexif().get_ifd(ExifTags.IFD.IFD1)
+        assert ifd1[ExifTags.Base.JpegIFByteCount] > 1000
+    with Image.open(without) as im:
+        assert not im.getexif().get_ifd(ExifTags.IFD.IFD1)
+    # The same scene either way: the preview is the photo, made small.
+    data = with_preview.read_bytes()
+    full = decode(data, (64, 64)).astype(int)
+    preview = decode(data, (64, 64), thumbnail_min_side=240).astype(int)
+    assert (full != preview).any() and np.abs(full - preview).mean() < 12
