@@ -543,6 +543,7 @@ class Workspace:
             "batch_max_wait_ms": settings.batch_max_wait_ms,
             "decode_threads": settings.decode_threads,
             "model_threads": settings.model_threads,
+            "thumbnail_min_side": settings.thumbnail_min_side,
             "stable_seconds": settings.stable_seconds,
             "log_format": "json",
             "log_level": "info",
