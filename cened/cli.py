@@ -273,6 +273,8 @@ def _history_table(rows: list[Entry], settings: Settings) -> None:
         note = r.reason or (f"undoes #{r.ref_id}" if r.ref_id else "")
         if r.human_label:
             note = f"human: {r.human_label}; {note}"
+        if r.pixel_source == "exif-preview":
+            note = f"from the EXIF preview; {note}" if note else "from the EXIF preview"
         table.add_row(
             str(r.id),
             r.time[5:16].replace("T", " "),

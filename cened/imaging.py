@@ -61,12 +61,27 @@ def set_pixel_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+#: Where the pixels a model saw came from; recorded in the log for each photo.
+FROM_PHOTO = "photo"
+FROM_PREVIEW = "exif-preview"
+
+
 def decode(
     data: bytes,
     size: tuple[int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
 ) -> np.ndarray:
+    """The pixels of :func:`decode_with_source`, for callers that need not know where they came from."""
+    return decode_with_source(data, size, max_pixels, thumbnail_min_side)[0]
+
+
+def decode_with_source(
+    data: bytes,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumbnail_min_side: int = 0,
+) -> tuple[np.ndarray, str]:
     """Decode ``data`` to a ``(height, width, 3)`` uint8 RGB array of ``size``.
 
     The image is turned upright by its EXIF orientation, flattened onto white
@@ -76,7 +91,8 @@ def decode(
     ``draft()``; even so, Huffman-decoding a 12-megapixel photo costs ~35 ms.
     With ``thumbnail_min_side`` > 0 a large JPEG whose camera-made EXIF
     thumbnail is at least that many pixels on its short side is classified
-    from the thumbnail instead (see :func:`_exif_thumbnail` for the checks).
+    from the thumbnail instead (see :func:`_exif_thumbnail` for the checks);
+    the second value says which (:data:`FROM_PHOTO` or :data:`FROM_PREVIEW`).
     """
     if not data:
         raise Rejected("empty", "the file has zero bytes")
@@ -90,7 +106,7 @@ def decode(
                 thumb = _exif_thumbnail(im, data, size, thumbnail_min_side)
                 if thumb is not None:
                     fitted = ImageOps.fit(thumb, (width, height), Image.Resampling.BILINEAR)
-                    return np.asarray(fitted, dtype=np.uint8)
+                    return np.asarray(fitted, dtype=np.uint8), FROM_PREVIEW
             if im.format == "JPEG":
                 # draft() keeps both sides >= the request; asking for a square of the
                 # larger side leaves enough pixels after EXIF rotation and the crop.
@@ -107,7 +123,7 @@ def decode(
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise Rejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
     fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.BILINEAR)
-    return np.asarray(fitted, dtype=np.uint8)
+    return np.asarray(fitted, dtype=np.uint8), FROM_PHOTO
 
 
 def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_side: int) -> Image.Image | None:

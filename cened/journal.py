@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Actions that leave a file somewhere new and can therefore be undone or corrected.
 MOVING_ACTIONS = ("moved", "review", "quarantined", "corrected", "relocated")
@@ -61,6 +61,9 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX decisions_destination ON decisions(destination);
     CREATE INDEX decisions_sha ON decisions(sha256);
     """,
+    # Which pixels the model saw: "photo", or "exif-preview" for a large JPEG
+    # classified from its camera-made preview (NULL for rows without a prediction).
+    2: "ALTER TABLE decisions ADD COLUMN pixel_source TEXT",
 }
 
 
@@ -103,6 +106,7 @@ class Entry:
     reason: str | None = None
     ref_id: int | None = None
     human_label: str | None = None
+    pixel_source: str | None = None
     batch_id: str | None = None
     state: str = "done"
     time: str = field(default_factory=now_iso)
@@ -134,6 +138,7 @@ _COLUMNS = (
     "reason",
     "ref_id",
     "human_label",
+    "pixel_source",
 )
 
 

@@ -49,6 +49,7 @@ class Prepared:
     sha256: str | None = None
     size: int | None = None
     pixels: np.ndarray | None = None
+    pixel_source: str | None = None  # imaging.FROM_PHOTO or FROM_PREVIEW
     reject: imaging.Rejected | None = None  # unusable content: quarantine
     skip: str | None = None  # not ours to move: leave in place
     retry: str | None = None  # not ready yet: try again later
@@ -119,7 +120,9 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
         return Prepared(path, retry="changed while being read")
     base.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        base.pixels = imaging.decode(data, input_size, settings.max_pixels, settings.thumbnail_min_side)
+        base.pixels, base.pixel_source = imaging.decode_with_source(
+            data, input_size, settings.max_pixels, settings.thumbnail_min_side
+        )
     except imaging.Rejected as exc:
         base.reject = exc
     return base
@@ -225,6 +228,7 @@ class Processor:
                     confidence=decision.confidence,
                     probabilities=decision.probabilities,
                     model_version=self.classifier.version,
+                    pixel_source=prep.pixel_source,
                     state="pending",
                     reason="below confidence threshold" if decision.to_review else None,
                 )
@@ -290,6 +294,7 @@ def _log_outcome(outcome: Outcome) -> None:
             confidence=entry.confidence,
             model=entry.model_version,
             sha256=entry.sha256,
+            pixels=entry.pixel_source if entry.pixel_source == imaging.FROM_PREVIEW else None,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
     if outcome.action in ("moved", "review"):

@@ -147,6 +147,7 @@ def carry_out(
             confidence=p.row.confidence,
             probabilities=p.row.probabilities,
             model_version=p.row.model_version,
+            pixel_source=p.row.pixel_source,
             ref_id=p.row.id,
             human_label=label,
             state="pending",

@@ -14,7 +14,7 @@ from conftest import write_config, write_photo
 from cened.classifying import Classifier
 from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_REFUSED, main
 from cened.config import Settings
-from cened.journal import Journal
+from cened.journal import Entry, Journal
 from cened.pipeline import Processor, prepare
 
 
@@ -195,6 +195,28 @@ def test_journal_settings_are_durable(settings: Settings) -> None:
         assert journal.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert journal.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert journal.conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_a_version_1_log_is_upgraded_in_place_and_keeps_its_rows(settings: Settings) -> None:
+    """A log written before ``pixel_source`` existed opens, gains the column, and loses nothing."""
+    from cened import journal as journal_module
+
+    settings.database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(settings.database) as old:
+        old.executescript(journal_module._MIGRATIONS[1])
+        old.execute(f"PRAGMA application_id = {journal_module.APPLICATION_ID}")
+        old.execute("PRAGMA user_version = 1")
+        old.execute(
+            "INSERT INTO decisions (time, action, source, destination, label) "
+            "VALUES ('2026-11-01T00:00:00.000+00:00', 'moved', '/in/a.jpg', '/lib/sea/a.jpg', 'sea')"
+        )
+    old.close()
+    with Journal(settings.database) as journal:
+        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION
+        (row,) = journal.history()
+        assert (row.label, row.destination, row.pixel_source) == ("sea", Path("/lib/sea/a.jpg"), None)
+        (new,) = journal.add([Entry(action="moved", source=Path("/in/b.jpg"), pixel_source="exif-preview")])
+        assert journal.get(new.id or 0) == new
 
 
 def test_classify_prints_labels_and_moves_nothing(settings: Settings, tmp_path: Path, capsys) -> None:

@@ -74,6 +74,9 @@ def test_large_jpeg_is_filed_by_its_preview_when_allowed(
     outcome = run(path, min_side)
     assert outcome.action == "moved", outcome
     assert outcome.entry is not None and outcome.entry.destination == settings.library / album / "camera.jpg"
+    with Journal(settings.database) as journal:
+        logged = journal.get(outcome.entry.id or 0)
+    assert logged is not None and logged.pixel_source == ("exif-preview" if album == "sea" else "photo")
 
 
 def test_truncated_photo_is_quarantined_even_with_an_intact_preview(settings: Settings, run) -> None:
