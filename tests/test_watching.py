@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import write_photo
 from daemon_helpers import files_under, wait_until
+from watchdog.events import FileSystemEvent
 
 from cened.config import Settings
 from cened.daemon import Daemon
@@ -131,6 +132,47 @@ def test_one_copy_is_released_once_however_many_events(tmp_path: Path) -> None:
         watcher.stop()
     assert len(events) >= 3  # created, modified…, closed: several events for one copy
     assert released == [target]
+
+
+def test_new_and_moved_in_folders_are_watched_but_our_own_reads_are_not_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cened import watching
+
+    delivered: list[str] = []  # every event watchdog hands over, before the handler looks at it
+    original = watching._Handler.on_any_event
+
+    def spy(self: watching._Handler, event: FileSystemEvent) -> None:
+        delivered.append(type(event).__name__)
+        original(self, event)
+
+    monkeypatch.setattr(watching._Handler, "on_any_event", spy)
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    events: list[tuple[str, bool]] = []
+    watcher = InboxWatcher(inbox, lambda path, closed: events.append((path.name, closed)), lambda: None)
+    watcher.start()
+    try:
+        (inbox / "trip").mkdir()
+        time.sleep(0.3)  # the watch on a new folder is added when its creation is seen
+        (inbox / "trip" / "a.jpg").write_bytes(b"x" * 100)
+        (outside / "album").mkdir(parents=True)
+        (outside / "album" / "b.jpg").write_bytes(b"y" * 100)
+        (outside / "album").rename(inbox / "album")
+        time.sleep(0.3)
+        (inbox / "album" / "c.jpg").write_bytes(b"z" * 100)
+        assert wait_until(lambda: {("a.jpg", True), ("c.jpg", True)} <= set(events), timeout=10), events
+        time.sleep(0.3)
+        delivered.clear()
+        (inbox / "trip" / "a.jpg").read_bytes()  # what prepare() does: open, read, close
+        (inbox / "trip" / "a.jpg").unlink()  # what a move does to the inbox
+        time.sleep(0.5)
+        assert delivered == []
+        with open(inbox / "album" / "c.jpg", "ab") as fh:
+            fh.write(b"more")
+        assert wait_until(lambda: ("c.jpg", True) in events[-1:], timeout=10), events
+    finally:
+        watcher.stop()
 
 
 class RunningDaemon:
