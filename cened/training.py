@@ -41,7 +41,6 @@ class TrainConfig:
 
     variant: str = "lite0"
     input_size: int = 224
-    decode_size: int = 0  # photos are decoded to this side and upscaled inside the model; 0: input_size
     views: int = 6
     finetune_blocks: int = 5
     head_epochs: int = 10
@@ -308,7 +307,6 @@ def train(
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     size = (cfg.input_size, cfg.input_size)
-    feed = (cfg.decode_size, cfg.decode_size) if cfg.decode_size else size
     listing = dataset.list_images(data_dir)
     n_cls = len(listing.classes)
     train_idx, val_idx = dataset.split_indices(listing.labels, cfg.val_fraction, cfg.seed)
@@ -317,15 +315,15 @@ def train(
 
     variant = backbone.VARIANTS[cfg.variant]
     sd, weights_source = _state_dict(cfg)
-    model, lay, specs = backbone.build_classifier(variant, n_cls, size, cfg.dropout, feed)
+    model, lay, specs = backbone.build_classifier(variant, n_cls, size, cfg.dropout)
     if sd is not None:
         backbone.port_state_dict(lay, specs, sd, include_fc=False)
     cut = len(specs) - cfg.finetune_blocks
-    trunk = backbone.trunk_model(lay, specs, feed, cut)
+    trunk = backbone.trunk_model(lay, specs, size, cut)
 
     with _progress(say) as bar:
         task = bar.add_task("decoding", total=len(listing.paths))
-        pixels = dataset.load_pixels(listing.paths, feed, lambda k: bar.advance(task, k))
+        pixels = dataset.load_pixels(listing.paths, size, lambda k: bar.advance(task, k))
         timings["decode_s"] = time.monotonic() - t0
         t = time.monotonic()
         task = bar.add_task(f"caching {cfg.views} views", total=cfg.views * len(train_idx) + len(val_idx))
@@ -396,7 +394,7 @@ def train(
         name=out_dir.name,
         version=version,
         classes=listing.classes,
-        input_size=feed,
+        input_size=size,
         temperature=float(temperature),
         training=training_info,
     )
@@ -478,15 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
     parser.add_argument("--variant", default=d.variant, choices=["lite0", "lite1", "lite2", "lite3", "lite4"])
-    parser.add_argument(
-        "--input-size", type=int, default=d.input_size, help="side the network runs at, in pixels"
-    )
-    parser.add_argument(
-        "--decode-size",
-        type=int,
-        default=d.decode_size,
-        help="side photos are decoded to; the model upscales them to --input-size (0: --input-size)",
-    )
+    parser.add_argument("--input-size", type=int, default=d.input_size, help="square input side in pixels")
     parser.add_argument("--views", type=int, default=d.views, help="cached views per training image (>= 1)")
     parser.add_argument(
         "--finetune-blocks",
@@ -515,7 +505,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         variant=args.variant,
         input_size=args.input_size,
-        decode_size=args.decode_size,
         views=args.views,
         finetune_blocks=args.finetune_blocks,
         head_epochs=args.head_epochs,

@@ -147,33 +147,6 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
 
 
-def test_model_trained_to_upscale_itself_runs_in_the_daemon_runtime(tmp_path: Path) -> None:
-    """``--decode-size``: photos decoded small, the model (Keras and LiteRT alike) upscales them."""
-    import keras
-
-    from cened.classifying import Classifier
-    from cened.imaging import decode
-
-    data = _tiny_data(tmp_path / "data")
-    out = tmp_path / "models" / "fed"
-    parser = argparse.ArgumentParser()
-    training.add_arguments(parser)
-    args = parser.parse_args(
-        f"--data {data} --out {out} --weights none --input-size 48 --decode-size 24 --views 1"
-        " --head-epochs 1 --finetune-epochs 0 --batch-size 8 --val-fraction 0.3".split()
-    )
-    assert training.run(args) == 0
-    meta = modelpack.read_meta(out)
-    assert meta.input_size == (24, 24)
-    assert meta.training["config"]["input_size"] == 48 and meta.training["config"]["decode_size"] == 24
-    pixels = np.stack([decode(p.read_bytes(), meta.input_size) for p in sorted(data.rglob("*.jpg"))[:6]])
-    model = keras.models.load_model(out / modelpack.KERAS_FILE, compile=False)
-    lite = Classifier(out, backend="tflite")
-    assert lite.backend == "tflite"
-    expected = evaluation.softmax(model.predict(pixels.astype(np.float32), verbose=0), meta.temperature)
-    np.testing.assert_allclose(lite.predict(pixels), expected, atol=1e-3)
-
-
 @pytest.mark.data
 def test_real_dataset_split_sizes() -> None:
     if not DATA.is_dir():
