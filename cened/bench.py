@@ -153,6 +153,7 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
             for k in (
                 "backend",
                 "batch_size",
+                "model_batch_size",
                 "batch_max_wait_ms",
                 "decode_threads",
                 "model_threads",
@@ -540,6 +541,7 @@ class Workspace:
             "model": model,
             "backend": settings.backend,
             "batch_size": settings.batch_size,
+            "model_batch_size": settings.model_batch_size,
             "batch_max_wait_ms": settings.batch_max_wait_ms,
             "decode_threads": settings.decode_threads,
             "model_threads": settings.model_threads,
@@ -738,7 +740,8 @@ def print_report(result: dict[str, Any]) -> None:
     s, model = result["settings"], result["model"]
     console.print(
         f"model {model['version']} {tuple(model['input_size'])} on {model['backend']}; "
-        f"batch_size {s['batch_size']}, batch_max_wait_ms {s['batch_max_wait_ms']}, "
+        f"batch_size {s['batch_size']}, model_batch_size {s['model_batch_size']}, "
+        f"batch_max_wait_ms {s['batch_max_wait_ms']}, "
         f"decode_threads {s['decode_threads']}, "
         f"model_threads {s['model_threads']}; medians of {result['plan']['repeats']}"
     )

@@ -79,11 +79,22 @@ class Classifier:
     """A loaded model; ``predict`` is safe to call from one thread at a time."""
 
     def __init__(
-        self, model_dir: Path, *, backend: Backend = "auto", threads: int = 0, warm_batch: int = 1
+        self,
+        model_dir: Path,
+        *,
+        backend: Backend = "auto",
+        threads: int = 0,
+        warm_batch: int = 1,
+        max_batch: int = 0,
     ) -> None:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
         self.threads = threads or os.cpu_count() or 1
+        # Photos per model call (0: all at once).  Smaller calls can be faster:
+        # EfficientNet-Lite0 on LiteRT runs 4 photos at a time ~12% faster per photo
+        # than 16 on a 2-core CPU (~8% end to end), as the activations of 4 stay in
+        # the CPU caches.
+        self.max_batch = max_batch
         has_tflite = modelpack.TFLITE_FILE in self.meta.files
         has_keras = modelpack.KERAS_FILE in self.meta.files
         if backend == "auto":
@@ -103,7 +114,7 @@ class Classifier:
         # Warm-up calls, so neither the first photo nor the first full batch pays
         # for graph building or tensor allocation; ending on 1 leaves the runner
         # shaped for the idle case, a single photo.
-        for size in dict.fromkeys((warm_batch, 1)):
+        for size in dict.fromkeys((min(warm_batch, max_batch or warm_batch), 1)):
             probabilities = self.predict(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
             if not np.isfinite(probabilities).all():
                 # A broken export (e.g. weights left out of a LiteRT file) gives NaN,
@@ -122,9 +133,15 @@ class Classifier:
         """Calibrated class probabilities for a uint8 batch ``(N, H, W, 3)``."""
         if pixels.ndim != 4 or pixels.shape[1:] != (*self.meta.input_size, 3):
             raise ValueError(f"expected (N, {self.meta.input_size}, 3) pixels, got {pixels.shape}")
+        step = self.max_batch or len(pixels) or 1
         with self._lock:
-            logits = self._runner.logits(pixels.astype(np.float32))
-        return softmax(logits, self.meta.temperature)
+            logits = [
+                self._runner.logits(pixels[i : i + step].astype(np.float32))
+                for i in range(0, len(pixels), step)
+            ]
+        return softmax(
+            np.concatenate(logits) if logits else np.zeros((0, len(self.classes))), self.meta.temperature
+        )
 
 
 class _KerasRunner:

@@ -154,7 +154,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.configure("json" if args.json else settings.log_format, "warning")
     imaging.set_pixel_limit(settings.max_pixels)
-    classifier = Classifier(settings.model, backend=settings.backend, threads=settings.model_threads)
+    classifier = Classifier(
+        settings.model,
+        backend=settings.backend,
+        threads=settings.model_threads,
+        max_batch=settings.model_batch_size,
+    )
     files = list(_expand(args.paths, settings))
     journal = Journal(settings.database) if args.apply else None
     processor = Processor(classifier, journal, lambda: settings) if journal else None

@@ -57,6 +57,7 @@ RESTART_ONLY = (
     "backend",
     "decode_threads",
     "model_threads",
+    "model_batch_size",
     "queue_max",
 )
 TICK = 0.1
@@ -108,7 +109,11 @@ class Daemon:
         try:
             resolved = recovery.reconcile(journal)
             classifier = Classifier(
-                s.model, backend=s.backend, threads=s.model_threads, warm_batch=s.batch_size
+                s.model,
+                backend=s.backend,
+                threads=s.model_threads,
+                warm_batch=s.batch_size,
+                max_batch=s.model_batch_size,
             )
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)

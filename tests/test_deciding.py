@@ -53,3 +53,23 @@ def test_parse_since() -> None:
     assert parse_since("2026-11-20T08:30+00:00") == "2026-11-20T08:30:00.000+00:00"
     with pytest.raises(ValueError, match="cannot read"):
         parse_since("yesterday-ish")
+
+
+@pytest.mark.parametrize("backend", ["tflite", "keras"])
+def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str) -> None:
+    """``model_batch_size``: 7 photos in calls of 3, 3 and 1, with the same probabilities as one call."""
+    from conftest import COLOURS, INPUT, picture
+
+    from cened.classifying import Classifier
+
+    pixels = np.stack(
+        [np.asarray(picture(c, INPUT, seed=i)) for i, c in enumerate([*COLOURS, "sea"])], dtype=np.uint8
+    )
+    whole = Classifier(model_dir, backend=backend).predict(pixels)
+    chunked = Classifier(model_dir, backend=backend, max_batch=3)
+    calls: list[int] = []
+    logits = chunked._runner.logits
+    chunked._runner.logits = lambda batch: calls.append(len(batch)) or logits(batch)  # type: ignore[method-assign]
+    np.testing.assert_allclose(chunked.predict(pixels), whole, atol=1e-5)
+    assert calls == [3, 3, 1]
+    assert [CLASSES[i] for i in whole.argmax(axis=1)] == [*COLOURS, "sea"]
