@@ -217,7 +217,7 @@ class InboxWatcher:
     #: What the handler uses, plus new folders (so their contents are watched).
     #: Watchdog turns this into the inotify mask, so the kernel never reports the
     #: opens, no-write closes and deletions that the daemon's own reads and moves
-    #: cause: three to four Python events per photo that nobody wanted.
+    #: cause: four Python events per photo that nobody wanted.
     _EVENTS = (
         FileCreatedEvent,
         FileModifiedEvent,
