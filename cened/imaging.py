@@ -129,10 +129,11 @@ def decode_with_source(
 def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_side: int) -> Image.Image | None:
     """The photo's EXIF (IFD1) thumbnail, upright RGB, or None to decode the photo itself.
 
-    Cameras and phones store a ~160x120 preview in every JPEG; at the model's
-    resolution it carries nearly what the full photo does (the training images
-    are 150 px), and reading it skips the full Huffman decode.  It is trusted
-    only when it can stand for the photo:
+    Cameras and phones store a preview (160x120 up to about 512x384) in nearly
+    every JPEG.  From 240 px on it carries, at the model's resolution, nearly
+    what the photo does (the training images are 150 px; smaller previews cost
+    accuracy, see ``thumbnail_min_side``), and reading it skips the full
+    Huffman decode.  It is trusted only when it can stand for the photo:
 
     - the photo is large (``THUMBNAIL_MIN_RATIO`` times the model's pixels);
     - the file ends with the JPEG end-of-image marker, so a truncated photo
