@@ -24,17 +24,6 @@ THUMBNAIL_MIN_RATIO = 16
 #: whole pixels); more means it was letterboxed or belongs to another picture.
 THUMBNAIL_ASPECT_TOLERANCE = 0.02
 _JPEG_EOI = b"\xff\xd9"
-# The same table ImageOps.exif_transpose uses, for a thumbnail that carries no
-# orientation of its own (it is stored as the sensor saw it, like the photo).
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 # Truncated files must raise, never decode to a half-grey image we would then file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -102,18 +91,17 @@ def decode_with_source(
             w, h = im.size
             if w * h > max_pixels:
                 raise Rejected("decompression-bomb", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+            preview = None
             if im.format == "JPEG" and thumbnail_min_side > 0:
-                thumb = _exif_thumbnail(im, data, size, thumbnail_min_side)
-                if thumb is not None:
-                    fitted = ImageOps.fit(thumb, (width, height), Image.Resampling.BILINEAR)
-                    return np.asarray(fitted, dtype=np.uint8), FROM_PREVIEW
-            if im.format == "JPEG":
+                preview = _exif_thumbnail(im, data, size, thumbnail_min_side)
+            if preview is None and im.format == "JPEG":
                 # draft() keeps both sides >= the request; asking for a square of the
                 # larger side leaves enough pixels after EXIF rotation and the crop.
                 side = max(height, width)
                 im.draft("RGB", (side, side))
-            im.load()
-            rgb = _to_rgb(_upright(im))
+            source = im if preview is None else preview
+            source.load()
+            rgb = _to_rgb(_upright(source))
     except Rejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -123,11 +111,14 @@ def decode_with_source(
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise Rejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
     fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.BILINEAR)
-    return np.asarray(fitted, dtype=np.uint8), FROM_PHOTO
+    return np.asarray(fitted, dtype=np.uint8), FROM_PHOTO if preview is None else FROM_PREVIEW
 
 
 def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_side: int) -> Image.Image | None:
-    """The photo's EXIF (IFD1) thumbnail, upright RGB, or None to decode the photo itself.
+    """The photo's EXIF (IFD1) thumbnail, loaded, or None to decode the photo itself.
+
+    The thumbnail carries the photo's EXIF block, so :func:`_upright` turns it
+    exactly as it turns the photo (a preview is stored as the sensor saw it).
 
     Cameras and phones store a preview (160x120 up to about 512x384) in nearly
     every JPEG.  From 240 px on it carries, at the model's resolution, nearly
@@ -168,9 +159,8 @@ def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_sid
             ):
                 return None
             thumb.load()
-            rgb = thumb.convert("RGB")
-        method = _ORIENTATION.get(exif.get(ExifTags.Base.Orientation, 1))
-        return rgb.transpose(method) if method is not None else rgb
+        thumb.info["exif"] = raw
+        return thumb
     except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
         return None
 
