@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cened.classifying import Classifier
 from cened.config import Settings, load_settings
 from cened.modelpack import ModelMeta
 
@@ -87,6 +88,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = ModelMeta(name="tiny", version="tiny-test-1", classes=CLASSES, input_size=INPUT)
     save_keras(model, out, meta, tflite=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier(model_dir: Path) -> Classifier:
+    """The test model, loaded once: tests share it as the daemon's threads do."""
+    return Classifier(model_dir)
 
 
 @pytest.fixture

@@ -27,11 +27,6 @@ from cened.journal import Journal, path_from_db
 from cened.pipeline import Outcome, Processor, prepare
 
 
-@pytest.fixture(scope="module")
-def classifier(model_dir: Path) -> Classifier:
-    return Classifier(model_dir)
-
-
 @pytest.fixture
 def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)

@@ -19,9 +19,8 @@ from cened.pipeline import Processor, prepare
 
 
 @pytest.fixture
-def filed(settings: Settings, model_dir: Path, tmp_path: Path):
+def filed(settings: Settings, classifier: Classifier, tmp_path: Path):
     """Three photos filed by the real pipeline; returns (config path, {name: row id})."""
-    classifier = Classifier(model_dir)
     paths = [
         write_photo(settings.inbox / "a.jpg", "sea", seed=1),
         write_photo(settings.inbox / "b.jpg", "forest", seed=2),

@@ -46,11 +46,6 @@ def nearest_class(pixels: np.ndarray) -> str:
     return min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
 
 
-@pytest.fixture(scope="module")
-def classifier(model_dir: Path) -> Classifier:
-    return Classifier(model_dir)
-
-
 @pytest.fixture
 def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)
