@@ -56,6 +56,17 @@ LARGE = (4000, 3000)
 #: The EXIF preview written into the large photos, as phones embed one
 #: (cameras that store only 160x120 get the full decode: see ``thumbnail_min_side``).
 PREVIEW = (320, 240)
+#: The settings that change the figures: the timed daemons run with the
+#: user's values, and the report names them.
+TIMED_SETTINGS = (
+    "backend",
+    "batch_size",
+    "model_batch_size",
+    "batch_max_wait_ms",
+    "decode_threads",
+    "model_threads",
+    "thumbnail_min_side",
+)
 TARGETS = {
     "e2e_150px_vs_limit": 0.9,
     "e2e_150px_vs_naive": 10.0,
@@ -148,18 +159,7 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
     result: dict[str, Any] = {
         "machine": machine_info(),
         "model": meta,
-        "settings": {
-            k: getattr(settings, k)
-            for k in (
-                "backend",
-                "batch_size",
-                "model_batch_size",
-                "batch_max_wait_ms",
-                "decode_threads",
-                "model_threads",
-                "thumbnail_min_side",
-            )
-        },
+        "settings": {k: getattr(settings, k) for k in TIMED_SETTINGS},
         "plan": asdict(plan),
         "sets": {name: _describe(files) for name, files in sets.items()},
     }
@@ -539,13 +539,7 @@ class Workspace:
             "library": self.library,
             "database": self.database,
             "model": model,
-            "backend": settings.backend,
-            "batch_size": settings.batch_size,
-            "model_batch_size": settings.model_batch_size,
-            "batch_max_wait_ms": settings.batch_max_wait_ms,
-            "decode_threads": settings.decode_threads,
-            "model_threads": settings.model_threads,
-            "thumbnail_min_side": settings.thumbnail_min_side,
+            **{k: getattr(settings, k) for k in TIMED_SETTINGS},
             "stable_seconds": settings.stable_seconds,
             "log_format": "json",
             "log_level": "info",
