@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -24,6 +25,10 @@ THUMBNAIL_MIN_RATIO = 16
 #: whole pixels); more means it was letterboxed or belongs to another picture.
 THUMBNAIL_ASPECT_TOLERANCE = 0.02
 _JPEG_EOI = b"\xff\xd9"
+
+# Resizing one small photo is far too little work to share out; OpenCV's worker
+# threads would only compete with the model's for the same cores.
+cv2.setNumThreads(1)
 
 # Truncated files must raise, never decode to a half-grey image we would then file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -110,8 +115,33 @@ def decode_with_source(
         raise Rejected("not-an-image", "Pillow does not recognise this file as an image") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise Rejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
-    fitted = ImageOps.fit(rgb, (width, height), Image.Resampling.BILINEAR)
-    return np.asarray(fitted, dtype=np.uint8), FROM_PHOTO if preview is None else FROM_PREVIEW
+    return fit(rgb, width, height), FROM_PHOTO if preview is None else FROM_PREVIEW
+
+
+def fit(rgb: Image.Image, width: int, height: int) -> np.ndarray:
+    """Centre-crop ``rgb`` to the target's aspect ratio and resize it to ``width`` x ``height``.
+
+    The crop is :func:`PIL.ImageOps.fit`'s (rounded to whole pixels when
+    enlarging, where a sub-pixel offset is lost in the interpolation).  Shrinking goes through Pillow's
+    bilinear filter, which widens with the scale and so does not alias when a
+    photo is reduced several times over.  Enlarging, the case of every 150 px
+    training photo going to a 224 px model, goes through OpenCV instead: for an
+    upscale both are the same interpolation (pixels agree within one level), but
+    Pillow takes 0.42 ms and OpenCV 0.06, and 0.42 ms was more than the JPEG
+    decode itself and about a tenth of the daemon's CPU per photo.
+    """
+    w, h = rgb.size
+    target = width / height
+    crop_w, crop_h = (h * target, h) if w / h >= target else (w, w / target)
+    left, top = (w - crop_w) / 2, (h - crop_h) / 2
+    if crop_w >= width:
+        resized = rgb.resize(
+            (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
+        )
+        return np.asarray(resized, dtype=np.uint8)
+    x0, y0 = round(left), round(top)
+    pixels = np.asarray(rgb, dtype=np.uint8)[y0 : y0 + max(1, round(crop_h)), x0 : x0 + max(1, round(crop_w))]
+    return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_side: int) -> Image.Image | None:
