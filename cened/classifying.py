@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -23,7 +24,7 @@ Backend = Literal["auto", "tflite", "keras"]
 
 
 class _Runner(Protocol):
-    def logits(self, batch: np.ndarray) -> np.ndarray: ...
+    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -129,16 +130,19 @@ class Classifier:
     def classes(self) -> tuple[str, ...]:
         return self.meta.classes
 
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities for a uint8 batch ``(N, H, W, 3)``."""
-        if pixels.ndim != 4 or pixels.shape[1:] != (*self.meta.input_size, 3):
-            raise ValueError(f"expected (N, {self.meta.input_size}, 3) pixels, got {pixels.shape}")
+    def predict(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated class probabilities for uint8 images ``(H, W, 3)``, one row per image.
+
+        A list of decoded photos is taken as it is, not stacked: the LiteRT
+        runner copies each photo straight into the model's input tensor.
+        """
+        expected = (*self.meta.input_size, 3)
+        for image in pixels:
+            if image.shape != expected:
+                raise ValueError(f"expected {expected} pixels, got {image.shape}")
         step = self.max_batch or len(pixels) or 1
         with self._lock:
-            logits = [
-                self._runner.logits(pixels[i : i + step].astype(np.float32))
-                for i in range(0, len(pixels), step)
-            ]
+            logits = [self._runner.logits(pixels[i : i + step]) for i in range(0, len(pixels), step)]
         return softmax(
             np.concatenate(logits) if logits else np.zeros((0, len(self.classes))), self.meta.temperature
         )
@@ -163,8 +167,8 @@ class _KerasRunner:
             input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
         )
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(batch))
+    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        return np.asarray(self._fn(np.stack(batch).astype(np.float32)))
 
 
 class _TFLiteRunner:
@@ -204,10 +208,14 @@ class _TFLiteRunner:
         self._interpreter.allocate_tensors()
         self._size = size
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         if len(batch) != self._size:
             self._resize(len(batch))
-        self._interpreter.set_tensor(self._input, batch)
+        # Each uint8 photo is converted as it is copied into the input tensor: one
+        # pass, where stacking, casting to float32 and set_tensor() made three.
+        # The view must be gone before invoke(), hence no name is kept for it.
+        for row, image in enumerate(batch):
+            self._interpreter.tensor(self._input)()[row] = image
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()
 

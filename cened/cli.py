@@ -145,7 +145,6 @@ def _expand(paths: Sequence[Path], settings: Settings) -> Iterator[Path]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from cened import imaging, logsetup
     from cened.classifying import Classifier, decide
@@ -184,7 +183,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 _print_result(row, args.json)
             continue
         ok = [p for p in batch if p.pixels is not None]
-        probs = classifier.predict(np.stack([p.pixels for p in ok])) if ok else []
+        probs = classifier.predict([p.pixels for p in ok]) if ok else []
         by_path = dict(zip([p.path for p in ok], probs, strict=True))
         for prep in batch:
             row: dict[str, object] = {"file": os.fsdecode(prep.path)}

@@ -148,7 +148,7 @@ class Processor:
         model is the bottleneck, and fsyncs need not wait their turn behind it.
         """
         pixels = [p.pixels for p in batch if p.pixels is not None]
-        return self.classifier.predict(np.stack(pixels)) if pixels else None
+        return self.classifier.predict(pixels) if pixels else None
 
     def file(self, batch: Sequence[Prepared], probabilities: np.ndarray | None) -> list[Outcome]:
         """Decide, journal and move one scored batch (``probabilities`` from :meth:`score`)."""

@@ -73,3 +73,18 @@ def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str) 
     np.testing.assert_allclose(chunked.predict(pixels), whole, atol=1e-5)
     assert calls == [3, 3, 1]
     assert [CLASSES[i] for i in whole.argmax(axis=1)] == [*COLOURS, "sea"]
+
+
+@pytest.mark.parametrize("backend", ["tflite", "keras"])
+def test_predict_takes_a_list_of_photos_as_it_takes_a_stacked_batch(model_dir, backend: str) -> None:
+    """The daemon hands over its decoded photos unstacked; the scores must not depend on that."""
+    from conftest import COLOURS, INPUT, picture
+
+    from cened.classifying import Classifier
+
+    photos = [np.asarray(picture(c, INPUT, seed=i), dtype=np.uint8) for i, c in enumerate(COLOURS)]
+    classifier = Classifier(model_dir, backend=backend, max_batch=4)
+    np.testing.assert_allclose(classifier.predict(photos), classifier.predict(np.stack(photos)), atol=1e-6)
+    assert [CLASSES[i] for i in classifier.predict(photos).argmax(axis=1)] == list(COLOURS)
+    with pytest.raises(ValueError, match="expected"):
+        classifier.predict([*photos[:2], np.zeros((INPUT[0], INPUT[1] + 1, 3), dtype=np.uint8)])
