@@ -45,6 +45,8 @@ class TrainConfig:
     finetune_blocks: int = 5
     head_epochs: int = 10
     finetune_epochs: int = 10
+    full_epochs: int = 0
+    lr_full: float = 3e-5
     batch_size: int = 64
     lr_head: float = 1e-3
     lr_finetune: float = 2e-4
@@ -264,6 +266,70 @@ def finetune(
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
+def _augmented_batches(pixels: np.ndarray, y: np.ndarray, index: np.ndarray, batch: int, seed: int) -> Any:
+    """Freshly augmented photos every epoch (crop, jitter, mirror), reproducible from the seed."""
+    import keras
+
+    n = len(pixels)
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng([seed, 1000]).permutation(n)
+
+        def __len__(self) -> int:
+            return int(np.ceil(n / batch))
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = self.order[i * batch : (i + 1) * batch]
+            # View numbers from 2 on are random crops; one per epoch, past the cached ones.
+            view = 1000 + self.epoch
+            x = [make_view(pixels[r], view, view_rng(seed, int(index[r]), view)) for r in rows]
+            return np.stack(x).astype(np.float32), y[rows]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = np.random.default_rng([seed, 1000 + self.epoch]).permutation(n)
+
+    return AugmentedBatches()
+
+
+def finetune_full(
+    model: Any,
+    pixels: np.ndarray,
+    y: np.ndarray,
+    index: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    verbose: int,
+) -> dict[str, list[float]]:
+    """Optional phase 3: every convolution, on photos augmented anew each epoch.
+
+    The cache cannot serve here, as the early layers change too; a forward and
+    backward pass through the whole network costs ~50 ms per photo on two
+    cores, so an epoch takes about six minutes.  Batch-norm stays frozen.
+    """
+    import keras
+
+    n_cls = y.shape[1]
+    batches = _augmented_batches(pixels, y, index, 32, cfg.seed)
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.lr_full, max(cfg.full_epochs * len(batches), 1))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    hist = model.fit(
+        batches,
+        epochs=cfg.full_epochs,
+        validation_data=(val[0].astype(np.float32), _one_hot(val[1], n_cls)),
+        validation_batch_size=64,
+        verbose=verbose,
+    )
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
 # ----------------------------------------------------------------------------- orchestration
 
 
@@ -355,9 +421,25 @@ def train(
         finetune(tail, x_tr, _one_hot(y_tr, n_cls), (x_va, y_va), cfg, verbose) if cfg.finetune_epochs else {}
     )
     timings["finetune_s"] = time.monotonic() - t
+    del x_tr, x_va
+
+    hist_full: dict[str, list[float]] = {}
+    if cfg.full_epochs:
+        t = time.monotonic()
+        set_trainable(lay, ("stem_", "block", "head_", "logits"))
+        say(f"phase 3: fine-tuning the whole network on augmented photos, {cfg.full_epochs} epochs")
+        hist_full = finetune_full(
+            model,
+            pixels[train_idx],
+            _one_hot(listing.labels[train_idx], n_cls),
+            train_idx,
+            (pixels[val_idx], y_va),
+            cfg,
+            verbose,
+        )
+        timings["full_s"] = time.monotonic() - t
     for layer in lay.values():
         layer.trainable = True
-    del x_tr, x_va
 
     t = time.monotonic()
     val_logits = evaluation.predict_keras(model, pixels[val_idx], cfg.batch_size)
@@ -407,6 +489,7 @@ def train(
         "timings_s": timings,
         "head_history": hist_head,
         "finetune_history": hist_ft,
+        "full_history": hist_full,
         "validation": report,
         "validation_uncalibrated": raw,
     }
@@ -486,6 +569,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--head-epochs", type=int, default=d.head_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    parser.add_argument(
+        "--full-epochs",
+        type=int,
+        default=d.full_epochs,
+        help="epochs of a last phase that fine-tunes the whole network (0: none; ~6 min each)",
+    )
+    parser.add_argument("--lr-full", type=float, default=d.lr_full)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr-head", type=float, default=d.lr_head)
     parser.add_argument("--lr-finetune", type=float, default=d.lr_finetune)
@@ -509,6 +599,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         finetune_blocks=args.finetune_blocks,
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
+        full_epochs=args.full_epochs,
+        lr_full=args.lr_full,
         batch_size=args.batch_size,
         lr_head=args.lr_head,
         lr_finetune=args.lr_finetune,

@@ -7,6 +7,7 @@ Pillow-made images, so it needs neither torch nor the dataset.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -123,6 +124,8 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
             "1",
             "--finetune-epochs",
             "1",
+            "--full-epochs",
+            "1",
             "--batch-size",
             "8",
             "--val-fraction",
@@ -135,7 +138,8 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
     assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
     assert meta.version.startswith("tiny-") and meta.temperature > 0
-    assert (out / "training_log.json").is_file()
+    log = json.loads((out / "training_log.json").read_text())
+    assert len(log["full_history"]["loss"]) == 1 and "full_s" in log["timings_s"]
     model = keras.models.load_model(out / modelpack.KERAS_FILE, compile=False)
     assert model.output_shape == (None, 3)
 
@@ -154,6 +158,21 @@ def test_real_dataset_split_sizes() -> None:
     listing = dataset.list_images(DATA)
     _, va = dataset.split_indices(listing.labels, 0.15, training.TrainConfig().seed)
     assert len(listing.paths) == 8741 and len(va) == 1311
+
+
+def test_whole_network_batches_are_reproducible_and_new_each_epoch() -> None:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (10, 24, 24, 3), dtype=np.uint8)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 10)]
+    first, again = (training._augmented_batches(pixels, y, np.arange(10), 4, seed=5) for _ in range(2))
+    assert len(first) == 3 and first[2][0].shape == (2, 24, 24, 3)
+    x0, y0 = first[0]
+    np.testing.assert_array_equal(x0, again[0][0])
+    np.testing.assert_array_equal(y0, y[first.order[:4]])
+    assert not np.array_equal(x0, pixels[first.order[:4]].astype(np.float32))  # augmented, not the photos
+    first.on_epoch_end()
+    assert not np.array_equal(first[0][0], x0)
+    assert sum(len(first[i][1]) for i in range(len(first))) == 10
 
 
 def test_each_epoch_sees_every_image_once_through_some_view() -> None:
