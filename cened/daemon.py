@@ -6,7 +6,8 @@ Four threads of our own, each with one job, connected by bounded queues:
   (only as many as fit, so a 100,000-file backlog costs a set of paths, not
   decoded images) and runs the start-up, overflow and periodic rescans;
 * the **collector** forms micro-batches (up to ``batch_size`` paths, or
-  whatever arrived within ``batch_max_wait_ms`` of the first) and hands each
+  whatever arrived within ``batch_max_wait_ms`` of the first; only
+  ``model_batch_size`` while the model is idle) and hands each
   file to a small thread pool that reads and decodes it *while the model is
   busy with the previous batch*;
 * the **main thread** runs the model, and is also the only place that talks
@@ -84,6 +85,12 @@ class Daemon:
         self.tracker = StabilityTracker(settings.stable_seconds)
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
         self._batches: queue.Queue[list[Future[Prepared]]] = queue.Queue(maxsize=1)
+        # Batches formed and not yet scored.  When there are none, the model is
+        # idle and the next batch is cut at one model call (model_batch_size):
+        # the first photos of a burst are filed after 4 photos' worth of model
+        # time instead of 16, while the batches formed behind it are full.
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         # Scored batches for the filer thread; None tells it to finish.
         self._filing: queue.Queue[_Scored | None] = queue.Queue(maxsize=1)
         self._failures: dict[Path, int] = {}
@@ -188,10 +195,11 @@ class Daemon:
             room = self.paths.maxsize - self.paths.qsize()
             for path in self.tracker.ready(room):
                 self.paths.put(path)
-            # Woken by an event, a photo closed by its writer is queued within
-            # EVENT_GAP instead of waiting up to a TICK (half of it on average).
-            self._activity.wait(TICK)
+            # At most one pass per EVENT_GAP however many events arrive, but the
+            # gap comes after a pass, not before it: a photo closed by its writer
+            # in an idle inbox is queued at once, not up to a TICK later.
             self.stopping.wait(EVENT_GAP)
+            self._activity.wait(TICK)
 
     def _scan(self) -> None:
         s = self._settings
@@ -216,14 +224,17 @@ class Daemon:
             except queue.Empty:
                 continue
             s = self._settings
+            limit = s.batch_size if self._in_flight else min(s.batch_size, s.model_batch_size or s.batch_size)
             batch = [pool.submit(prepare, first, s, size)]
             deadline = time.monotonic() + s.batch_max_wait_ms / 1000
-            while len(batch) < s.batch_size and not self.stopping.is_set():
+            while len(batch) < limit and not self.stopping.is_set():
                 try:
                     path = self.paths.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 batch.append(pool.submit(prepare, path, s, size))
+            with self._in_flight_lock:
+                self._in_flight += 1
             self._batches.put(batch)
         self._drain_paths()
 
@@ -251,7 +262,10 @@ class Daemon:
                 except queue.Empty:
                     batch = None
                 if batch is not None:
-                    self._hand_over(self._score([f.result() for f in batch], processor), filer)
+                    scored = self._score([f.result() for f in batch], processor)
+                    with self._in_flight_lock:
+                        self._in_flight -= 1
+                    self._hand_over(scored, filer)
                 now = time.monotonic()
                 if interval is not None and now - last_ping >= interval:
                     self.notifier.watchdog()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import subprocess
 import threading
 import time
@@ -253,6 +254,18 @@ def test_backlog_never_overfills_the_queue(settings: Settings) -> None:
     # The whole backlog went through a queue of 8 (all 150 were known to the tracker at once).
     assert paths.peak == 8
     assert len(files_under(settings.library)) == 150
+
+
+def test_a_burst_into_an_idle_daemon_starts_with_one_model_call(settings: Settings) -> None:
+    """The first batch is cut at model_batch_size, so its photos are filed early; the rest are full."""
+    for i in range(40):
+        write_photo(settings.inbox / f"{i:02d}.jpg", "sea", size=(32, 32), seed=i)
+    with RunningDaemon(settings.model_copy(update={"batch_size": 16, "model_batch_size": 4})):
+        assert wait_until(lambda: not files_under(settings.inbox), timeout=60)
+    with sqlite3.connect(settings.database) as db:
+        rows = db.execute("SELECT batch_id, count(*) FROM decisions GROUP BY batch_id ORDER BY min(id)")
+        sizes = [n for _, n in rows.fetchall()]
+    assert sum(sizes) == 40 and sizes[0] <= 4 and max(sizes) > 4, sizes
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:
