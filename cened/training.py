@@ -57,9 +57,6 @@ class TrainConfig:
     val_fraction: float = 0.15
     weights: str = "imagenet"  # "imagenet", "none" (random init, for tests) or a .pth path
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
 
 # ----------------------------------------------------------------------------- augmentation
 
@@ -452,8 +449,7 @@ def train(
         f"ECE {raw['ece']:.4f} -> {report['ece']:.4f} at temperature {temperature:.3f}"
     )
 
-    short = hashlib.sha256((data_sha + cfg.digest()).encode()).hexdigest()[:8]
-    version = f"{out_dir.name}-{time.strftime('%Y.%m.%d')}-{short}"
+    version = f"{out_dir.name}-{time.strftime('%Y.%m.%d')}-{weights_digest(model)[:8]}"
     timings["total_s"] = time.monotonic() - t0
     training_info: dict[str, Any] = {
         "backbone": f"EfficientNet-{cfg.variant.capitalize()} (ImageNet)",
@@ -496,6 +492,19 @@ def train(
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     say(f"wrote {out_dir} ({version}) in {time.monotonic() - t0:.0f} s")
     return meta
+
+
+def weights_digest(model: Any) -> str:
+    """A hash of the trained weights, which names the model version.
+
+    Not of data and settings: the journal records the version with every
+    decision, so two models that differ in any way (a change in training code,
+    say, with the same data and settings) must never share a version.
+    """
+    digest = hashlib.sha256()
+    for weights in model.get_weights():
+        digest.update(np.ascontiguousarray(weights).tobytes())
+    return digest.hexdigest()
 
 
 def _say(message: str) -> None:

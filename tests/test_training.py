@@ -138,6 +138,9 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
     assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
     assert meta.version.startswith("tiny-") and meta.temperature > 0
+    assert meta.version.endswith(
+        training.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8]
+    )
     log = json.loads((out / "training_log.json").read_text())
     assert len(log["full_history"]["loss"]) == 1 and "full_s" in log["timings_s"]
     model = keras.models.load_model(out / modelpack.KERAS_FILE, compile=False)
