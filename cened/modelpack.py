@@ -150,7 +150,14 @@ def save_keras(
     """
     check_shapes(model, meta)
     model_dir.mkdir(parents=True, exist_ok=True)
-    model.save(model_dir / KERAS_FILE)
+    # Only the weights ship: a compiled model would also save its optimizer's
+    # state, which for AdamW is two more copies of every weight (41 MB, not 14).
+    optimizer = getattr(model, "optimizer", None)
+    model.optimizer = None
+    try:
+        model.save(model_dir / KERAS_FILE)
+    finally:
+        model.optimizer = optimizer
     if tflite:
         (model_dir / TFLITE_FILE).write_bytes(export_tflite(model, float16=tflite_float16))
     return write_meta(model_dir, meta)

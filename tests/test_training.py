@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -141,6 +142,8 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert meta.version.endswith(
         training.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8]
     )
+    with zipfile.ZipFile(out / modelpack.KERAS_FILE) as saved:  # the weights, not the optimizer's state
+        assert b"optimizer" not in saved.read("model.weights.h5")
     log = json.loads((out / "training_log.json").read_text())
     assert len(log["full_history"]["loss"]) == 1 and "full_s" in log["timings_s"]
     model = keras.models.load_model(out / modelpack.KERAS_FILE, compile=False)
