@@ -239,12 +239,25 @@ def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _full_phase(cfg: dict[str, Any]) -> str:
+    """The card's words for the last training phase, which older models did not have."""
+    epochs = cfg.get("full_epochs")
+    if not epochs:
+        return "no whole-network phase"
+    plural = "s" if epochs != 1 else ""
+    return (
+        f"then the whole network (batch-norm frozen) for {epochs} epoch{plural} on photos"
+        f" augmented anew each epoch, learning rate {cfg.get('lr_full', '?')} cosine-decayed"
+    )
+
+
 def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[str, Any]) -> str:
     """The human summary of a model; every figure is on the validation split."""
     tr = meta.training
     cfg = tr.get("config", {})
     size_mb = {k: v for k, v in extra.get("file_mb", {}).items()}
     tfl = extra.get("tflite")
+    full_phase = _full_phase(cfg)
     tflite_line = (
         f"- LiteRT float16 (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
         f"macro-F1 {tfl['macro_f1']:.4f}, "
@@ -267,7 +280,8 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   {len(meta.classes)}-way classifier, on cached activations of {cfg.get("views", "?")} views per
   training image
   (original, mirror, random crops with colour jitter); label smoothing {cfg.get("label_smoothing", "?")};
-  {cfg.get("head_epochs", "?")} classifier epochs + {cfg.get("finetune_epochs", "?")} fine-tuning epochs.
+  {cfg.get("head_epochs", "?")} classifier epochs + {cfg.get("finetune_epochs", "?")} fine-tuning epochs;
+  {full_phase}.
   Training wall time {tr.get("wall_time_s", "?")} s on the training machine.
 - Calibration: softmax temperature {meta.temperature:.3f}, fitted by NLL on the **validation split**
   (so the ECE below is measured on the data it was fitted on; one parameter, little room to overfit).

@@ -154,6 +154,7 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert evaluation.run(parser.parse_args(["--data", str(data), "--model", str(out)])) == 0
     card = (out / "MODEL_CARD.md").read_text()
     assert "Accuracy" in card and "review threshold" in card
+    assert "whole network (batch-norm frozen) for 1 epoch on photos" in card
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
 
 
