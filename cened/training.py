@@ -1,7 +1,7 @@
 """``cened train``: fine-tune an ImageNet EfficientNet-Lite on a folder of labelled photos.
 
 Why cached activations: a forward and backward pass through the whole backbone
-costs ~35 ms per augmented photo on two cores, four minutes an epoch.  So most
+costs ~25 ms per augmented photo on two cores, three minutes an epoch.  So most
 of the training runs with the early layers frozen: their output for each
 augmented view is computed once and stored (float16, at 7x7 resolution it is
 small), and the head and the last few MBConv blocks are trained on that cache
@@ -307,8 +307,8 @@ def finetune_full(
     """Optional phase 3: every convolution, on photos augmented anew each epoch.
 
     The cache cannot serve here, as the early layers change too; a forward and
-    backward pass through the whole network costs ~35 ms per photo on two
-    cores, so an epoch takes about four minutes.  It is worth it: three epochs
+    backward pass through the whole network costs ~25 ms per photo on two
+    cores, so an epoch takes about three minutes.  It is worth it: three epochs
     took the shipped model from 94.13% to 94.51% on the validation split.
     Batch-norm stays frozen.
     """
@@ -587,7 +587,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full-epochs",
         type=int,
         default=d.full_epochs,
-        help="epochs of the last phase, which fine-tunes the whole network (0: none; ~4 min each)",
+        help="epochs of the last phase, which fine-tunes the whole network (0: none; ~3 min each on 2 cores)",
     )
     parser.add_argument("--lr-full", type=float, default=d.lr_full)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
