@@ -345,20 +345,25 @@ class ModelRates:
         self.pool = pool
         self.classifier: Any = Classifier(model, backend=backend, threads=threads)  # type: ignore[arg-type]
         self.runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
+        self.cpu_ms: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
 
     def measure_round(self) -> None:
         """One rate per batch size; sizes take turns, so a burst of load hits them all alike."""
         _say(f"model limit: {self.backend}")
         for batch in self.plan.batch_sizes:
-            self.runs[batch].append(
-                _predict_rate(self.classifier.predict, self.pool, batch, self.plan.raw_min_images)
-            )
+            rate, cpu_ms = _predict_rate(self.classifier.predict, self.pool, batch, self.plan.raw_min_images)
+            self.runs[batch].append(rate)
+            self.cpu_ms[batch].append(cpu_ms)
 
     def medians(self) -> dict[str, float]:
         while len(self.runs[self.plan.batch_sizes[0]]) < self.plan.repeats:
             self.measure_round()
         self.classifier = None  # free the runtime before the next one loads
         return {str(batch): round(statistics.median(rates), 2) for batch, rates in self.runs.items()}
+
+    def cpu_ms_per_image(self, batch: int) -> float:
+        """Median CPU milliseconds (all threads) the runtime spent per image at ``batch``."""
+        return round(statistics.median(self.cpu_ms[batch]), 3)
 
 
 def decoded(files: Sequence[Path], input_size: tuple[int, int]) -> np.ndarray:
@@ -382,6 +387,7 @@ def raw_limits(model: Path, settings: Settings, limit: ModelRates, plan: Plan) -
         "backend": limit.backend,
         "best_batch": int(best),
         "limit_ips": rates[best],
+        "cpu_ms_per_image": limit.cpu_ms_per_image(int(best)),
     }
 
 
@@ -396,15 +402,19 @@ def _daemon_backend(settings: Settings, model: Path) -> str:
 
 def _predict_rate(
     predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, batch: int, minimum: int
-) -> float:
-    """Images/s over at least ``minimum`` images, after one untimed call of the same shape."""
+) -> tuple[float, float]:
+    """Images/s over at least ``minimum`` images, after one untimed call of the same shape.
+
+    Also the process's CPU milliseconds per image (the runtime's threads, spin-waits
+    included): the yardstick for the daemon's own CPU per photo.
+    """
     index = np.arange(batch) % len(pool)
     predict(pool[index])
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while done < max(minimum, batch):
         predict(pool[(index + done) % len(pool)])
         done += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / done
 
 
 def _median_ips(measure_once: Callable[[], float], plan: Plan) -> float:
@@ -502,6 +512,14 @@ class DaemonRun:
         assert self.started is not None
         return self.started[0] - self.spawned
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU of the daemon so far, all threads (Linux ``/proc``; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -566,12 +584,24 @@ def workspace(cache: Path) -> Iterator[Workspace]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Burst:
+    """One timed burst: images/s, seconds to the first ``filed`` line, CPU ms per photo."""
+
+    ips: float
+    first_s: float
+    cpu_ms: float | None
+
+
+def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str) -> Burst:
     """Images/s from the first photo appearing in the inbox to the last one filed.
 
-    Also returns the seconds to the first ``filed`` line: filling the pipeline
-    (one batch read, decoded and scored before anything can be filed) is part
-    of the end-to-end figure, and this shows how much of it.
+    Also the seconds to the first ``filed`` line: filling the pipeline (one
+    batch read, decoded and scored before anything can be filed) is part of
+    the end-to-end figure, and this shows how much of it.  And the daemon's
+    CPU per photo over the burst, to set beside the model's alone: on a
+    machine with as many busy threads as cores, the difference is what the
+    model has to share its cores with.
     """
     staged = []
     for i, src in enumerate(files):
@@ -582,13 +612,16 @@ def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str
             shutil.copyfile(src, dst)
         staged.append(dst)
     targets = [ws.inbox / p.name for p in staged]
+    cpu_before = daemon.cpu_seconds()
     start = time.monotonic()
     for src, dst in zip(staged, targets, strict=True):
         os.rename(src, dst)
     keys = [os.fsdecode(t) for t in targets]
     daemon.wait(lambda: all(k in daemon.done_at for k in keys), 60 + 5 * len(keys), f"{tag} filed")
     done = [daemon.done_at[k] for k in keys]
-    return len(keys) / (max(done) - start), min(done) - start
+    cpu_after = daemon.cpu_seconds()
+    cpu_ms = None if cpu_before is None or cpu_after is None else 1000 * (cpu_after - cpu_before) / len(keys)
+    return Burst(len(keys) / (max(done) - start), min(done) - start, cpu_ms)
 
 
 def daemon_figures(
@@ -605,6 +638,7 @@ def daemon_figures(
     """
     throughput: dict[str, list[float]] = {name: [] for name in sets}
     first: dict[str, list[float]] = {name: [] for name in sets}
+    cpu: dict[str, list[float]] = {name: [] for name in sets}
     cold, rss = [], []
     for rep in range(plan.repeats):
         with workspace(cache) as ws:
@@ -613,9 +647,11 @@ def daemon_figures(
                 cold.append(daemon.wait_started())
                 for name, files in sets.items():
                     _say(f"daemon throughput: {name}, run {rep + 1}/{plan.repeats}")
-                    ips, first_s = drop_burst(daemon, ws, files, f"{name}-{rep}")
-                    throughput[name].append(ips)
-                    first[name].append(first_s)
+                    burst = drop_burst(daemon, ws, files, f"{name}-{rep}")
+                    throughput[name].append(burst.ips)
+                    first[name].append(burst.first_s)
+                    if burst.cpu_ms is not None:
+                        cpu[name].append(burst.cpu_ms)
                 rss.append(daemon.peak_rss_mib())
                 _check_clean(daemon)
             finally:
@@ -631,6 +667,7 @@ def daemon_figures(
                 "ips": round(statistics.median(v), 2),
                 "runs": [round(x, 2) for x in v],
                 "first_filed_s": round(statistics.median(first[name]), 3),
+                "cpu_ms_per_photo": round(statistics.median(cpu[name]), 3) if cpu[name] else None,
             }
             for name, v in throughput.items()
         },
@@ -700,6 +737,11 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         "e2e_12mp_vs_150px": div(e2e[large], e2e["150px"]),
         "e2e_12mp_no_preview_vs_150px": div(e2e[f"{large}-no-preview"], e2e["150px"]),
         "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
+        # CPU the model costs per photo, over what the daemon spends per photo in all:
+        # the most that end to end ÷ limit can reach when every core is busy.
+        "model_cpu_share_150px": div(
+            result["raw"]["cpu_ms_per_image"], result["e2e"]["150px"]["cpu_ms_per_photo"]
+        ),
     }
     targets: dict[str, dict[str, Any]] = {
         name: {"target": f">= {goal:g}", "value": values[name], "met": (values[name] or 0) >= goal}
@@ -769,6 +811,9 @@ def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         count = result["sets"][name]["count"]
         yield (f"daemon end to end, {name} ×{count}", f"{e2e['ips']:.1f}", "images/s")
         yield ("  first of them filed after", f"{e2e['first_filed_s']:.3f}", "s")
+        if e2e.get("cpu_ms_per_photo") is not None:
+            yield ("  daemon CPU per photo, all threads", f"{e2e['cpu_ms_per_photo']:.2f}", "ms")
+    yield ("model alone, CPU per image at the limit", f"{raw['cpu_ms_per_image']:.2f}", "ms")
     for name, naive in result["naive"].items():
         if naive["ips"] is not None:
             yield (f"naive baseline, {name}", f"{naive['ips']:.1f}", "images/s")

@@ -60,6 +60,15 @@ def test_quick_bench_reports_every_figure(
         ratios["e2e_150px_vs_naive"], e2e["150px"] / result["naive"]["150px"]["ips"], abs_tol=1e-3
     )
     assert math.isclose(ratios["e2e_12mp_vs_150px"], e2e[sets[1]] / e2e["150px"], abs_tol=1e-3)
+    # CPU accounting: the model alone in this process, the daemon from /proc (Linux), whose
+    # clock ticks (10 ms) can round a dozen photos of a tiny model down to nothing.
+    assert raw["cpu_ms_per_image"] > 0
+    daemon_cpu = result["e2e"]["150px"]["cpu_ms_per_photo"]
+    if Path("/proc/self/stat").exists():
+        assert daemon_cpu is not None and daemon_cpu >= 0
+    if daemon_cpu:
+        share = raw["cpu_ms_per_image"] / daemon_cpu
+        assert math.isclose(ratios["model_cpu_share_150px"], share, abs_tol=1e-3)
     for name, target in result["targets"].items():
         goal = float(target["target"].split()[1])
         value = target["value"]
