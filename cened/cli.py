@@ -16,11 +16,18 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cened import __version__
 from cened.config import ConfigError, Settings, load_settings
 from cened.journal import Entry, Journal, JournalError
 from cened.modelpack import ModelError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
+    from cened.classifying import Classifier
+    from cened.pipeline import Prepared, Processor
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_MODEL, EXIT_DB = 1, 2, 3, 4
 
@@ -144,11 +151,34 @@ def _expand(paths: Sequence[Path], settings: Settings) -> Iterator[Path]:
             yield path
 
 
+def _prepared_batches(
+    files: Sequence[Path], settings: Settings, input_size: tuple[int, int], pool: Executor
+) -> Iterator[list[Prepared]]:
+    """``batch_size`` files at a time, read and decoded by ``pool``, one batch ahead.
+
+    As in the daemon, the next batch decodes while the model scores this one,
+    and decoded pixels exist for two batches at most, however many files there are.
+    """
+    from cened.pipeline import prepare
+
+    size = settings.batch_size
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+
+    def submit(chunk: Sequence[Path]) -> list[Future[Prepared]]:
+        return [pool.submit(prepare, f, settings, input_size) for f in chunk]
+
+    ahead = submit(chunks[0]) if chunks else []
+    for index in range(len(chunks)):
+        current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+        yield [f.result() for f in current]
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
 
     from cened import imaging, logsetup
-    from cened.classifying import Classifier, decide
-    from cened.pipeline import Processor, prepare
+    from cened.classifying import Classifier
+    from cened.pipeline import Processor
 
     settings = _settings(args)
     logsetup.configure("json" if args.json else settings.log_format, "warning")
@@ -163,49 +193,61 @@ def cmd_classify(args: argparse.Namespace) -> int:
     journal = Journal(settings.database) if args.apply else None
     processor = Processor(classifier, journal, lambda: settings) if journal else None
     status = 0
-    for start in range(0, len(files), settings.batch_size):
-        batch = [
-            prepare(f, settings, classifier.meta.input_size)
-            for f in files[start : start + settings.batch_size]
-        ]
-        if processor is not None:
-            for outcome in processor.process(batch):
-                e = outcome.entry
-                row = {"file": os.fsdecode(outcome.path), "action": outcome.action, "reason": outcome.reason}
-                if e is not None:
-                    row.update(
-                        id=e.id,
-                        album=e.album,
-                        label=e.label,
-                        confidence=e.confidence,
-                        destination=os.fsdecode(e.destination) if e.destination else None,
-                    )
+    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+        for batch in _prepared_batches(files, settings, classifier.meta.input_size, pool):
+            rows = _filed_rows(processor, batch) if processor else _scored_rows(classifier, settings, batch)
+            for row in rows:
+                status = 1 if "error" in row else status
                 _print_result(row, args.json)
-            continue
-        ok = [p for p in batch if p.pixels is not None]
-        probs = classifier.predict([p.pixels for p in ok]) if ok else []
-        by_path = dict(zip([p.path for p in ok], probs, strict=True))
-        for prep in batch:
-            row: dict[str, object] = {"file": os.fsdecode(prep.path)}
-            if prep.path in by_path:
-                d = decide(
-                    by_path[prep.path],
-                    classifier.classes,
-                    threshold=settings.confidence_threshold,
-                    albums=settings.albums,
-                    review_album=settings.review_album,
-                )
-                row.update(
-                    label=d.label, album=d.album, confidence=d.confidence, probabilities=d.probabilities
-                )
-            else:
-                status = 1
-                reason = prep.reject.reason if prep.reject else (prep.skip or prep.retry)
-                row.update(error=reason, detail=prep.reject.detail if prep.reject else None)
-            _print_result(row, args.json)
     if journal is not None:
         journal.close()
     return status
+
+
+def _filed_rows(processor: Processor, batch: list[Prepared]) -> Iterator[dict[str, object]]:
+    """``classify --apply``: what the daemon would have done with each file, done."""
+    for outcome in processor.process(batch):
+        e = outcome.entry
+        row: dict[str, object] = {
+            "file": os.fsdecode(outcome.path),
+            "action": outcome.action,
+            "reason": outcome.reason,
+        }
+        if e is not None:
+            row.update(
+                id=e.id,
+                album=e.album,
+                label=e.label,
+                confidence=e.confidence,
+                destination=os.fsdecode(e.destination) if e.destination else None,
+            )
+        yield row
+
+
+def _scored_rows(
+    classifier: Classifier, settings: Settings, batch: list[Prepared]
+) -> Iterator[dict[str, object]]:
+    """``classify`` alone: the decision for each file, or why it could not be classified."""
+    from cened.classifying import decide
+
+    ok = [p for p in batch if p.pixels is not None]
+    probs = classifier.predict([p.pixels for p in ok]) if ok else []
+    by_path = dict(zip([p.path for p in ok], probs, strict=True))
+    for prep in batch:
+        row: dict[str, object] = {"file": os.fsdecode(prep.path)}
+        if prep.path in by_path:
+            d = decide(
+                by_path[prep.path],
+                classifier.classes,
+                threshold=settings.confidence_threshold,
+                albums=settings.albums,
+                review_album=settings.review_album,
+            )
+            row.update(label=d.label, album=d.album, confidence=d.confidence, probabilities=d.probabilities)
+        else:
+            reason = prep.reject.reason if prep.reject else (prep.skip or prep.retry)
+            row.update(error=reason, detail=prep.reject.detail if prep.reject else None)
+        yield row
 
 
 def _print_result(row: dict[str, object], as_json: bool) -> None:

@@ -242,6 +242,32 @@ def test_classify_apply_files_like_the_daemon(settings: Settings, tmp_path: Path
     assert photo.exists()
 
 
+def test_classify_decodes_one_batch_ahead_in_order(settings: Settings, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cened.cli import _prepared_batches
+
+    files = [write_photo(tmp_path / "many" / f"{i:02d}.jpg", "sea", seed=i) for i in range(7)]
+    small = settings.model_copy(update={"batch_size": 3})
+
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+            Counting.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    seen = []
+    with Counting(2) as pool:
+        for batch in _prepared_batches(files, small, (32, 32), pool):
+            # This batch and the next are read; nothing further, so memory stays bounded.
+            assert Counting.submitted == min(len(files), 3 * (len(seen) + 2))
+            assert all(p.pixels is not None and p.pixels.shape == (32, 32, 3) for p in batch)
+            seen.append([p.path for p in batch])
+        assert list(_prepared_batches([], small, (32, 32), pool)) == []
+    assert [len(b) for b in seen] == [3, 3, 1] and [path for b in seen for path in b] == files
+
+
 def test_corrections_are_exported_as_training_data(filed, settings: Settings, tmp_path: Path, capsys) -> None:
     config, ids = filed
     assert _cli(config, "correct", str(ids["c.jpg"]), "mountain") == 0
