@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from cened import modelpack
+from cened import logsetup, modelpack
 from cened.modelpack import ModelError, ModelMeta
 
 Backend = Literal["auto", "tflite", "keras"]
@@ -106,21 +106,27 @@ class Classifier:
             raise ModelError(f"{model_dir} has no {modelpack.KERAS_FILE}")
         self.backend: str = backend
         self._lock = threading.Lock()
-        runner: _Runner
+        # Loading and warming up print to stderr from C++; keep that in the structured log.
+        with logsetup.native_stderr_logged("cened.classifying"):
+            self._runner = self._load(backend)
+            self._warm_up(min(warm_batch, max_batch or warm_batch))
+
+    def _load(self, backend: str) -> _Runner:
         if backend == "tflite":
-            runner = _TFLiteRunner(model_dir / modelpack.TFLITE_FILE, self.meta, self.threads)
-        else:
-            runner = _KerasRunner(model_dir / modelpack.KERAS_FILE, self.meta, self.threads)
-        self._runner = runner
-        # Warm-up calls, so neither the first photo nor the first full batch pays
-        # for graph building or tensor allocation; ending on 1 leaves the runner
-        # shaped for the idle case, a single photo.
-        for size in dict.fromkeys((min(warm_batch, max_batch or warm_batch), 1)):
+            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, self.threads)
+        return _KerasRunner(self.model_dir / modelpack.KERAS_FILE, self.meta, self.threads)
+
+    def _warm_up(self, batch: int) -> None:
+        """Neither the first photo nor the first full batch pays for graph building or allocation.
+
+        Ending on 1 leaves the runner shaped for the idle case, a single photo.
+        """
+        for size in dict.fromkeys((batch, 1)):
             probabilities = self.predict(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
             if not np.isfinite(probabilities).all():
                 # A broken export (e.g. weights left out of a LiteRT file) gives NaN,
                 # which decide() would turn into confident filing in the first album.
-                raise ModelError(f"the {backend} model in {model_dir} gives non-finite outputs")
+                raise ModelError(f"the {self.backend} model in {self.model_dir} gives non-finite outputs")
 
     @property
     def version(self) -> str:

@@ -8,8 +8,12 @@ the same renderer so one stream carries everything.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Literal
 
 import structlog
@@ -49,3 +53,43 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+
+
+#: The prefixes TensorFlow Lite's own logger writes, and the level each becomes.
+_NATIVE_LEVELS = {"ERROR:": "error", "WARNING:": "warning", "INFO:": "info", "VERBOSE:": "debug"}
+
+
+@contextlib.contextmanager
+def native_stderr_logged(logger: str) -> Iterator[None]:
+    """Re-emit what native code prints on file descriptor 2 meanwhile as log events.
+
+    LiteRT announces its XNNPACK delegate with a bare ``INFO: ...`` line on
+    stderr, and no setting silences it; under systemd that line lands in the
+    journal between the JSON lines, where plain ``jq`` stops reading.  Meant
+    for loading a model, while no other thread writes: fd 2 belongs to the whole
+    process, so anything else printed meanwhile is captured too -- and logged
+    when the block ends, never lost.
+    """
+    log = structlog.get_logger(logger)
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep apart
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                line = line.strip()
+                if line:
+                    prefix = line.split(" ", 1)[0]
+                    level = _NATIVE_LEVELS.get(prefix, "warning")
+                    message = line.removeprefix(prefix).strip() if prefix in _NATIVE_LEVELS else line
+                    getattr(log, level)("runtime-said", message=message)

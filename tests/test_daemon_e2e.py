@@ -99,6 +99,9 @@ def test_twenty_photos_are_filed_logged_and_undone(tmp_path: Path, settings: Set
     assert code == 0
     stopped = daemon.wait_for("stopped", timeout=1)
     assert stopped["filed"] == 20
+    # stdout and stderr together are JSON lines only (LiteRT's own stderr line included),
+    # so `journalctl -o cat | jq` never meets a line it cannot parse.
+    assert [e["line"] for e in daemon.events if e["event"] == "raw"] == []
     with sqlite3.connect(settings.database) as db:
         actions = db.execute("SELECT action, count(*) FROM decisions GROUP BY action").fetchall()
     assert dict(actions) == {"moved": 20, "undone": 20}
