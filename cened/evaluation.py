@@ -9,10 +9,11 @@ LiteRT twin when present), prints the figures and writes ``MODEL_CARD.md``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,49 @@ def predict_tflite(path: Path, pixels: np.ndarray, batch_size: int = 64) -> np.n
     return np.concatenate(out).astype(np.float32)
 
 
+def as_preview(data: bytes, short_side: int, quality: int = 85) -> bytes:
+    """The photo as a camera's EXIF preview of it: scaled to ``short_side``, re-encoded as JPEG.
+
+    Previews keep the photo's shape (cened uses one only then), so the scale
+    is set by the short side; the quality is what phones typically write.
+    """
+    from PIL import Image
+
+    from .imaging import upright_rgb
+
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = upright_rgb(im)
+    w, h = rgb.size
+    scale = short_side / min(w, h)
+    small = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def preview_accuracy(
+    paths: Sequence[Path],
+    labels: np.ndarray,
+    meta: modelpack.ModelMeta,
+    sides: Sequence[int],
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> dict[str, float]:
+    """Accuracy when the model sees each photo through a preview of each short side.
+
+    This is what ``thumbnail_min_side`` trades: a large JPEG whose embedded
+    preview is at least that big is classified from the preview instead of
+    its own pixels.  The training photos are small, so previews larger than
+    them are upscaled; the figure then only shows that re-encoding costs little.
+    """
+    out = {}
+    for side in sides:
+        from .imaging import decode
+
+        pixels = np.stack([decode(as_preview(p.read_bytes(), side), meta.input_size) for p in paths])
+        out[str(side)] = float((predict(pixels).argmax(1) == labels).mean())
+    return out
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -237,6 +281,19 @@ def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
             f"| {_pct(t['filed_accuracy'])} | {t['filed']} |"
         )
     return "\n".join(lines)
+
+
+def _previews_line(previews: dict[str, Any] | None) -> str:
+    """The card's line on accuracy through EXIF previews (see ``thumbnail_min_side``)."""
+    if not previews:
+        return "- Accuracy through EXIF-style previews: not measured (`--preview-sides`)."
+    sides = " / ".join(previews["accuracy"])
+    accuracies = " / ".join(_pct(a) for a in previews["accuracy"].values())
+    return (
+        f"- {previews['runtime']} through EXIF-style previews (each photo re-encoded as a JPEG with a"
+        f" short side of {sides} px): {accuracies}, against {_pct(previews['photo'])} from the photo"
+        " itself; this is what `thumbnail_min_side` trades."
+    )
 
 
 def _full_phase(cfg: dict[str, Any]) -> str:
@@ -304,6 +361,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   fitted on one half of the split and measured on the other, 2-fold:
   {_pct(extra.get("ece_crossfit", float("nan")))}), NLL {report["nll"]:.4f}.
 {tflite_line}
+{_previews_line(extra.get("previews"))}
 
 {markdown_tables(report, meta.classes)}
 
@@ -347,6 +405,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to write the PNG/JSON (default: the model directory for --split val)",
     )
     parser.add_argument("--no-tflite", action="store_true", help="evaluate only model.keras")
+    parser.add_argument(
+        "--preview-sides",
+        default="240,160,120",
+        help="also measure accuracy through EXIF-style previews of these short sides, in pixels "
+        "(what thumbnail_min_side trades; '' to skip; default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -441,6 +505,24 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"LiteRT: accuracy {_pct(t['accuracy'])}, macro-F1 {t['macro_f1']:.4f}, ECE {_pct(t['ece'])}, "
             f"top-1 agreement with Keras {_pct(t['agreement'])}, max |dp| {t['max_prob_diff']:.2e}"
+        )
+    sides = [int(side) for side in args.preview_sides.split(",") if side.strip()]
+    if sides:
+        use_tflite = tfl_path.is_file() and not args.no_tflite
+        runtime = "LiteRT" if use_tflite else "Keras"
+        photo = extra["tflite"]["accuracy"] if use_tflite else report["accuracy"]
+
+        def predict(pixels: np.ndarray) -> np.ndarray:
+            if use_tflite:
+                return predict_tflite(tfl_path, pixels, args.batch_size)
+            return predict_keras(model, pixels, args.batch_size)
+
+        through = preview_accuracy(listing.paths, listing.labels, meta, sides, predict)
+        extra["previews"] = {"runtime": runtime, "photo": photo, "accuracy": through}
+        print(
+            f"{runtime} through previews: "
+            + ", ".join(f"{side} px {_pct(acc)}" for side, acc in through.items())
+            + f" (from the photo itself: {_pct(photo)})"
         )
     print(
         f"Keras {extra['keras_ms_per_image']:.1f} ms/image (batch {args.batch_size}); "

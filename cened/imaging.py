@@ -106,7 +106,7 @@ def decode_with_source(
                 im.draft("RGB", (side, side))
             source = im if preview is None else preview
             source.load()
-            rgb = _to_rgb(_upright(source))
+            rgb = upright_rgb(source)
     except Rejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -193,6 +193,11 @@ def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_sid
         return thumb
     except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
         return None
+
+
+def upright_rgb(im: Image.Image) -> Image.Image:
+    """The image as a person sees it: turned by its EXIF orientation, in 8-bit RGB."""
+    return _to_rgb(_upright(im))
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -155,6 +155,10 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     card = (out / "MODEL_CARD.md").read_text()
     assert "Accuracy" in card and "review threshold" in card
     assert "whole network (batch-norm frozen) for 1 epoch on photos" in card
+    assert "Keras through EXIF-style previews" in card and "240 / 160 / 120 px" in card
+    previews = json.loads((out / "evaluation.json").read_text())["previews"]
+    assert list(previews["accuracy"]) == ["240", "160", "120"]
+    assert all(0 <= a <= 1 for a in previews["accuracy"].values())
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
 
 
@@ -187,6 +191,20 @@ def test_each_epoch_sees_every_image_once_through_some_view() -> None:
     assert sorted(rows % 50) == list(range(50)) and rows.max() < 200
     assert not np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=1))
     assert np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=0))
+
+
+def test_a_preview_keeps_the_upright_shape_at_the_asked_short_side() -> None:
+    import io
+
+    from cened.bench import exif_with_preview
+
+    # 60x40 stored sideways (EXIF orientation 6): a person sees it 40 wide, 60 tall.
+    photo = io.BytesIO()
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(photo, "JPEG", exif=exif_with_preview(b"", orientation=6))
+    preview = evaluation.as_preview(photo.getvalue(), 20)
+    with Image.open(io.BytesIO(preview)) as im:
+        assert im.format == "JPEG" and im.size == (20, 30)
+        assert abs(int(np.asarray(im)[..., 0].mean()) - 200) < 10
 
 
 def test_crossfit_ece_is_small_for_a_calibratable_model() -> None:
