@@ -122,7 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cened import logsetup
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not a figure
+    logsetup.configure("console", "warning", stream=sys.stderr)  # stdout is the report
     plan = Plan.from_args(args)
     settings = load_settings(args.config)
     model = (args.model or settings.model).expanduser().resolve()

@@ -181,7 +181,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from cened.pipeline import Processor
 
     settings = _settings(args)
-    logsetup.configure("json" if args.json else settings.log_format, "warning")
+    logsetup.configure("json" if args.json else settings.log_format, "warning", stream=sys.stderr)
     imaging.set_pixel_limit(settings.max_pixels)
     classifier = Classifier(
         settings.model,

@@ -11,23 +11,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Set up structlog and the standard logging bridge; safe to call again on reload."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Set up structlog and the standard logging bridge; safe to call again on reload.
+
+    The daemon logs to stdout, which systemd hands to the journal.  One-shot
+    commands whose stdout is their result (``classify --json``, ``bench
+    --json``) pass ``sys.stderr``, so a log line can never corrupt it.
+    """
+    stream = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -48,7 +55,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=shared,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -57,6 +64,20 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
 
 #: The prefixes TensorFlow Lite's own logger writes, and the level each becomes.
 _NATIVE_LEVELS = {"ERROR:": "error", "WARNING:": "warning", "INFO:": "info", "VERBOSE:": "debug"}
+#: TensorFlow's absl lines start with a severity letter and the date: ``I0000 00:00:…``.
+_ABSL_LEVEL = re.compile(r"^([IWEF])\d{4} ")
+_ABSL_LEVELS = {"I": "info", "W": "warning", "E": "error", "F": "critical"}
+
+
+def _native_level(line: str) -> tuple[str, str]:
+    """The log level a native stderr line deserves, and the line without its level prefix."""
+    prefix = line.split(" ", 1)[0]
+    if prefix in _NATIVE_LEVELS:
+        return _NATIVE_LEVELS[prefix], line.removeprefix(prefix).strip()
+    absl = _ABSL_LEVEL.match(line)
+    if absl:
+        return _ABSL_LEVELS[absl.group(1)], line
+    return "warning", line
 
 
 @contextlib.contextmanager
@@ -87,9 +108,6 @@ def native_stderr_logged(logger: str) -> Iterator[None]:
             os.close(saved)
             sink.seek(0)
             for line in sink.read().decode(errors="replace").splitlines():
-                line = line.strip()
-                if line:
-                    prefix = line.split(" ", 1)[0]
-                    level = _NATIVE_LEVELS.get(prefix, "warning")
-                    message = line.removeprefix(prefix).strip() if prefix in _NATIVE_LEVELS else line
+                if line.strip():
+                    level, message = _native_level(line.strip())
                     getattr(log, level)("runtime-said", message=message)

@@ -35,6 +35,7 @@ def test_native_stderr_becomes_log_events_and_stderr_comes_back(
     with logsetup.native_stderr_logged("cened.test"):
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"ERROR: something broke\n\nno prefix at all\n")
+        os.write(2, b"I0000 00:00:1795641546.155105   27014 port.cc:153] oneDNN custom operations are on.\n")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"  # captured only inside the block
     said = [(e["log_level"], e["message"]) for e in events if e["event"] == "runtime-said"]
@@ -42,6 +43,7 @@ def test_native_stderr_becomes_log_events_and_stderr_comes_back(
         ("info", "Created TensorFlow Lite XNNPACK delegate for CPU."),
         ("error", "something broke"),
         ("warning", "no prefix at all"),
+        ("info", "I0000 00:00:1795641546.155105   27014 port.cc:153] oneDNN custom operations are on."),
     ]
 
 
