@@ -15,7 +15,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Literal, TextIO
+from typing import BinaryIO, Literal, TextIO
 
 import structlog
 
@@ -80,6 +80,13 @@ def _native_level(line: str) -> tuple[str, str]:
     return "warning", line
 
 
+def _anonymous_file() -> BinaryIO:
+    """A file with no name: in memory where Linux allows, so a read-only /tmp cannot stop the daemon."""
+    if hasattr(os, "memfd_create"):
+        return open(os.memfd_create("cened-stderr"), "w+b")
+    return tempfile.TemporaryFile()
+
+
 @contextlib.contextmanager
 def native_stderr_logged(logger: str) -> Iterator[None]:
     """Re-emit what native code prints on file descriptor 2 meanwhile as log events.
@@ -98,7 +105,13 @@ def native_stderr_logged(logger: str) -> Iterator[None]:
     except OSError:  # no stderr at all: nothing to keep apart
         yield
         return
-    with tempfile.TemporaryFile() as sink:
+    try:
+        sink = _anonymous_file()
+    except OSError:  # nowhere to keep its lines: leave stderr as it is
+        os.close(saved)
+        yield
+        return
+    with sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield

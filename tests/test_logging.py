@@ -72,3 +72,15 @@ def test_loading_a_litert_model_prints_json_only(model_dir: Path) -> None:
     assert done.stderr == ""
     said = [json.loads(line) for line in done.stdout.splitlines()]
     assert any(e["event"] == "runtime-said" and "XNNPACK" in e["message"] for e in said), said
+
+
+def test_nowhere_to_capture_leaves_stderr_alone(
+    events: list[dict[str, Any]], capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_file() -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(logsetup, "_anonymous_file", no_file)
+    with logsetup.native_stderr_logged("cened.test"):
+        os.write(2, b"INFO: still printed\n")
+    assert capfd.readouterr().err == "INFO: still printed\n" and events == []
