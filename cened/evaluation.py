@@ -9,6 +9,7 @@ LiteRT twin when present), prints the figures and writes ``MODEL_CARD.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import sys
@@ -216,10 +217,10 @@ def preview_accuracy(
     its own pixels.  The training photos are small, so previews larger than
     them are upscaled; the figure then only shows that re-encoding costs little.
     """
+    from .imaging import decode
+
     out = {}
     for side in sides:
-        from .imaging import decode
-
         pixels = np.stack([decode(as_preview(p.read_bytes(), side), meta.input_size) for p in paths])
         out[str(side)] = float((predict(pixels).argmax(1) == labels).mean())
     return out
@@ -508,15 +509,13 @@ def run(args: argparse.Namespace) -> int:
         )
     sides = [int(side) for side in args.preview_sides.split(",") if side.strip()]
     if sides:
-        use_tflite = tfl_path.is_file() and not args.no_tflite
-        runtime = "LiteRT" if use_tflite else "Keras"
-        photo = extra["tflite"]["accuracy"] if use_tflite else report["accuracy"]
-
-        def predict(pixels: np.ndarray) -> np.ndarray:
-            if use_tflite:
-                return predict_tflite(tfl_path, pixels, args.batch_size)
-            return predict_keras(model, pixels, args.batch_size)
-
+        # The runtime the daemon would use: LiteRT when it was measured above.
+        if "tflite" in extra:
+            runtime, photo = "LiteRT", extra["tflite"]["accuracy"]
+            predict = functools.partial(predict_tflite, tfl_path, batch_size=args.batch_size)
+        else:
+            runtime, photo = "Keras", report["accuracy"]
+            predict = functools.partial(predict_keras, model, batch_size=args.batch_size)
         through = preview_accuracy(listing.paths, listing.labels, meta, sides, predict)
         extra["previews"] = {"runtime": runtime, "photo": photo, "accuracy": through}
         print(
