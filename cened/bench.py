@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +66,7 @@ TIMED_SETTINGS = (
     "batch_max_wait_ms",
     "decode_threads",
     "model_threads",
+    "model_workers",
     "thumbnail_min_side",
 )
 TARGETS = {
@@ -173,9 +175,14 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
     # a burst of load from elsewhere hits both sides of their ratio alike; the
     # other runtime and the naive loop import TensorFlow, so they come last.
     pool = decoded(sets["150px"], input_size)
-    limit = ModelRates(model, meta["backend"], settings.model_threads, pool, plan)
-    result.update(daemon_figures(plan, settings, model, sets, cache, between=limit.measure_round))
-    result["raw"] = raw_limits(model, settings, limit, plan)
+    limits = limit_rates(model, settings, meta["backend"], pool, plan)
+
+    def limit_round() -> None:
+        for rates in limits:
+            rates.measure_round()
+
+    result.update(daemon_figures(plan, settings, model, sets, cache, between=limit_round))
+    result["raw"] = raw_limits(model, settings, limits, plan)
     result["naive"] = {
         name: naive_throughput(
             model, files[: plan.naive_count if name == "150px" else max(2, plan.naive_count // 4)], plan
@@ -338,23 +345,33 @@ def stage_costs(
 
 
 class ModelRates:
-    """Model-only images/s of one runtime on pre-decoded pixels, by batch size."""
+    """Model-only images/s of one runtime on pre-decoded pixels, by batch size.
 
-    def __init__(self, model: Path, backend: str, threads: int, pool: np.ndarray, plan: Plan) -> None:
+    With several model copies (``workers``), as many callers each keep one
+    copy busy with calls of that batch size, as the daemon's scorer threads do.
+    """
+
+    def __init__(
+        self, model: Path, backend: str, threads: int, pool: np.ndarray, plan: Plan, workers: int = 1
+    ) -> None:
         from cened.classifying import Classifier
 
-        self.backend = backend
         self.plan = plan
         self.pool = pool
-        self.classifier: Any = Classifier(model, backend=backend, threads=threads)  # type: ignore[arg-type]
+        self.classifier: Any = Classifier(model, backend=backend, threads=threads, workers=workers)  # type: ignore[arg-type]
+        self.backend = backend
+        self.workers: int = self.classifier.workers
+        self.label = backend if self.workers == 1 else f"{backend}×{self.workers}"
         self.runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
         self.cpu_ms: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
 
     def measure_round(self) -> None:
         """One rate per batch size; sizes take turns, so a burst of load hits them all alike."""
-        _say(f"model limit: {self.backend}")
+        _say(f"model limit: {self.label}")
         for batch in self.plan.batch_sizes:
-            rate, cpu_ms = _predict_rate(self.classifier.predict, self.pool, batch, self.plan.raw_min_images)
+            rate, cpu_ms = _predict_rate(
+                self.classifier.predict, self.pool, batch, self.plan.raw_min_images, self.workers
+            )
             self.runs[batch].append(rate)
             self.cpu_ms[batch].append(cpu_ms)
 
@@ -375,22 +392,37 @@ def decoded(files: Sequence[Path], input_size: tuple[int, int]) -> np.ndarray:
     return np.stack([imaging.decode(f.read_bytes(), input_size) for f in files[:64]])
 
 
-def raw_limits(model: Path, settings: Settings, limit: ModelRates, plan: Plan) -> dict[str, Any]:
-    """Both runtimes' rates; the best of the daemon's runtime is the limit."""
+def limit_rates(
+    model: Path, settings: Settings, backend: str, pool: np.ndarray, plan: Plan
+) -> list[ModelRates]:
+    """The daemon's runtime as one model copy and, where the daemon runs several, as that many."""
+    single = ModelRates(model, backend, settings.model_threads, pool, plan, workers=1)
+    if backend != "tflite" or settings.model_workers == 1:
+        return [single]
+    copies = ModelRates(model, backend, settings.model_threads, pool, plan, workers=settings.model_workers)
+    return [single] if copies.workers == 1 else [single, copies]
+
+
+def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], plan: Plan) -> dict[str, Any]:
+    """Every way of running the model alone; the limit is the best of the daemon's runtime, any copies."""
     from cened.modelpack import ModelError
 
-    by_backend = {limit.backend: limit.medians()}
-    other = "keras" if limit.backend == "tflite" else "tflite"
+    by_backend = {rates.label: rates.medians() for rates in limits}
+    backend = limits[0].backend
+    other = "keras" if backend == "tflite" else "tflite"
     with contextlib.suppress(ModelError):  # a model may ship one runtime only
-        by_backend[other] = ModelRates(model, other, settings.model_threads, limit.pool, plan).medians()
-    rates = by_backend[limit.backend]
-    best = max(rates, key=lambda k: rates[k])
+        by_backend[other] = ModelRates(model, other, settings.model_threads, limits[0].pool, plan).medians()
+    label, best = max(
+        ((rates.label, batch) for rates in limits for batch in by_backend[rates.label]),
+        key=lambda lb: by_backend[lb[0]][lb[1]],
+    )
+    winner = next(rates for rates in limits if rates.label == label)
     return {
-        "by_backend": {b: by_backend[b] for b in ("tflite", "keras") if b in by_backend},
-        "backend": limit.backend,
+        "by_backend": by_backend,
+        "backend": label,
         "best_batch": int(best),
-        "limit_ips": rates[best],
-        "cpu_ms_per_image": limit.cpu_ms_per_image(int(best)),
+        "limit_ips": by_backend[label][best],
+        "cpu_ms_per_image": winner.cpu_ms_per_image(int(best)),
     }
 
 
@@ -404,20 +436,28 @@ def _daemon_backend(settings: Settings, model: Path) -> str:
 
 
 def _predict_rate(
-    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, batch: int, minimum: int
+    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, batch: int, minimum: int, callers: int = 1
 ) -> tuple[float, float]:
-    """Images/s over at least ``minimum`` images, after one untimed call of the same shape.
+    """Images/s over at least ``minimum`` images, after one untimed call of the same shape per caller.
 
-    Also the process's CPU milliseconds per image (the runtime's threads, spin-waits
+    ``callers`` threads call at once, each on its own photos.  Also the
+    process's CPU milliseconds per image (the runtime's threads, spin-waits
     included): the yardstick for the daemon's own CPU per photo.
     """
     index = np.arange(batch) % len(pool)
-    predict(pool[index])
-    done, start, cpu = 0, time.perf_counter(), time.process_time()
-    while done < max(minimum, batch):
-        predict(pool[(index + done) % len(pool)])
-        done += batch
-    return done / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / done
+    calls = max(minimum, batch * callers) // (batch * callers)
+
+    def caller(offset: int) -> None:
+        for call in range(calls):
+            predict(pool[(index + offset + call * batch) % len(pool)])
+
+    with ThreadPoolExecutor(callers) as threads:
+        list(threads.map(predict, [pool[index]] * callers))
+        start, cpu = time.perf_counter(), time.process_time()
+        list(threads.map(caller, [n * calls * batch for n in range(callers)]))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    done = calls * batch * callers
+    return done / wall, 1000 * cpu / done
 
 
 def _median_ips(measure_once: Callable[[], float], plan: Plan) -> float:
@@ -782,7 +822,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"batch_size {s['batch_size']}, model_batch_size {s['model_batch_size']}, "
         f"batch_max_wait_ms {s['batch_max_wait_ms']}, "
         f"decode_threads {s['decode_threads']}, "
-        f"model_threads {s['model_threads']}; medians of {result['plan']['repeats']}"
+        f"model_threads {s['model_threads']}, model_workers {s['model_workers']}; "
+        f"medians of {result['plan']['repeats']}"
     )
     table = Table(title="figures", header_style="bold")
     for column, justify in (("figure", "left"), ("value", "right"), ("unit", "left")):

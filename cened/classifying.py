@@ -9,8 +9,9 @@ then softmax, so a confidence of 0.9 means right nine times in ten.
 from __future__ import annotations
 
 import os
-import threading
+import queue
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -77,7 +78,19 @@ def decide(
 
 
 class Classifier:
-    """A loaded model; ``predict`` is safe to call from one thread at a time."""
+    """A loaded model; ``predict`` may be called from several threads at once.
+
+    With ``workers`` > 1 (LiteRT only) the model is loaded that many times,
+    each copy with its share of ``threads``, and the chunks of ``max_batch``
+    photos a call is cut into run on whichever copy is free.  On a 2-core CPU,
+    two single-threaded copies beat one two-threaded copy once the daemon's
+    other threads (decoding, filing) want the cores too: a two-threaded call
+    waits at every layer for its slower half, so each time another thread
+    takes one core the other core idles (8% of the machine during a burst);
+    independent copies just run at different speeds.  On the model alone both
+    give the same rate (``cened bench`` measures both).  ``workers=0`` picks
+    two copies where there are at least two threads to share.
+    """
 
     def __init__(
         self,
@@ -87,6 +100,7 @@ class Classifier:
         threads: int = 0,
         warm_batch: int = 1,
         max_batch: int = 0,
+        workers: int = 1,
     ) -> None:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
@@ -105,25 +119,31 @@ class Classifier:
         if backend == "keras" and not has_keras:
             raise ModelError(f"{model_dir} has no {modelpack.KERAS_FILE}")
         self.backend: str = backend
-        self._lock = threading.Lock()
+        # TensorFlow spreads one call over its own thread pools; copies would only compete.
+        self.workers = 1 if backend == "keras" else workers or min(2, self.threads)
+        per_worker = max(1, self.threads // self.workers)
+        self._free: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(self.workers, "model") if self.workers > 1 else None
         # Loading and warming up print to stderr from C++; keep that in the structured log.
         with logsetup.native_stderr_logged("cened.classifying"):
-            self._runner = self._load(backend)
-            self._warm_up(min(warm_batch, max_batch or warm_batch))
+            for _ in range(self.workers):
+                runner = self._load(backend, per_worker)
+                self._warm_up(runner, min(warm_batch, max_batch or warm_batch))
+                self._free.put(runner)
 
-    def _load(self, backend: str) -> _Runner:
+    def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":
-            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, self.threads)
-        return _KerasRunner(self.model_dir / modelpack.KERAS_FILE, self.meta, self.threads)
+            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, threads)
+        return _KerasRunner(self.model_dir / modelpack.KERAS_FILE, self.meta, threads)
 
-    def _warm_up(self, batch: int) -> None:
+    def _warm_up(self, runner: _Runner, batch: int) -> None:
         """Neither the first photo nor the first full batch pays for graph building or allocation.
 
         Ending on 1 leaves the runner shaped for the idle case, a single photo.
         """
         for size in dict.fromkeys((batch, 1)):
-            probabilities = self.predict(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
-            if not np.isfinite(probabilities).all():
+            logits = runner.logits(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
+            if not np.isfinite(logits).all():
                 # A broken export (e.g. weights left out of a LiteRT file) gives NaN,
                 # which decide() would turn into confident filing in the first album.
                 raise ModelError(f"the {self.backend} model in {self.model_dir} gives non-finite outputs")
@@ -147,11 +167,22 @@ class Classifier:
             if image.shape != expected:
                 raise ValueError(f"expected {expected} pixels, got {image.shape}")
         step = self.max_batch or len(pixels) or 1
-        with self._lock:
-            logits = [self._runner.logits(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        chunks = [pixels[i : i + step] for i in range(0, len(pixels), step)]
+        if self._pool is None or len(chunks) < 2:
+            logits = [self._logits(chunk) for chunk in chunks]
+        else:
+            logits = list(self._pool.map(self._logits, chunks))
         return softmax(
             np.concatenate(logits) if logits else np.zeros((0, len(self.classes))), self.meta.temperature
         )
+
+    def _logits(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
+        """One model call on whichever copy is free (waiting for one if none is)."""
+        runner = self._free.get()
+        try:
+            return runner.logits(chunk)
+        finally:
+            self._free.put(runner)
 
 
 class _KerasRunner:

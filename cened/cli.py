@@ -188,6 +188,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         backend=settings.backend,
         threads=settings.model_threads,
         max_batch=settings.model_batch_size,
+        workers=settings.model_workers,
     )
     files = list(_expand(args.paths, settings))
     journal = Journal(settings.database) if args.apply else None

@@ -7,12 +7,15 @@ Four threads of our own, each with one job, connected by bounded queues:
   decoded images) and runs the start-up, overflow and periodic rescans;
 * the **collector** forms micro-batches (up to ``batch_size`` paths, or
   whatever arrived within ``batch_max_wait_ms`` of the first; only
-  ``model_batch_size`` while the model is idle) and hands each
-  file to a small thread pool that reads and decodes it *while the model is
-  busy with the previous batch*;
-* the **main thread** runs the model, and is also the only place that talks
-  to systemd's watchdog, so a stuck model call stops the pings and gets the
-  service restarted;
+  ``model_batch_size`` while a model copy is idle), hands each file to a small
+  thread pool that reads and decodes it *while the model is busy with the
+  previous batch*, and the batch to a scorer thread, one per model copy
+  (``model_workers``), so the next batch can start on a free copy while the
+  last one finishes on the other;
+* the **main thread** takes the scored batches in the order they were
+  formed, and is also the only place that talks to systemd's watchdog: it
+  waits for each batch's scores without pinging, so a stuck model call stops
+  the pings and gets the service restarted;
 * the **filer** journals and moves each scored batch while the model works
   on the next one (the journal's fsyncs would otherwise idle the model); the
   main thread waits for it before handing over another batch, without
@@ -58,6 +61,7 @@ RESTART_ONLY = (
     "backend",
     "decode_threads",
     "model_threads",
+    "model_workers",
     "model_batch_size",
     "queue_max",
 )
@@ -84,11 +88,13 @@ class Daemon:
         self._activity = threading.Event()  # an inbox event: the pump looks now, not at the next tick
         self.tracker = StabilityTracker(settings.stable_seconds)
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
-        self._batches: queue.Queue[list[Future[Prepared]]] = queue.Queue(maxsize=1)
-        # Batches formed and not yet scored.  When there are none, the model is
-        # idle and the next batch is cut at one model call (model_batch_size):
-        # the first photos of a burst are filed after 4 photos' worth of model
-        # time instead of 16, while the batches formed behind it are full.
+        # Batches in the order formed, each being (or waiting to be) scored.
+        self._batches: queue.Queue[Future[_Scored]] = queue.Queue(maxsize=1)
+        # Batches formed and not yet scored.  While a model copy is idle (fewer
+        # than model_workers in flight) the next batch is cut at one model call
+        # (model_batch_size): the first photos of a burst are filed after one
+        # call's worth of model time instead of a whole batch's, while the
+        # batches formed behind them are full.
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         # Scored batches for the filer thread; None tells it to finish.
@@ -121,16 +127,20 @@ class Daemon:
                 threads=s.model_threads,
                 warm_batch=s.batch_size,
                 max_batch=s.model_batch_size,
+                workers=s.model_workers,
             )
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
             self._scan()  # before READY: every file already waiting is known to the tracker
-            with ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool:
+            with (
+                ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool,
+                ThreadPoolExecutor(classifier.workers, thread_name_prefix="score") as scorer,
+            ):
                 pump = threading.Thread(target=self._pump, name="pump", daemon=True)
                 collector = threading.Thread(
-                    target=self._collect, args=(pool, classifier), name="collect", daemon=True
+                    target=self._collect, args=(pool, scorer, processor), name="collect", daemon=True
                 )
                 pump.start()
                 collector.start()
@@ -216,15 +226,16 @@ class Daemon:
             found += 1
         log.info("scanned", inbox=str(s.inbox), candidates=found)
 
-    def _collect(self, pool: ThreadPoolExecutor, classifier: Classifier) -> None:
-        size = classifier.meta.input_size
+    def _collect(self, pool: ThreadPoolExecutor, scorer: ThreadPoolExecutor, processor: Processor) -> None:
+        size = processor.classifier.meta.input_size
         while not self.stopping.is_set():
             try:
                 first = self.paths.get(timeout=TICK)
             except queue.Empty:
                 continue
             s = self._settings
-            limit = s.batch_size if self._in_flight else min(s.batch_size, s.model_batch_size or s.batch_size)
+            idle_copy = self._in_flight < processor.classifier.workers
+            limit = min(s.batch_size, s.model_batch_size) if idle_copy else s.batch_size
             batch = [pool.submit(prepare, first, s, size)]
             deadline = time.monotonic() + s.batch_max_wait_ms / 1000
             while len(batch) < limit and not self.stopping.is_set():
@@ -235,7 +246,7 @@ class Daemon:
                 batch.append(pool.submit(prepare, path, s, size))
             with self._in_flight_lock:
                 self._in_flight += 1
-            self._batches.put(batch)
+            self._batches.put(scorer.submit(self._score, batch, processor))
         self._drain_paths()
 
     def _drain_paths(self) -> None:
@@ -258,11 +269,11 @@ class Daemon:
                     if not self.stopping.is_set():  # no READY=1 to systemd after STOPPING=1
                         self._apply_reload(processor.classifier.classes)
                 try:
-                    batch = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
+                    scoring = self._batches.get(timeout=min(TICK * 5, interval or 1.0))
                 except queue.Empty:
-                    batch = None
-                if batch is not None:
-                    scored = self._score([f.result() for f in batch], processor)
+                    scoring = None
+                if scoring is not None:
+                    scored = scoring.result()
                     with self._in_flight_lock:
                         self._in_flight -= 1
                     self._hand_over(scored, filer)
@@ -274,7 +285,9 @@ class Daemon:
             self._hand_over(None, filer)
             filer.join()
 
-    def _score(self, prepared: list[Prepared], processor: Processor) -> _Scored:
+    def _score(self, batch: list[Future[Prepared]], processor: Processor) -> _Scored:
+        """A scorer thread's work: wait for the batch's photos to be decoded, then run the model."""
+        prepared = [f.result() for f in batch]
         try:
             return _Scored(prepared, processor.score(prepared))
         except Exception:

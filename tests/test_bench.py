@@ -38,12 +38,16 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     assert "ai-edge-litert" in machine["versions"] or "tensorflow-cpu" in machine["versions"]
 
     raw = result["raw"]
-    assert raw["backend"] == result["model"]["backend"] == "tflite"  # "auto" picks model.tflite
-    assert set(raw["by_backend"]) == {"tflite", "keras"}
+    assert result["model"]["backend"] == "tflite"  # "auto" picks model.tflite
+    # The daemon runs two model copies wherever there are two cores, so the limit
+    # is measured both ways and is the better of the two.
+    litert = ["tflite", "tflite×2"] if (os.cpu_count() or 1) >= 2 else ["tflite"]
+    assert set(raw["by_backend"]) == {*litert, "keras"}
     for rates in raw["by_backend"].values():
         assert set(rates) == {"1", "4"} and all(r > 0 for r in rates.values())
-    best = raw["by_backend"]["tflite"][str(raw["best_batch"])]
-    assert raw["limit_ips"] == best == max(raw["by_backend"]["tflite"].values())
+    assert raw["backend"] in litert
+    best = raw["by_backend"][raw["backend"]][str(raw["best_batch"])]
+    assert raw["limit_ips"] == best == max(r for b in litert for r in raw["by_backend"][b].values())
 
     sets = list(result["sets"])
     assert sets == ["150px", sets[1], f"{sets[1]}-no-preview"]

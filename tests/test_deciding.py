@@ -55,9 +55,26 @@ def test_parse_since() -> None:
         parse_since("yesterday-ish")
 
 
-@pytest.mark.parametrize("backend", ["tflite", "keras"])
-def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str) -> None:
-    """``model_batch_size``: 7 photos in calls of 3, 3 and 1, with the same probabilities as one call."""
+def _count_calls(classifier: object) -> list[int]:
+    """Spy on every model copy of ``classifier``: the sizes of the calls they get, in order."""
+    calls: list[int] = []
+    runners = []
+    while not classifier._free.empty():  # type: ignore[attr-defined]
+        runners.append(classifier._free.get())  # type: ignore[attr-defined]
+    for runner in runners:
+        logits = runner.logits
+        runner.logits = lambda batch, logits=logits: calls.append(len(batch)) or logits(batch)
+        classifier._free.put(runner)  # type: ignore[attr-defined]
+    return calls
+
+
+@pytest.mark.parametrize(("backend", "workers"), [("tflite", 1), ("tflite", 2), ("keras", 1)])
+def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str, workers: int) -> None:
+    """``model_batch_size``: 7 photos in calls of 3, 3 and 1, with the same probabilities as one call.
+
+    With two model copies the calls are shared between them, and the rows still
+    come back in the photos' order.
+    """
     from conftest import COLOURS, INPUT, picture
 
     from cened.classifying import Classifier
@@ -66,13 +83,38 @@ def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str) 
         [np.asarray(picture(c, INPUT, seed=i)) for i, c in enumerate([*COLOURS, "sea"])], dtype=np.uint8
     )
     whole = Classifier(model_dir, backend=backend).predict(pixels)
-    chunked = Classifier(model_dir, backend=backend, max_batch=3)
-    calls: list[int] = []
-    logits = chunked._runner.logits
-    chunked._runner.logits = lambda batch: calls.append(len(batch)) or logits(batch)  # type: ignore[method-assign]
+    chunked = Classifier(model_dir, backend=backend, max_batch=3, workers=workers)
+    assert chunked.workers == workers
+    calls = _count_calls(chunked)
     np.testing.assert_allclose(chunked.predict(pixels), whole, atol=1e-5)
-    assert calls == [3, 3, 1]
+    assert sorted(calls) == [1, 3, 3]
     assert [CLASSES[i] for i in whole.argmax(axis=1)] == [*COLOURS, "sea"]
+
+
+def test_model_copies_score_from_several_threads_at_once(model_dir) -> None:
+    """The daemon's scorer threads share one classifier: concurrent calls must not mix up rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import COLOURS, INPUT, picture
+
+    from cened.classifying import Classifier
+
+    photos = [np.asarray(picture(c, INPUT, seed=i), dtype=np.uint8) for i, c in enumerate([*COLOURS] * 3)]
+    classifier = Classifier(model_dir, backend="tflite", max_batch=2, workers=2)
+    batches = [photos[i:] + photos[:i] for i in range(8)]  # each a different order of the same photos
+    expected = [classifier.predict(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            for got, want in zip(pool.map(classifier.predict, batches), expected, strict=True):
+                np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_model_copies_default_to_two_for_litert_and_one_for_keras(model_dir) -> None:
+    from cened.classifying import Classifier
+
+    assert Classifier(model_dir, backend="tflite", threads=2, workers=0).workers == 2
+    assert Classifier(model_dir, backend="tflite", threads=1, workers=0).workers == 1
+    assert Classifier(model_dir, backend="keras", threads=2, workers=0).workers == 1
 
 
 @pytest.mark.parametrize("backend", ["tflite", "keras"])
