@@ -268,6 +268,19 @@ def test_a_burst_into_an_idle_daemon_starts_with_one_model_call(settings: Settin
     assert sum(sizes) == 40 and sizes[0] <= 4 and max(sizes) > 4, sizes
 
 
+def test_the_gil_switch_interval_is_short_while_serving_and_restored_after(settings: Settings) -> None:
+    """Set for the model copies' sake (see GIL_SWITCH_INTERVAL_S); an embedding process gets its own back."""
+    import sys
+
+    from cened.daemon import GIL_SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    assert before != GIL_SWITCH_INTERVAL_S
+    with RunningDaemon(settings):
+        assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before
+
+
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
