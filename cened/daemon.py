@@ -6,12 +6,12 @@ Four threads of our own, each with one job, connected by bounded queues:
   (only as many as fit, so a 100,000-file backlog costs a set of paths, not
   decoded images) and runs the start-up, overflow and periodic rescans;
 * the **collector** forms micro-batches (up to ``batch_size`` paths, or
-  whatever arrived within ``batch_max_wait_ms`` of the first; only
-  ``model_batch_size`` while a model copy is idle), hands each file to a small
-  thread pool that reads and decodes it *while the model is busy with the
-  previous batch*, and the batch to a scorer thread, one per model copy
-  (``model_workers``), so the next batch can start on a free copy while the
-  last one finishes on the other;
+  whatever arrived within ``batch_max_wait_ms`` of the first; while a model
+  copy is idle, whatever has arrived up to ``model_batch_size``, at once),
+  hands each file to a small thread pool that reads and decodes it *while the
+  model is busy with the previous batch*, and the batch to a scorer thread,
+  one per model copy (``model_workers``), so the next batch can start on a
+  free copy while the last one finishes on the other;
 * the **main thread** takes the scored batches in the order they were
   formed, and is also the only place that talks to systemd's watchdog: it
   waits for each batch's scores without pinging, so a stuck model call stops
@@ -101,9 +101,9 @@ class Daemon:
         self._batches: queue.Queue[Future[_Scored]] = queue.Queue(maxsize=1)
         # Batches formed and not yet scored.  While a model copy is idle (fewer
         # than model_workers in flight) the next batch is cut at one model call
-        # (model_batch_size): the first photos of a burst are filed after one
-        # call's worth of model time instead of a whole batch's, while the
-        # batches formed behind them are full.
+        # (model_batch_size) and goes without waiting: the first photos of a
+        # burst, or a lone photo, are filed after one call's worth of model time
+        # instead of a whole batch's, while the batches formed behind them are full.
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         # Scored batches for the filer thread; None tells it to finish.
@@ -246,10 +246,13 @@ class Daemon:
             except queue.Empty:
                 continue
             s = self._settings
+            # A model copy with nothing to do gets one call's worth at once, of
+            # whatever has arrived; waiting for more would only keep it idle.
+            # Batches formed while every copy is busy may wait to fill up.
             idle_copy = self._in_flight < processor.classifier.workers
             limit = min(s.batch_size, s.model_batch_size) if idle_copy else s.batch_size
             batch = [pool.submit(prepare, first, s, size)]
-            deadline = time.monotonic() + s.batch_max_wait_ms / 1000
+            deadline = time.monotonic() + (0 if idle_copy else s.batch_max_wait_ms / 1000)
             while len(batch) < limit and not self.stopping.is_set():
                 try:
                     path = self.paths.get(timeout=max(0.0, deadline - time.monotonic()))

@@ -268,6 +268,16 @@ def test_a_burst_into_an_idle_daemon_starts_with_one_model_call(settings: Settin
     assert sum(sizes) == 40 and sizes[0] <= 4 and max(sizes) > 4, sizes
 
 
+def test_a_lone_photo_for_an_idle_model_does_not_wait_for_company(settings: Settings) -> None:
+    """batch_max_wait_ms only holds batches formed while every model copy is busy."""
+    patient = settings.model_copy(update={"batch_max_wait_ms": 20_000, "model_batch_size": 4})
+    with RunningDaemon(patient):
+        photo = write_photo(settings.inbox / "lone.jpg", "sea")
+        # Filed long before the 20 s a batch would wait for three more photos.
+        assert wait_until(lambda: not photo.exists(), timeout=10)
+    assert files_under(settings.library) == [settings.library / "sea" / "lone.jpg"]
+
+
 def test_the_gil_switch_interval_is_short_while_serving_and_restored_after(settings: Settings) -> None:
     """Set for the model copies' sake (see GIL_SWITCH_INTERVAL_S); an embedding process gets its own back."""
     import sys
