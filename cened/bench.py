@@ -97,7 +97,7 @@ class Plan:
         if args.quick:
             plan = cls(1, 12, 3, (1600, 1200), (1, 4), 4, 3, 0.2, 8)
         else:
-            plan = cls(3, 256, 48, LARGE, (1, 4, 8, 16, 32), 32, 20, 0.5, 96)
+            plan = cls(3, 256, 48, LARGE, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
         overrides = {
             "repeats": args.repeats,
             "small_count": args.count,
