@@ -77,6 +77,14 @@ def decide(
     )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: fewer than the machine's under a CPU affinity
+    (``taskset``, systemd's ``CPUAffinity=``), where more threads would only queue."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 class Classifier:
     """A loaded model; ``predict`` may be called from several threads at once.
 
@@ -104,7 +112,7 @@ class Classifier:
     ) -> None:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or usable_cores()
         # Photos per model call (0: all at once).  Smaller calls can be faster:
         # EfficientNet-Lite0 on LiteRT runs 4 photos at a time ~12% faster per photo
         # than 16 on a 2-core CPU (~8% end to end), as the activations of 4 stay in

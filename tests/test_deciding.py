@@ -117,6 +117,25 @@ def test_model_copies_default_to_two_for_litert_and_one_for_keras(model_dir) -> 
     assert Classifier(model_dir, backend="keras", threads=2, workers=0).workers == 1
 
 
+def test_threads_default_to_the_cores_this_process_may_use(model_dir) -> None:
+    """Under ``taskset -c 0`` (or systemd's CPUAffinity=) one core means one copy, one thread."""
+    import os
+
+    from cened.classifying import Classifier, usable_cores
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert usable_cores() == 1
+        confined = Classifier(model_dir, backend="tflite", workers=0)
+        assert (confined.threads, confined.workers) == (1, 1)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert usable_cores() == len(allowed)
+
+
 @pytest.mark.parametrize("backend", ["tflite", "keras"])
 def test_predict_takes_a_list_of_photos_as_it_takes_a_stacked_batch(model_dir, backend: str) -> None:
     """The daemon hands over its decoded photos unstacked; the scores must not depend on that."""
