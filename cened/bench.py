@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, help="where generated photos are kept between runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        metavar="KEY=VALUE,...",
+        help="instead of the full run, time the daemon with these settings changed against your own, "
+        "in paired rounds (repeatable; --count photos per burst, default 1024; --repeats rounds, default 5)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     model = (args.model or settings.model).expanduser().resolve()
     cache = (args.cache or _default_cache()).expanduser()
+    if args.compare:
+        return _run_comparison(args, plan, settings, model, cache)
     result = measure(plan, settings, model, cache, args.images)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -140,11 +149,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_comparison(
+    args: argparse.Namespace, plan: Plan, settings: Settings, model: Path, cache: Path
+) -> int:
+    from cened import bench_compare
+
+    variants = [bench_compare.parse_variant(text) for text in args.compare]
+    if not args.quick:
+        plan = replace(
+            plan,
+            small_count=args.count or bench_compare.DEFAULT_COUNT,
+            repeats=args.repeats or bench_compare.DEFAULT_ROUNDS,
+        )
+    result = bench_compare.compare(plan, settings, model, cache, variants)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        bench_compare.print_comparison(result)
+    return 0
+
+
 def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Path | None) -> dict[str, Any]:
     """Every figure, in the order that keeps them from disturbing one another."""
     from cened import modelpack
 
-    _say(f"model {model}")
+    say(f"model {model}")
     model_meta = modelpack.read_meta(model)
     input_size = model_meta.input_size
     meta = {
@@ -264,7 +293,7 @@ def image_set(
     files = [folder / f"{seed:04d}.jpg" for seed in range(count)]
     missing = [f for f in files if not f.is_file()]
     if missing:
-        _say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
+        say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
     for path in missing:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(synthetic_photo(int(path.stem), size, preview))
@@ -367,7 +396,7 @@ class ModelRates:
 
     def measure_round(self) -> None:
         """One rate per batch size; sizes take turns, so a burst of load hits them all alike."""
-        _say(f"model limit: {self.label}")
+        say(f"model limit: {self.label}")
         for batch in self.plan.batch_sizes:
             rate, cpu_ms = _predict_rate(
                 self.classifier.predict, self.pool, batch, self.plan.raw_min_images, self.workers
@@ -477,7 +506,7 @@ def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str
     net = keras.models.load_model(model / modelpack.KERAS_FILE, compile=False)
     height, width = meta.input_size
     subset = list(files)
-    _say(f"naive baseline on {len(subset)} photos")
+    say(f"naive baseline on {len(subset)} photos")
 
     def once() -> float:
         start = time.perf_counter()
@@ -689,7 +718,7 @@ def daemon_figures(
             try:
                 cold.append(daemon.wait_started())
                 for name, files in sets.items():
-                    _say(f"daemon throughput: {name}, run {rep + 1}/{plan.repeats}")
+                    say(f"daemon throughput: {name}, run {rep + 1}/{plan.repeats}")
                     burst = drop_burst(daemon, ws, files, f"{name}-{rep}")
                     throughput[name].append(burst.ips)
                     first[name].append(burst.first_s)
@@ -733,7 +762,7 @@ def idle_latency(
         try:
             cold = daemon.wait_started()
             time.sleep(plan.latency_gap_s)
-            _say(f"idle latency: {plan.latency_drops} drops")
+            say(f"idle latency: {plan.latency_drops} drops")
             for i in range(plan.latency_drops):
                 src = files[i % len(files)]
                 dst = ws.inbox / f"single-{i:03d}.jpg"
@@ -873,5 +902,5 @@ def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     yield ("cold start (spawn → started)", f"{result['startup']['cold_start_s']:.2f}", "s")
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"cened bench: {message}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,40 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
     full = decode(data, (64, 64)).astype(int)
     preview = decode(data, (64, 64), thumbnail_min_side=240).astype(int)
     assert (full != preview).any() and np.abs(full - preview).mean() < 12
+
+
+def test_quick_compare_times_each_setting_in_paired_rounds(model_dir: Path, tmp_path: Path) -> None:
+    """``--compare``: the baseline and each variant run once per round; ratios are paired per round."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "TF_CPP"))}
+    command = [
+        *("bench", "--quick", "--json", "--model", str(model_dir), "--cache", str(tmp_path / "cache")),
+        *("--repeats", "2", "--compare", "decode_threads=1,model_batch_size=4"),
+        *("--compare", "model_workers=1"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "cened", *command], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["rounds"] == 2 and result["photos_per_burst"] == 12
+    rows = result["results"]
+    variants = [{"decode_threads": 1, "model_batch_size": 4}, {"model_workers": 1}]
+    assert [r["settings"] for r in rows] == [{}, *variants]
+    assert rows[0]["vs_baseline"] == 1.0
+    for row in rows:
+        assert len(row["runs"]) == 2 and all(r > 0 for r in row["runs"])
+        assert math.isclose(row["ips"], statistics.median(row["runs"]), abs_tol=0.11)
+    paired = statistics.median(a / b for a, b in zip(rows[2]["runs"], rows[0]["runs"], strict=True))
+    assert math.isclose(rows[2]["vs_baseline"], paired, abs_tol=2e-3)
+
+
+def test_compare_refuses_a_key_that_is_not_a_setting() -> None:
+    from cened.bench_compare import parse_variant
+
+    assert parse_variant("model_workers=1, backend=tflite") == {"model_workers": 1, "backend": "tflite"}
+    try:
+        parse_variant("model_wrokers=1")
+    except SystemExit as exc:
+        assert "model_wrokers" in str(exc)
+    else:
+        raise AssertionError("a misspelt key must be refused, not silently ignored")
