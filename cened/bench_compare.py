@@ -93,7 +93,7 @@ def compare(
 
 
 def _label(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "baseline (your settings)"
+    return ",".join(f"{k}={v}" for k, v in overrides.items()) or "your settings"
 
 
 def print_comparison(result: dict[str, Any]) -> None:
@@ -101,12 +101,13 @@ def print_comparison(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"daemon end to end, {result['photos_per_burst']} × 150 px per burst, "
-        f"{result['rounds']} paired rounds",
+        title=f"daemon end to end, {result['photos_per_burst']} × 150 px photos per burst, "
+        f"medians of {result['rounds']} paired rounds",
         header_style="bold",
     )
-    for column in ("settings", "images/s (median)", "× baseline (paired)", "idle cores", "runs"):
-        table.add_column(column)
+    table.add_column("settings", no_wrap=True)
+    for column in ("images/s", "× yours", "idle CPUs", "runs"):
+        table.add_column(column, justify="right")
     for row in result["results"]:
         idle = "" if row["idle_cores"] is None else f"{row['idle_cores']:.2f}"
         runs = " ".join(f"{r:.0f}" for r in row["runs"])
