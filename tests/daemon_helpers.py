@@ -1,4 +1,4 @@
-"""Running ``cened run`` as a real subprocess and reading its JSON log lines."""
+"""Running the daemon for a test: as a real `cened run` subprocess, or in a thread of this process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cened.config import Settings
+from cened.daemon import Daemon
 
 
 class DaemonProcess:
@@ -89,3 +92,25 @@ def run_cli(*args: str, config: Path | None = None) -> subprocess.CompletedProce
         cmd += ["--config", str(config)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+class RunningDaemon:
+    """The daemon in a background thread of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.daemon = Daemon(settings)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.code = self.daemon.run()
+
+    def __enter__(self) -> Daemon:
+        self.thread.start()
+        assert self.daemon.serving.wait(timeout=60)
+        return self.daemon
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive() and self.code == 0

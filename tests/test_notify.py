@@ -26,11 +26,12 @@ from typing import Any
 
 import pytest
 from conftest import COLOURS, write_config, write_photo
-from daemon_helpers import DaemonProcess, files_under, wait_until
+from daemon_helpers import DaemonProcess, RunningDaemon, files_under, wait_until
 from PIL import Image
 
 from cened.config import Settings
 from cened.notify import Notifier, watchdog_interval
+from cened.pipeline import Processor
 
 Message = dict[str, str]
 
@@ -278,6 +279,46 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
 
 
 # -- the Notifier in-process -----------------------------------------------------
+
+
+def test_a_stuck_model_call_stops_the_watchdog_pings(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, socket_dir: Path
+) -> None:
+    """The model runs on scorer threads now; the main thread still pings only between batches.
+
+    So a model call that never returns starves systemd's watchdog and gets the
+    service restarted, and the pings come back once it does return.
+    """
+    notify = NotifySocket(str(socket_dir / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping due every 0.1 s
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    entered, release = threading.Event(), threading.Event()
+    score = Processor.score
+
+    def stuck_on_one_photo(self: Processor, batch: Any) -> Any:
+        if any(p.path.name == "stuck.jpg" for p in batch):
+            entered.set()
+            release.wait(60)
+        return score(self, batch)
+
+    monkeypatch.setattr(Processor, "score", stuck_on_one_photo)
+    try:
+        with RunningDaemon(settings):
+            ready = notify.wait_for(is_("READY"))
+            notify.wait_for(is_("WATCHDOG"), ready)  # idle, it pings
+            photo = write_photo(settings.inbox / "stuck.jpg", "sea")
+            assert entered.wait(30)
+            time.sleep(0.3)  # the main thread may ping once more before it waits on this batch
+            mark = len(notify.messages)
+            time.sleep(1.0)  # ten ping periods
+            assert not [m for m in notify.since(mark) if m.get("WATCHDOG")]
+            release.set()
+            notify.wait_for(is_("WATCHDOG"), mark, timeout=10)
+            assert wait_until(lambda: not photo.exists(), timeout=30)
+    finally:
+        release.set()
+        notify.close()
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])

@@ -11,13 +11,12 @@ import logging
 import queue
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import write_photo
-from daemon_helpers import files_under, wait_until
+from daemon_helpers import RunningDaemon, files_under, wait_until
 from watchdog.events import FileSystemEvent
 
 from cened.config import Settings
@@ -174,28 +173,6 @@ def test_new_and_moved_in_folders_are_watched_but_our_own_reads_are_not_events(
         assert wait_until(lambda: ("c.jpg", True) in events[-1:], timeout=10), events
     finally:
         watcher.stop()
-
-
-class RunningDaemon:
-    """The daemon in a background thread of this process."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.daemon = Daemon(settings)
-        self.code: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.code = self.daemon.run()
-
-    def __enter__(self) -> Daemon:
-        self.thread.start()
-        assert self.daemon.serving.wait(timeout=60)
-        return self.daemon
-
-    def __exit__(self, *exc: object) -> None:
-        self.daemon.stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive() and self.code == 0
 
 
 def test_temporaries_hidden_and_foreign_files_stay_put(settings: Settings) -> None:
