@@ -254,10 +254,14 @@ class Daemon:
             batch = [pool.submit(prepare, first, s, size)]
             deadline = time.monotonic() + (0 if idle_copy else s.batch_max_wait_ms / 1000)
             while len(batch) < limit and not self.stopping.is_set():
+                left = deadline - time.monotonic()
                 try:
-                    path = self.paths.get(timeout=max(0.0, deadline - time.monotonic()))
+                    # At most a TICK at a time, so a stop is seen during a long batch_max_wait_ms.
+                    path = self.paths.get(timeout=max(0.0, min(left, TICK)))
                 except queue.Empty:
-                    break
+                    if left <= TICK:
+                        break
+                    continue
                 batch.append(pool.submit(prepare, path, s, size))
             with self._in_flight_lock:
                 self._in_flight += 1

@@ -255,6 +255,40 @@ def test_a_lone_photo_for_an_idle_model_does_not_wait_for_company(settings: Sett
     assert files_under(settings.library) == [settings.library / "sea" / "lone.jpg"]
 
 
+def test_a_stop_is_not_held_up_by_a_batch_waiting_to_fill(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """With the only model copy busy, a new batch waits batch_max_wait_ms for company; SIGTERM must not."""
+    import threading
+
+    from cened.pipeline import Processor
+
+    busy, release = threading.Event(), threading.Event()
+    score = Processor.score
+
+    def slow(self: Processor, batch: list) -> object:
+        busy.set()
+        release.wait(30)
+        return score(self, batch)
+
+    monkeypatch.setattr(Processor, "score", slow)
+    patient = settings.model_copy(
+        update={"batch_max_wait_ms": 30_000, "model_workers": 1, "model_batch_size": 1, "batch_size": 8}
+    )
+    runner = RunningDaemon(patient)
+    with runner as daemon:
+        first = write_photo(settings.inbox / "first.jpg", "sea")
+        assert busy.wait(30)  # the one copy is busy: the next batch may wait to fill
+        write_photo(settings.inbox / "second.jpg", "sea")
+        time.sleep(1.0)  # the collector is now waiting for six more
+        daemon.stop()
+        release.set()
+        started = time.monotonic()
+        runner.thread.join(timeout=20)
+        assert not runner.thread.is_alive() and time.monotonic() - started < 10
+    assert not first.exists()  # the batch already read was finished
+
+
 def test_the_gil_switch_interval_is_short_while_serving_and_restored_after(settings: Settings) -> None:
     """Set for the model copies' sake (see GIL_SWITCH_INTERVAL_S); an embedding process gets its own back."""
     import sys
