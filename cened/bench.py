@@ -140,18 +140,20 @@ def run(args: argparse.Namespace) -> int:
     model = (args.model or settings.model).expanduser().resolve()
     cache = (args.cache or _default_cache()).expanduser()
     if args.compare:
-        return _run_comparison(args, plan, settings, model, cache)
-    result = measure(plan, settings, model, cache, args.images)
+        result, report = _comparison(args, plan, settings, model, cache)
+    else:
+        result, report = measure(plan, settings, model, cache, args.images), print_report
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print_report(result)
+        report(result)
     return 0
 
 
-def _run_comparison(
+def _comparison(
     args: argparse.Namespace, plan: Plan, settings: Settings, model: Path, cache: Path
-) -> int:
+) -> tuple[dict[str, Any], Callable[[dict[str, Any]], None]]:
+    """``--compare``: the paired rounds' figures, and how to print them."""
     from cened import bench_compare
 
     variants = [bench_compare.parse_variant(text) for text in args.compare]
@@ -161,12 +163,7 @@ def _run_comparison(
             small_count=args.count or bench_compare.DEFAULT_COUNT,
             repeats=args.repeats or bench_compare.DEFAULT_ROUNDS,
         )
-    result = bench_compare.compare(plan, settings, model, cache, variants)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        bench_compare.print_comparison(result)
-    return 0
+    return bench_compare.compare(plan, settings, model, cache, variants), bench_compare.print_comparison
 
 
 def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Path | None) -> dict[str, Any]:
@@ -425,11 +422,13 @@ def limit_rates(
     model: Path, settings: Settings, backend: str, pool: np.ndarray, plan: Plan
 ) -> list[ModelRates]:
     """The daemon's runtime as one model copy and, where the daemon runs several, as that many."""
-    single = ModelRates(model, backend, settings.model_threads, pool, plan, workers=1)
-    if backend != "tflite" or settings.model_workers == 1:
-        return [single]
-    copies = ModelRates(model, backend, settings.model_threads, pool, plan, workers=settings.model_workers)
-    return [single] if copies.workers == 1 else [single, copies]
+    from cened.classifying import model_copies, usable_cores
+
+    copies = model_copies(backend, settings.model_workers, settings.model_threads or usable_cores())
+    return [
+        ModelRates(model, backend, settings.model_threads, pool, plan, workers=workers)
+        for workers in dict.fromkeys((1, copies))
+    ]
 
 
 def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], plan: Plan) -> dict[str, Any]:
@@ -441,16 +440,15 @@ def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], pl
     other = "keras" if backend == "tflite" else "tflite"
     with contextlib.suppress(ModelError):  # a model may ship one runtime only
         by_backend[other] = ModelRates(model, other, settings.model_threads, limits[0].pool, plan).medians()
-    label, best = max(
-        ((rates.label, batch) for rates in limits for batch in by_backend[rates.label]),
-        key=lambda lb: by_backend[lb[0]][lb[1]],
+    winner, best = max(
+        ((rates, batch) for rates in limits for batch in by_backend[rates.label]),
+        key=lambda pair: by_backend[pair[0].label][pair[1]],
     )
-    winner = next(rates for rates in limits if rates.label == label)
     return {
         "by_backend": by_backend,
-        "backend": label,
+        "backend": winner.label,
         "best_batch": int(best),
-        "limit_ips": by_backend[label][best],
+        "limit_ips": by_backend[winner.label][best],
         "cpu_ms_per_image": winner.cpu_ms_per_image(int(best)),
     }
 

@@ -85,6 +85,15 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def model_copies(backend: str, workers: int, threads: int) -> int:
+    """How many copies of the model a :class:`Classifier` loads for these settings.
+
+    TensorFlow spreads one call over its own thread pools, so Keras gets one
+    copy; LiteRT gets ``workers``, or with 0 two wherever two threads can be shared.
+    """
+    return 1 if backend == "keras" else workers or min(2, threads)
+
+
 class Classifier:
     """A loaded model; ``predict`` may be called from several threads at once.
 
@@ -127,8 +136,7 @@ class Classifier:
         if backend == "keras" and not has_keras:
             raise ModelError(f"{model_dir} has no {modelpack.KERAS_FILE}")
         self.backend: str = backend
-        # TensorFlow spreads one call over its own thread pools; copies would only compete.
-        self.workers = 1 if backend == "keras" else workers or min(2, self.threads)
+        self.workers = model_copies(backend, workers, self.threads)
         per_worker = max(1, self.threads // self.workers)
         self._free: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(self.workers, "model") if self.workers > 1 else None
