@@ -69,9 +69,8 @@ def move(src: Path, dst: Path) -> None:
     Modification time and permissions are kept (they travel with the inode,
     or are copied by ``copy2``).
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst, follow_symlinks=False)
+        _link(src, dst)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             _copy_across(src, dst)
@@ -88,6 +87,20 @@ def move(src: Path, dst: Path) -> None:
             raise
     crash_point("after-link")
     os.unlink(src)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``link()``, creating the album folder when it is missing.
+
+    The folder is made only after a link failed for want of it, not before
+    every move: ``mkdir`` on a folder that exists fails, and Python builds an
+    exception for it, which cost about as much as the link itself.
+    """
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileNotFoundError:  # the folder, or the source, is missing
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dst, follow_symlinks=False)
 
 
 def _copy_across(src: Path, dst: Path) -> None:

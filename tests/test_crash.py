@@ -123,6 +123,16 @@ def test_cross_device_move_never_shows_a_partial_destination(tmp_path: Path) -> 
         shutil.rmtree(target.parent.parent)
 
 
+def test_move_makes_a_missing_album_folder_and_reports_a_missing_source(tmp_path: Path) -> None:
+    src, dst = tmp_path / "a.jpg", tmp_path / "library" / "sea" / "a.jpg"
+    src.write_bytes(b"photo")
+    moving.move(src, dst)
+    assert dst.read_bytes() == b"photo" and not src.exists()
+    with pytest.raises(FileNotFoundError):  # the source is gone: no retry can help
+        moving.move(src, tmp_path / "library" / "forest" / "a.jpg")
+    assert dst.read_bytes() == b"photo"
+
+
 def test_move_never_overwrites(tmp_path: Path) -> None:
     src, dst = tmp_path / "a.jpg", tmp_path / "b.jpg"
     src.write_bytes(b"new")
