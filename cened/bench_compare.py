@@ -22,9 +22,7 @@ from typing import Any
 from cened.bench import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
 from cened.config import Settings
 
-#: Photos per burst and rounds when not given: long enough that filling and
-#: draining the pipeline is a small part of each burst.
-DEFAULT_COUNT = 1024
+#: Rounds when not given (each burst is ``bench.SMALL_BURST`` photos).
 DEFAULT_ROUNDS = 5
 
 
