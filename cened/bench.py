@@ -337,7 +337,16 @@ def machine_info() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for dist in ("tensorflow-cpu", "tensorflow", "keras", "ai-edge-litert", "pillow", "numpy"):
+    for dist in (
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "ai-edge-litert",
+        "pillow",
+        "simplejpeg",
+        "opencv-python-headless",
+        "numpy",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
     return {
