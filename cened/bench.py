@@ -576,9 +576,10 @@ class DaemonRun:
         """Note the lines in the batches they come in, waking a waiter only when what it waits for has come.
 
         This process shares the cores with the daemon it times, so it must cost
-        little: reading each line as it came, and waking the waiter for each,
-        took 2% of the machine from the daemon during a burst.  Lines are
-        left to gather for ``READ_GAP_S`` instead, and each is dated by the
+        little.  It used to read each line as it came and wake the waiter for
+        each, which then checked every photo of the burst again: work growing
+        with the square of the burst, taken from the daemon being timed.  Lines
+        are left to gather for ``READ_GAP_S`` instead, and each is dated by the
         daemon's own timestamp, so the gathering does not delay the figures.
         """
         assert self.proc.stdout is not None
