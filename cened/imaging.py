@@ -175,7 +175,10 @@ def _small_jpeg_pixels(im: Image.Image, data: bytes, size: tuple[int, int]) -> n
     w, h = im.size
     if im.format != "JPEG" or im.mode != "RGB" or w >= width or h >= height:
         return None
-    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+    try:
+        if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            return None
+    except Exception:  # noqa: BLE001 - broken EXIF is Pillow's to judge, as in _upright
         return None
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)

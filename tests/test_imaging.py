@@ -89,6 +89,13 @@ def test_other_jpegs_are_left_to_pillow(data: bytes, monkeypatch: pytest.MonkeyP
     np.testing.assert_array_equal(_outcome(data), _pillow_only(data, monkeypatch))
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_small_jpeg_with_broken_exif_gives_pillows_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff garbage"
+    data = _jpeg(picture("glacier", (150, 120)), exif=broken)
+    np.testing.assert_array_equal(_outcome(data), _pillow_only(data, monkeypatch))
+
+
 def test_exif_turned_small_jpeg_is_turned() -> None:
     # Left half forest green, right half sea blue; EXIF says "rotate 90° clockwise to view".
     arr = np.zeros((40, 80, 3), np.uint8)
