@@ -84,6 +84,8 @@ PEAK_RSS_TARGET_MIB = 1024.0
 #: burst of 256 that was 2-3% of the time (352 against 360 images/s for 1,024,
 #: paired), which the model limit, timed on a running model, never pays.
 SMALL_BURST = 1024
+#: Paired rounds of ``--compare`` when ``--repeats`` is not given.
+COMPARE_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE,...",
         help="instead of the full run, time the daemon with these settings changed against your own, "
-        "in paired rounds (repeatable; --count photos per burst, default 1024; --repeats rounds, default 5)",
+        f"in paired rounds (repeatable; --count photos per burst, default {SMALL_BURST}; --repeats rounds, "
+        f"default {COMPARE_ROUNDS})",
     )
 
 
@@ -165,12 +168,8 @@ def _comparison(
     from cened import bench_compare
 
     variants = [bench_compare.parse_variant(text) for text in args.compare]
-    if not args.quick:
-        plan = replace(
-            plan,
-            small_count=args.count or SMALL_BURST,
-            repeats=args.repeats or bench_compare.DEFAULT_ROUNDS,
-        )
+    if not args.quick:  # the burst is the full run's; the rounds are not its repeats
+        plan = replace(plan, repeats=args.repeats or COMPARE_ROUNDS)
     return bench_compare.compare(plan, settings, model, cache, variants), bench_compare.print_comparison
 
 
@@ -565,7 +564,7 @@ class DaemonRun:
         )
         self._cond = threading.Condition()
         self.started: tuple[float, dict[str, Any]] | None = None
-        self.done_at: dict[str, float] = {}  # inbox path -> when its filed/quarantined line arrived
+        self.done_at: dict[str, float] = {}  # inbox path -> when its filed/quarantined line was written
         self._awaited: set[str] = set()  # inbox paths a waiter wants; it is woken when none is left
         self.problems: list[dict[str, Any]] = []
         self.tail: list[str] = []

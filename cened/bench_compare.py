@@ -22,9 +22,6 @@ from typing import Any
 from cened.bench import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
 from cened.config import Settings
 
-#: Rounds when not given (each burst is ``bench.SMALL_BURST`` photos).
-DEFAULT_ROUNDS = 5
-
 
 def parse_variant(text: str) -> dict[str, Any]:
     """``"a=1,b=x"`` as ``{"a": 1, "b": "x"}``; values are read as JSON where they can be."""
