@@ -21,23 +21,23 @@ from typing import TYPE_CHECKING
 from cened import __version__
 from cened.config import ConfigError, Settings, load_settings
 from cened.journal import Entry, Journal, JournalError
-from cened.modelpack import ModelError
+from cened.ml.modelpack import ModelError
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
 
-    from cened.classifying import Classifier
+    from cened.ml.classifying import Classifier
     from cened.pipeline import Prepared, Processor
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_MODEL, EXIT_DB = 1, 2, 3, 4
 
 #: Commands whose module declares its own options (``add_arguments``/``run``).
 LAZY_COMMANDS = {
-    "train": ("cened.training", "train a model from a folder of labelled images"),
-    "evaluate": ("cened.evaluation", "measure a model on the validation split and write its card"),
+    "train": ("cened.ml.training", "train a model from a folder of labelled images"),
+    "evaluate": ("cened.ml.evaluation", "measure a model on the validation split and write its card"),
     "install-service": ("cened.service", "write a systemd unit for cened and print how to enable it"),
     "doctor": ("cened.doctor", "find and fix disagreements between the log and the disk"),
-    "bench": ("cened.bench", "measure throughput, latency, memory and start-up time"),
+    "bench": ("cened.bench.command", "measure throughput, latency, memory and start-up time"),
 }
 
 
@@ -176,8 +176,9 @@ def _prepared_batches(
 def cmd_classify(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from cened import imaging, logsetup
-    from cened.classifying import Classifier
+    from cened import logsetup
+    from cened.ml import imaging
+    from cened.ml.classifying import Classifier
     from cened.pipeline import Processor
 
     settings = _settings(args)
@@ -229,7 +230,7 @@ def _scored_rows(
     classifier: Classifier, settings: Settings, batch: list[Prepared]
 ) -> Iterator[dict[str, object]]:
     """``classify`` alone: the decision for each file, or why it could not be classified."""
-    from cened.classifying import decide
+    from cened.ml.classifying import decide
 
     ok = [p for p in batch if p.pixels is not None]
     probs = classifier.predict([p.pixels for p in ok]) if ok else []

@@ -42,10 +42,11 @@ from types import FrameType
 import numpy as np
 import structlog
 
-from cened import imaging, logsetup, recovery
-from cened.classifying import Classifier
+from cened import logsetup, recovery
 from cened.config import ConfigError, Settings, load_settings
 from cened.journal import Journal
+from cened.ml import imaging
+from cened.ml.classifying import Classifier
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Outcome, Prepared, Processor, prepare
 from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan

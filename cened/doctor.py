@@ -27,7 +27,7 @@ from pathlib import Path
 from cened import moving, recovery
 from cened.config import load_settings
 from cened.journal import MOVING_ACTIONS, Entry, Journal
-from cened.modelpack import sha256_file
+from cened.ml.modelpack import sha256_file
 
 
 @dataclass

@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from cened import imaging, moving
-from cened.classifying import Classifier, decide
+from cened import moving
 from cened.config import Settings
 from cened.faults import crash_point
 from cened.journal import Entry, Journal
-from cened.modelpack import sha256_or_none
+from cened.ml import imaging
+from cened.ml.classifying import Classifier, decide
+from cened.ml.modelpack import sha256_or_none
 from cened.watching import signature
 
 log = structlog.get_logger("cened.pipeline")

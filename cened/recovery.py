@@ -30,7 +30,7 @@ import structlog
 
 from cened import moving
 from cened.journal import Entry, Journal
-from cened.modelpack import sha256_or_none
+from cened.ml.modelpack import sha256_or_none
 
 log = structlog.get_logger("cened.recovery")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from cened import moving
 from cened.config import Settings
 from cened.journal import MOVING_ACTIONS, Entry, Journal
-from cened.modelpack import sha256_file
+from cened.ml.modelpack import sha256_file
 
 
 class UndoError(Exception):

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cened.classifying import Classifier
 from cened.config import Settings, load_settings
-from cened.modelpack import ModelMeta
+from cened.ml.classifying import Classifier
+from cened.ml.modelpack import ModelMeta
 
 #: The classes of the shipped model (and of the small test model built here).
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -58,7 +58,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real, trained, 6-class Keras model with its LiteRT export, in the cened format."""
     import keras
 
-    from cened.modelpack import save_keras
+    from cened.ml.modelpack import save_keras
 
     keras.utils.set_random_seed(7)
     xs, ys = [], []

@@ -21,9 +21,9 @@ import pytest
 from conftest import COLOURS, picture, write_photo
 from PIL import Image
 
-from cened.classifying import Classifier
 from cened.config import Settings
 from cened.journal import Journal, path_from_db
+from cened.ml.classifying import Classifier
 from cened.pipeline import Outcome, Processor, prepare
 
 
@@ -167,7 +167,7 @@ def test_broken_exif_is_ignored_not_fatal(settings: Settings, run) -> None:
 
 
 def test_exif_orientation_is_applied(settings: Settings) -> None:
-    from cened.imaging import decode
+    from cened.ml.imaging import decode
 
     # Left half forest green, right half sea blue; EXIF says "rotate 90° clockwise to view" (6).
     arr = np.zeros((40, 80, 3), np.uint8)

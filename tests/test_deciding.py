@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
-from cened.classifying import decide, softmax
+from cened.ml.classifying import decide, softmax
 from cened.undoing import parse_since
 
 
@@ -77,7 +77,7 @@ def test_a_batch_is_scored_in_model_calls_of_max_batch(model_dir, backend: str, 
     """
     from conftest import COLOURS, INPUT, picture
 
-    from cened.classifying import Classifier
+    from cened.ml.classifying import Classifier
 
     pixels = np.stack(
         [np.asarray(picture(c, INPUT, seed=i)) for i, c in enumerate([*COLOURS, "sea"])], dtype=np.uint8
@@ -97,7 +97,7 @@ def test_model_copies_score_from_several_threads_at_once(model_dir) -> None:
 
     from conftest import COLOURS, INPUT, picture
 
-    from cened.classifying import Classifier
+    from cened.ml.classifying import Classifier
 
     photos = [np.asarray(picture(c, INPUT, seed=i), dtype=np.uint8) for i, c in enumerate([*COLOURS] * 3)]
     classifier = Classifier(model_dir, backend="tflite", max_batch=2, workers=2)
@@ -110,7 +110,7 @@ def test_model_copies_score_from_several_threads_at_once(model_dir) -> None:
 
 
 def test_model_copies_default_to_two_for_litert_and_one_for_keras(model_dir) -> None:
-    from cened.classifying import Classifier
+    from cened.ml.classifying import Classifier
 
     assert Classifier(model_dir, backend="tflite", threads=2, workers=0).workers == 2
     assert Classifier(model_dir, backend="tflite", threads=1, workers=0).workers == 1
@@ -121,7 +121,7 @@ def test_threads_default_to_the_cores_this_process_may_use(model_dir) -> None:
     """Under ``taskset -c 0`` (or systemd's CPUAffinity=) one core means one copy, one thread."""
     import os
 
-    from cened.classifying import Classifier, usable_cores
+    from cened.ml.classifying import Classifier, usable_cores
 
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this platform")
@@ -141,7 +141,7 @@ def test_predict_takes_a_list_of_photos_as_it_takes_a_stacked_batch(model_dir, b
     """The daemon hands over its decoded photos unstacked; the scores must not depend on that."""
     from conftest import COLOURS, INPUT, picture
 
-    from cened.classifying import Classifier
+    from cened.ml.classifying import Classifier
 
     photos = [np.asarray(picture(c, INPUT, seed=i), dtype=np.uint8) for i, c in enumerate(COLOURS)]
     classifier = Classifier(model_dir, backend=backend, max_batch=4)

@@ -16,7 +16,7 @@ import pytest
 from conftest import picture
 from PIL import Image
 
-from cened import imaging
+from cened.ml import imaging
 
 MODEL = (224, 224)
 

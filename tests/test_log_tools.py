@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import write_config, write_photo
 
-from cened.classifying import Classifier
 from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_REFUSED, main
 from cened.config import Settings
 from cened.journal import Entry, Journal
+from cened.ml.classifying import Classifier
 from cened.pipeline import Processor, prepare
 
 

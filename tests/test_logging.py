@@ -61,7 +61,7 @@ def test_loading_a_litert_model_prints_json_only(model_dir: Path) -> None:
     # A fresh process: LiteRT prints its delegate line once per process.
     code = (
         "import sys; from pathlib import Path; from cened import logsetup;"
-        "from cened.classifying import Classifier;"
+        "from cened.ml.classifying import Classifier;"
         "logsetup.configure('json', 'info'); Classifier(Path(sys.argv[1]), backend='tflite', warm_batch=4)"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}

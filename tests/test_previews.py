@@ -15,11 +15,11 @@ import pytest
 from conftest import COLOURS, picture
 from PIL import Image
 
-from cened.bench import exif_with_preview
-from cened.classifying import Classifier
+from cened.bench.command import exif_with_preview
 from cened.config import Settings
-from cened.imaging import decode
 from cened.journal import Journal
+from cened.ml.classifying import Classifier
+from cened.ml.imaging import decode
 from cened.pipeline import Outcome, Processor, prepare
 
 PHOTO = (800, 600)

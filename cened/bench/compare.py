@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cened.bench import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
+from cened.bench.command import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
 from cened.config import Settings
 
 

@@ -18,8 +18,9 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from cened import logsetup, modelpack
-from cened.modelpack import ModelError, ModelMeta
+from cened import logsetup
+from cened.ml import modelpack
+from cened.ml.modelpack import ModelError, ModelMeta
 
 Backend = Literal["auto", "tflite", "keras"]
 
@@ -141,7 +142,7 @@ class Classifier:
         self._free: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
         self._pool = ThreadPoolExecutor(self.workers, "model") if self.workers > 1 else None
         # Loading and warming up print to stderr from C++; keep that in the structured log.
-        with logsetup.native_stderr_logged("cened.classifying"):
+        with logsetup.native_stderr_logged("cened.ml.classifying"):
             for _ in range(self.workers):
                 runner = self._load(backend, per_worker)
                 self._warm_up(runner, min(warm_batch, max_batch or warm_batch))
@@ -236,7 +237,7 @@ class _TFLiteRunner:
     """
 
     def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:
-        from cened._tflite import Interpreter
+        from cened.ml._tflite import Interpreter
 
         shape = (*meta.input_size, 3)
         try:

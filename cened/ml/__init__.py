@@ -1,0 +1,1 @@
+"""Model tooling: the model pack, running it, decoding photos for it, training and evaluating it."""
