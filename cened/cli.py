@@ -3,8 +3,8 @@
 Heavy imports (TensorFlow above all) happen inside the commands that need
 them, so ``cened history`` or ``cened undo`` answer instantly.
 
-Exit codes: 0 success, 1 refused or failed (nothing changed), 2 bad
-configuration or arguments, 3 model problem, 4 database problem.
+Exit codes are :class:`cened.errors.ExitCode`; every failure is a
+:class:`cened.errors.CenedError` that carries its own.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cened import __version__
-from cened.config import ConfigError, Settings, load_settings
-from cened.journal import Entry, Journal, JournalError
-from cened.ml.modelpack import ModelError
+from cened.config import Settings, load_settings
+from cened.errors import CenedError, ConfigError, ExitCode
+from cened.journal import Entry, Journal
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor, Future
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from cened.ml.classifying import Classifier
     from cened.pipeline import Prepared, Processor
 
-EXIT_REFUSED, EXIT_CONFIG, EXIT_MODEL, EXIT_DB = 1, 2, 3, 4
 
 #: Commands whose module declares its own options (``add_arguments``/``run``).
 LAZY_COMMANDS = {
@@ -47,18 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except CenedError as exc:
         print(f"cened: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except ModelError as exc:
-        print(f"cened: model problem: {exc}", file=sys.stderr)
-        return EXIT_MODEL
-    except JournalError as exc:
-        print(f"cened: database problem: {exc}", file=sys.stderr)
-        return EXIT_DB
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 
@@ -184,13 +177,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.configure("json" if args.json else settings.log_format, "warning", stream=sys.stderr)
     imaging.set_pixel_limit(settings.max_pixels)
-    classifier = Classifier(
-        settings.model,
-        backend=settings.backend,
-        threads=settings.model_threads,
-        max_batch=settings.model_batch_size,
-        workers=settings.model_workers,
-    )
+    classifier = Classifier.from_settings(settings)
     files = list(_expand(args.paths, settings))
     journal = Journal(settings.database) if args.apply else None
     processor = Processor(classifier, journal, lambda: settings) if journal else None
@@ -427,7 +414,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
                 raise ConfigError(str(exc)) from exc
             if args.last is None and since is None and args.batch is None:
                 print("cened: say what to undo: IDs, --last N, --since TIME or --batch ID", file=sys.stderr)
-                return EXIT_CONFIG
+                return ExitCode.CONFIG
             rows = undoable(journal, since=since, batch_id=args.batch)
             if args.last is not None:
                 rows = rows[-args.last :] if args.last > 0 else []
@@ -441,7 +428,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(f"cened: refused: {problem}", file=sys.stderr)
             print("cened: nothing was moved", file=sys.stderr)
-            return EXIT_REFUSED
+            return ExitCode.REFUSED
         if args.dry_run:
             for plan in plans:
                 print(f"would move {os.fsdecode(plan.source)} -> {os.fsdecode(plan.destination)}")
@@ -460,7 +447,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         except UndoError as exc:
             for problem in exc.problems:
                 print(f"cened: refused: {problem}", file=sys.stderr)
-            return EXIT_REFUSED
+            return ExitCode.REFUSED
         entries = carry_out(journal, [plan], "corrected", label=args.label)
     return _report_moves(entries, "corrected")
 
@@ -475,7 +462,7 @@ def _report_moves(entries: list[Entry], verb: str) -> int:
         else:
             failed += 1
             print(f"cened: failed #{e.ref_id}: {e.reason}", file=sys.stderr)
-    return EXIT_REFUSED if failed else 0
+    return ExitCode.REFUSED if failed else ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from cened.errors import ConfigError
+
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -41,10 +43,6 @@ def shipped_model_dir() -> Path:
         if candidate.is_dir():
             return candidate
     return here.parent / "models" / "landscapes"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the offending key."""
 
 
 class Settings(BaseSettings):

@@ -43,7 +43,8 @@ import numpy as np
 import structlog
 
 from cened import logsetup, recovery
-from cened.config import ConfigError, Settings, load_settings
+from cened.config import Settings, load_settings
+from cened.errors import ConfigError
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
@@ -133,14 +134,7 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
             resolved = recovery.reconcile(journal)
-            classifier = Classifier(
-                s.model,
-                backend=s.backend,
-                threads=s.model_threads,
-                warm_batch=s.batch_size,
-                max_batch=s.model_batch_size,
-                workers=s.model_workers,
-            )
+            classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cened.errors import JournalError
+
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
 SCHEMA_VERSION = 2
 
@@ -65,10 +67,6 @@ _MIGRATIONS: dict[int, str] = {
     # classified from its camera-made preview (NULL for rows without a prediction).
     2: "ALTER TABLE decisions ADD COLUMN pixel_source TEXT",
 }
-
-
-class JournalError(Exception):
-    """The database cannot be used (corrupt, foreign, or from a newer cened)."""
 
 
 def path_to_db(path: Path | str) -> str | bytes:

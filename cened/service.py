@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cened import __version__
-from cened.config import ConfigError, Settings, load_settings
+from cened.config import Settings, load_settings
+from cened.errors import ConfigError
 
 SYSTEM_UNIT = Path("/etc/systemd/system/cened.service")
 SYSTEM_CONFIG = Path("/etc/cened/config.toml")

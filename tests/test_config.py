@@ -10,7 +10,8 @@ import pytest
 from conftest import write_config
 from daemon_helpers import run_cli
 
-from cened.config import ConfigError, Settings, load_settings
+from cened.config import Settings, load_settings
+from cened.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 

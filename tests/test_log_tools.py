@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import write_config, write_photo
 
-from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_REFUSED, main
+from cened.cli import main
 from cened.config import Settings
+from cened.errors import ExitCode
 from cened.journal import Entry, Journal
 from cened.ml.classifying import Classifier
 from cened.pipeline import Processor, prepare
@@ -82,7 +83,7 @@ def test_undo_by_id_restores_and_records(filed, settings: Settings) -> None:
             "SELECT action, ref_id, state FROM decisions ORDER BY id DESC"
         ).fetchone()
     assert (action, ref, state) == ("undone", ids["a.jpg"], "done")
-    assert _cli(config, "undo", str(ids["a.jpg"])) == EXIT_REFUSED  # not twice
+    assert _cli(config, "undo", str(ids["a.jpg"])) == ExitCode.REFUSED  # not twice
 
 
 def test_undo_refuses_changed_gone_or_taken_and_moves_nothing(filed, settings: Settings, capsys) -> None:
@@ -91,7 +92,7 @@ def test_undo_refuses_changed_gone_or_taken_and_moves_nothing(filed, settings: S
     (settings.library / "forest" / "b.jpg").unlink()
     write_photo(settings.inbox / "c.jpg", "street")  # the original name is taken again
     before = sorted(p for p in settings.library.rglob("*"))
-    assert _cli(config, "undo", "--last", "3") == EXIT_REFUSED
+    assert _cli(config, "undo", "--last", "3") == ExitCode.REFUSED
     err = capsys.readouterr().err
     assert "has changed" in err and "is gone" in err and "is taken" in err
     assert sorted(p for p in settings.library.rglob("*")) == before
@@ -107,7 +108,7 @@ def test_undo_since_and_batch(filed, settings: Settings) -> None:
     assert len(list(settings.library.rglob("*.jpg"))) == 3
     assert _cli(config, "undo", "--since", "1h") == 0
     assert sorted(p.name for p in settings.inbox.iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]
-    assert _cli(config, "undo") == EXIT_CONFIG  # says what to undo
+    assert _cli(config, "undo") == ExitCode.CONFIG  # says what to undo
 
 
 def test_correct_moves_to_the_right_album_and_keeps_the_label(filed, settings: Settings) -> None:
@@ -122,7 +123,7 @@ def test_correct_moves_to_the_right_album_and_keeps_the_label(filed, settings: S
     # Undoing the correction's row sends the photo back to the inbox it came from.
     with sqlite3.connect(settings.database) as db:
         (corrected_id,) = db.execute("SELECT max(id) FROM decisions").fetchone()
-    assert _cli(config, "undo", str(ids["c.jpg"])) == EXIT_REFUSED  # superseded by the correction
+    assert _cli(config, "undo", str(ids["c.jpg"])) == ExitCode.REFUSED  # superseded by the correction
     assert _cli(config, "undo", str(corrected_id)) == 0
     assert (settings.inbox / "c.jpg").exists()
 
@@ -147,7 +148,7 @@ def test_doctor_reports_then_mends_without_deleting(filed, settings: Settings, c
     stranger = write_photo(settings.library / "sea" / "from-camera.jpg", "sea")
     partial = settings.library / "sea" / ".x.jpg.cened-part"
     partial.write_bytes(b"half")
-    assert _cli(config, "doctor") == EXIT_REFUSED
+    assert _cli(config, "doctor") == ExitCode.REFUSED
     out = capsys.readouterr().out
     assert "missing" in out and "not in the log" in out and "stray partial" in out
     assert _cli(config, "doctor", "--fix") == 0
@@ -161,20 +162,20 @@ def test_doctor_reports_then_mends_without_deleting(filed, settings: Settings, c
         (relocated,) = db.execute("SELECT id FROM decisions WHERE action = 'relocated'").fetchone()
     assert _cli(config, "undo", str(relocated)) == 0
     assert (settings.inbox / "a.jpg").exists() and not moved_by_hand.exists()
-    assert _cli(config, "undo", str(ids["b.jpg"])) == EXIT_REFUSED  # recorded missing
+    assert _cli(config, "undo", str(ids["b.jpg"])) == ExitCode.REFUSED  # recorded missing
 
 
 def test_foreign_or_corrupt_database_is_refused_untouched(settings: Settings, tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "cened.toml", settings)
     settings.database.write_bytes(b"this is not sqlite" * 100)
     digest = hashlib.sha256(settings.database.read_bytes()).hexdigest()
-    assert _cli(config, "history") == EXIT_DB
+    assert _cli(config, "history") == ExitCode.DATABASE
     assert "database problem" in capsys.readouterr().err
     assert hashlib.sha256(settings.database.read_bytes()).hexdigest() == digest
     settings.database.unlink()
     with sqlite3.connect(settings.database) as db:
         db.execute("CREATE TABLE invoices (id INTEGER)")
-    assert _cli(config, "undo", "--last", "1") == EXIT_DB
+    assert _cli(config, "undo", "--last", "1") == ExitCode.DATABASE
     assert "not a cened database" in capsys.readouterr().err
 
 
@@ -224,7 +225,7 @@ def test_classify_prints_labels_and_moves_nothing(settings: Settings, tmp_path: 
     write_photo(folder / "1.jpg", "forest")
     write_photo(folder / "deeper" / "2.png", "street", fmt="PNG")
     (folder / "3.jpg").write_text("not an image")
-    assert _cli(config, "classify", str(folder), "--json") == EXIT_REFUSED  # one file was unusable
+    assert _cli(config, "classify", str(folder), "--json") == ExitCode.REFUSED  # one file was unusable
     rows = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows["1.jpg"]["label"] == "forest" and rows["2.png"]["album"] == "street"
     assert rows["3.jpg"]["error"] == "not-an-image"

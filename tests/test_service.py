@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from cened import service
-from cened.cli import EXIT_CONFIG, EXIT_DB, EXIT_MODEL, main
+from cened.cli import main
+from cened.errors import ExitCode
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -85,7 +86,11 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
     assert svc["ExecStart"][0].endswith(" run") and " --config " in svc["ExecStart"][0]
     assert svc["Restart"] == ["on-failure"]
     # The exit codes a restart cannot fix are the CLI's, not a copy that may drift.
-    assert sorted(map(int, svc["RestartPreventExitStatus"][0].split())) == [EXIT_CONFIG, EXIT_MODEL, EXIT_DB]
+    assert sorted(map(int, svc["RestartPreventExitStatus"][0].split())) == [
+        ExitCode.CONFIG,
+        ExitCode.MODEL,
+        ExitCode.DATABASE,
+    ]
     assert "CENED_LOG_FORMAT=json" in svc["Environment"]
     for key in ("WatchdogSec", "TimeoutStopSec", "MemoryMax", "ReadWritePaths"):
         assert svc.get(key), f"{key}= missing"

@@ -449,7 +449,7 @@ def limit_rates(
 
 def raw_limits(model: Path, settings: Settings, limits: Sequence[ModelRates], plan: Plan) -> dict[str, Any]:
     """Every way of running the model alone; the limit is the best of the daemon's runtime, any copies."""
-    from cened.ml.modelpack import ModelError
+    from cened.errors import ModelError
 
     by_backend = {rates.label: rates.medians() for rates in limits}
     backend = limits[0].backend

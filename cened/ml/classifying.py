@@ -14,13 +14,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from cened import logsetup
+from cened.errors import ModelError
 from cened.ml import modelpack
-from cened.ml.modelpack import ModelError, ModelMeta
+from cened.ml.modelpack import ModelMeta
+
+if TYPE_CHECKING:
+    from cened.config import Settings
 
 Backend = Literal["auto", "tflite", "keras"]
 
@@ -147,6 +151,18 @@ class Classifier:
                 runner = self._load(backend, per_worker)
                 self._warm_up(runner, min(warm_batch, max_batch or warm_batch))
                 self._free.put(runner)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, warm_batch: int = 1) -> Classifier:
+        """The classifier the daemon, ``cened classify`` and the benchmark run, as configured."""
+        return cls(
+            settings.model,
+            backend=settings.backend,
+            threads=settings.model_threads,
+            warm_batch=warm_batch,
+            max_batch=settings.model_batch_size,
+            workers=settings.model_workers,
+        )
 
     def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":

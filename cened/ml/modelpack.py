@@ -25,16 +25,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cened.errors import ModelError
+
 FORMAT = "cened-model/1"
 METADATA_FILE = "metadata.json"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 #: How pixels are prepared before the model sees them; the only one defined so far.
 PREPROCESSING = "rgb-exif-bilinear-0-255"
-
-
-class ModelError(Exception):
-    """The model directory is missing, incomplete or does not match its metadata."""
 
 
 @dataclass(frozen=True)
