@@ -20,14 +20,11 @@ from typing import TYPE_CHECKING
 
 from cened import __version__
 from cened.config import Settings, load_settings
-from cened.errors import CenedError, ConfigError, ExitCode
-from cened.journal import Entry, Journal
+from cened.errors import CenedError, ExitCode
+from cened.journal import Entry, Journal, State
 
 if TYPE_CHECKING:
-    from concurrent.futures import Executor, Future
-
-    from cened.ml.classifying import Classifier
-    from cened.pipeline import Prepared, Processor
+    from cened.pipeline import Outcome
 
 
 #: Commands whose module declares its own options (``add_arguments``/``run``).
@@ -50,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CenedError as exc:
-        print(f"cened: {exc}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"cened: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -144,28 +142,6 @@ def _expand(paths: Sequence[Path], settings: Settings) -> Iterator[Path]:
             yield path
 
 
-def _prepared_batches(
-    files: Sequence[Path], settings: Settings, input_size: tuple[int, int], pool: Executor
-) -> Iterator[list[Prepared]]:
-    """``batch_size`` files at a time, read and decoded by ``pool``, one batch ahead.
-
-    As in the daemon, the next batch decodes while the model scores this one,
-    and decoded pixels exist for two batches at most, however many files there are.
-    """
-    from cened.pipeline import prepare
-
-    size = settings.batch_size
-    chunks = [files[i : i + size] for i in range(0, len(files), size)]
-
-    def submit(chunk: Sequence[Path]) -> list[Future[Prepared]]:
-        return [pool.submit(prepare, f, settings, input_size) for f in chunk]
-
-    ahead = submit(chunks[0]) if chunks else []
-    for index in range(len(chunks)):
-        current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
-        yield [f.result() for f in current]
-
-
 def cmd_classify(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -179,80 +155,47 @@ def cmd_classify(args: argparse.Namespace) -> int:
     imaging.set_pixel_limit(settings.max_pixels)
     classifier = Classifier.from_settings(settings)
     files = list(_expand(args.paths, settings))
+    # Without --apply the same Processor simulates: no database is created, nothing moves.
     journal = Journal(settings.database) if args.apply else None
-    processor = Processor(classifier, journal, lambda: settings) if journal else None
-    status = 0
-    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
-        for batch in _prepared_batches(files, settings, classifier.meta.input_size, pool):
-            rows = _filed_rows(processor, batch) if processor else _scored_rows(classifier, settings, batch)
-            for row in rows:
-                status = 1 if "error" in row else status
+    processor = Processor(classifier, journal, lambda: settings, simulate=not args.apply)
+    status = ExitCode.OK
+    try:
+        with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
+            for outcome in processor.run(files, pool):
+                row = _outcome_row(outcome, applied=args.apply)
+                status = status if outcome.fate.classified else ExitCode.REFUSED
                 _print_result(row, args.json)
-    if journal is not None:
-        journal.close()
+    finally:
+        if journal is not None:
+            journal.close()
     return status
 
 
-def _filed_rows(processor: Processor, batch: list[Prepared]) -> Iterator[dict[str, object]]:
-    """``classify --apply``: what the daemon would have done with each file, done."""
-    for outcome in processor.process(batch):
-        e = outcome.entry
-        row: dict[str, object] = {
-            "file": os.fsdecode(outcome.path),
-            "action": outcome.action,
-            "reason": outcome.reason,
-        }
-        if e is not None:
-            row.update(
-                id=e.id,
-                album=e.album,
-                label=e.label,
-                confidence=e.confidence,
-                destination=os.fsdecode(e.destination) if e.destination else None,
-            )
-        yield row
-
-
-def _scored_rows(
-    classifier: Classifier, settings: Settings, batch: list[Prepared]
-) -> Iterator[dict[str, object]]:
-    """``classify`` alone: the decision for each file, or why it could not be classified."""
-    from cened.ml.classifying import decide
-
-    ok = [p for p in batch if p.pixels is not None]
-    probs = classifier.predict([p.pixels for p in ok]) if ok else []
-    by_path = dict(zip([p.path for p in ok], probs, strict=True))
-    for prep in batch:
-        row: dict[str, object] = {"file": os.fsdecode(prep.path)}
-        if prep.path in by_path:
-            d = decide(
-                by_path[prep.path],
-                classifier.classes,
-                threshold=settings.confidence_threshold,
-                albums=settings.albums,
-                review_album=settings.review_album,
-            )
-            row.update(label=d.label, album=d.album, confidence=d.confidence, probabilities=d.probabilities)
-        else:
-            reason = prep.reject.reason if prep.reject else (prep.skip or prep.retry)
-            row.update(error=reason, detail=prep.reject.detail if prep.reject else None)
-        yield row
+def _outcome_row(outcome: Outcome, *, applied: bool) -> dict[str, object]:
+    """One line of ``cened classify``: the decision, where the photo went (or would go), or why not."""
+    e = outcome.entry
+    row: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
+    if e is not None and e.label is not None:
+        row.update(label=e.label, album=e.album, confidence=e.confidence, probabilities=e.probabilities)
+    if not outcome.fate.classified:
+        error, _, detail = (outcome.reason or outcome.fate).partition(": ")
+        row.update(error=error, detail=detail or None)
+    if e is not None and e.destination is not None:
+        row["destination"] = os.fsdecode(e.destination)
+    if applied and e is not None:
+        row["id"] = e.id
+    return row
 
 
 def _print_result(row: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
-        return
-    if "error" in row:
+    elif "error" in row:
         print(f"{row['file']}\tERROR {row['error']}\t{row.get('detail') or ''}")
-    elif "action" in row:
-        dest = row.get("destination") or ""
-        conf = f"{row['confidence']:.2f}" if row.get("confidence") is not None else ""
-        print(
-            f"{row['file']}\t{row['action']}\t{row.get('album') or row.get('reason') or ''}\t{conf}\t{dest}"
-        )
     else:
-        print(f"{row['file']}\t{row['album']}\t{row['label']}\t{row['confidence']:.3f}")
+        conf = f"{row['confidence']:.3f}" if row.get("confidence") is not None else ""
+        where = row.get("album") or row.get("reason") or ""
+        print(f"{row['file']}\t{row['action']}\t{where}\t{conf}\t{row.get('destination') or ''}")
 
 
 # -- history / stats -------------------------------------------------------
@@ -266,10 +209,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from cened.undoing import parse_since
 
     settings = _settings(args)
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    since = parse_since(args.since) if args.since else None
     with _readonly_journal(settings) as journal:
         rows = journal.history(
             limit=args.limit or None,
@@ -303,7 +243,7 @@ def _history_table(rows: list[Entry], settings: Settings) -> None:
     for column in ("id", "time", "action", "file", "→", "label", "conf", "note"):
         table.add_column(column, overflow="fold")
     for r in rows:
-        action = r.action if r.state == "done" else f"{r.action} ({r.state})"
+        action = r.action if r.state == State.DONE else f"{r.action} ({r.state})"
         dest = _short(r.destination, settings)
         note = r.reason or (f"undoes #{r.ref_id}" if r.ref_id else "")
         if r.human_label:
@@ -324,76 +264,58 @@ def _history_table(rows: list[Entry], settings: Settings) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from cened.journal import Action
+
     settings = _settings(args)
     with _readonly_journal(settings) as journal:
-        per_album = journal.count_by(
-            "SELECT coalesce(album, action), count(*), avg(confidence) FROM decisions "
-            "WHERE state = 'done' AND action IN ('moved', 'review', 'quarantined') GROUP BY 1 ORDER BY 2 DESC"
-        )
-        totals = dict(
-            journal.count_by("SELECT action, count(*) FROM decisions WHERE state = 'done' GROUP BY action")
-        )
-    filed = sum(totals.get(a, 0) for a in ("moved", "review", "quarantined"))
-    result = {
-        "albums": {
-            a: {"files": n, "mean_confidence": round(c, 4) if c is not None else None}
-            for a, n, c in per_album
-        },
-        "filed": filed,
-        "undone": totals.get("undone", 0),
-        "corrected": totals.get("corrected", 0),
-        "skipped": totals.get("skipped", 0),
-        "undo_rate": round(totals.get("undone", 0) / filed, 4) if filed else 0.0,
-        "correct_rate": round(totals.get("corrected", 0) / filed, 4) if filed else 0.0,
-    }
+        stats = journal.stats()
+    counts = {a: stats.actions.get(a, 0) for a in (Action.UNDONE, Action.CORRECTED, Action.SKIPPED)}
     if args.json:
+        result = {
+            "albums": {
+                album: {
+                    "files": a.files,
+                    "mean_confidence": round(a.mean_confidence, 4) if a.mean_confidence is not None else None,
+                }
+                for album, a in stats.albums.items()
+            },
+            "filed": stats.filed,
+            **counts,
+            "undo_rate": round(stats.rate(Action.UNDONE), 4),
+            "correct_rate": round(stats.rate(Action.CORRECTED), 4),
+        }
         print(json.dumps(result))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{filed} files filed", header_style="bold")
+    table = Table(title=f"{stats.filed} files filed", header_style="bold")
     table.add_column("album")
     table.add_column("files", justify="right")
     table.add_column("mean confidence", justify="right")
-    for album, info in result["albums"].items():  # type: ignore[union-attr]
-        conf = info["mean_confidence"]
-        table.add_row(album, str(info["files"]), f"{conf:.3f}" if conf is not None else "")
+    for album, a in stats.albums.items():
+        conf = f"{a.mean_confidence:.3f}" if a.mean_confidence is not None else ""
+        table.add_row(album, str(a.files), conf)
     console = Console()
     console.print(table)
     console.print(
-        f"undone {result['undone']} ({result['undo_rate']:.1%}), corrected {result['corrected']} "
-        f"({result['correct_rate']:.1%}), skipped {result['skipped']}"
+        f"undone {counts[Action.UNDONE]} ({stats.rate(Action.UNDONE):.1%}), "
+        f"corrected {counts[Action.CORRECTED]} ({stats.rate(Action.CORRECTED):.1%}), "
+        f"skipped {counts[Action.SKIPPED]}"
     )
     return 0
 
 
 def cmd_corrections(args: argparse.Namespace) -> int:
-    """Human labels are the best training data we will ever get; make them easy to reuse.
-
-    The export is a folder per label, the layout ``cened train --data`` reads,
-    so users can retrain on their own photos (alone, or merged with the
-    original data set).  Files are copied, never moved: the albums stay as they are.
-    """
-    import shutil
-
-    from cened.moving import free_name
-    from cened.undoing import undoable
+    from cened.undoing import corrections, export_corrections
 
     settings = _settings(args)
     with _readonly_journal(settings) as journal:
-        rows = [r for r in undoable(journal) if r.action == "corrected" and r.human_label]
-    exported = 0
+        rows = corrections(journal)
     for row in rows:
-        assert row.destination is not None
         print(f"#{row.id}\t{row.label} -> {row.human_label}\t{_short(row.destination, settings)}")
-        if args.export is not None and row.destination.is_file():
-            target = free_name(args.export / row.human_label, row.destination.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(row.destination, target)
-            exported += 1
     if args.export is not None:
-        print(f"exported {exported} photos to {args.export}")
+        print(f"exported {export_corrections(rows, args.export)} photos to {args.export}")
     return 0
 
 
@@ -401,61 +323,39 @@ def cmd_corrections(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from cened.undoing import UndoError, carry_out, parse_since, plan_undo, undoable
+    from cened.journal import Action
+    from cened.undoing import carry_out, plan_undo, select_undo
 
     settings = _settings(args)
     with Journal(settings.database) as journal:
-        if args.ids:
-            ids = list(args.ids)
-        else:
-            try:
-                since = parse_since(args.since) if args.since else None
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
-            if args.last is None and since is None and args.batch is None:
-                print("cened: say what to undo: IDs, --last N, --since TIME or --batch ID", file=sys.stderr)
-                return ExitCode.CONFIG
-            rows = undoable(journal, since=since, batch_id=args.batch)
-            if args.last is not None:
-                rows = rows[-args.last :] if args.last > 0 else []
-            ids = [r.id for r in rows if r.id is not None]
+        ids = select_undo(journal, ids=args.ids, last=args.last, since=args.since, batch_id=args.batch)
         if not ids:
             print("nothing to undo")
             return 0
-        try:
-            plans = plan_undo(journal, ids)
-        except UndoError as exc:
-            for problem in exc.problems:
-                print(f"cened: refused: {problem}", file=sys.stderr)
-            print("cened: nothing was moved", file=sys.stderr)
-            return ExitCode.REFUSED
+        plans = plan_undo(journal, ids)
         if args.dry_run:
             for plan in plans:
                 print(f"would move {os.fsdecode(plan.source)} -> {os.fsdecode(plan.destination)}")
             return 0
-        entries = carry_out(journal, plans, "undone")
+        entries = carry_out(journal, plans, Action.UNDONE)
     return _report_moves(entries, "undid")
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
-    from cened.undoing import UndoError, carry_out, plan_correct
+    from cened.journal import Action
+    from cened.undoing import carry_out, plan_correct
 
     settings = _settings(args)
     with Journal(settings.database) as journal:
-        try:
-            plan = plan_correct(journal, settings, args.id, args.label)
-        except UndoError as exc:
-            for problem in exc.problems:
-                print(f"cened: refused: {problem}", file=sys.stderr)
-            return ExitCode.REFUSED
-        entries = carry_out(journal, [plan], "corrected", label=args.label)
+        plan = plan_correct(journal, settings, args.id, args.label)
+        entries = carry_out(journal, [plan], Action.CORRECTED, label=args.label)
     return _report_moves(entries, "corrected")
 
 
 def _report_moves(entries: list[Entry], verb: str) -> int:
     failed = 0
     for e in entries:
-        if e.state == "done":
+        if e.state == State.DONE:
             print(
                 f"{verb} #{e.ref_id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')} (#{e.id})"
             )

@@ -49,7 +49,7 @@ from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Outcome, Prepared, Processor, prepare
+from cened.pipeline import Fate, Outcome, Prepared, Processor, prepare
 from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
 
 log = structlog.get_logger("cened.daemon")
@@ -330,7 +330,7 @@ class Daemon:
 
     def _handle(self, scored: _Scored, processor: Processor) -> None:
         prepared = scored.prepared
-        outcomes = [Outcome(p.path, "retry", reason="batch failed") for p in prepared]
+        outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
         if not scored.failed:
             try:
                 outcomes = processor.file(prepared, scored.probabilities)
@@ -342,14 +342,14 @@ class Daemon:
 
     def _settle(self, outcome: Outcome) -> None:
         path = outcome.path
-        if outcome.action == "retry":
+        if outcome.fate == Fate.RETRY:
             failures = self._failures.get(path, 0) + 1
             self._failures[path] = failures
             self.tracker.defer(path, min(self._settings.retry_max_s, 0.5 * 2**failures))
             return
         self._failures.pop(path, None)
         self.tracker.done(path, keep=outcome.keep)
-        if outcome.action in ("moved", "review", "quarantined"):
+        if outcome.fate.filed:
             self.filed += 1
 
     def _status(self) -> str:

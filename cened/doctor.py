@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cened import moving, recovery
 from cened.config import load_settings
-from cened.journal import MOVING_ACTIONS, Entry, Journal
+from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
 
@@ -49,9 +49,9 @@ def current_rows(journal: Journal) -> list[Entry]:
     business again, and may rightly be gone from there.
     """
     rows = journal.history()
-    superseded = {r.ref_id for r in rows if r.ref_id is not None and r.state != "failed"}
-    wanted = (*MOVING_ACTIONS, "adopted")
-    return [r for r in rows if r.action in wanted and r.state == "done" and r.id not in superseded]
+    superseded = {r.ref_id for r in rows if r.ref_id is not None and r.state != State.FAILED}
+    wanted = (*MOVING_ACTIONS, Action.ADOPTED)
+    return [r for r in rows if r.action in wanted and r.state == State.DONE and r.id not in superseded]
 
 
 def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
@@ -99,10 +99,12 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
         found = by_hash.get(row.sha256 or "")
         if found is not None and found not in relocated:
             relocated.add(found)
-            rows.append(_follow_up(row, "relocated", found, "found elsewhere in the library by sha256"))
+            rows.append(_follow_up(row, Action.RELOCATED, found, "found elsewhere in the library by sha256"))
             done.append(f"#{row.id}: found at {os.fsdecode(found)}")
         else:
-            rows.append(_follow_up(row, "missing", row.destination, "not on disk (found by cened doctor)"))
+            rows.append(
+                _follow_up(row, Action.MISSING, row.destination, "not on disk (found by cened doctor)")
+            )
             done.append(f"#{row.id}: recorded as missing")
     for path in report.unlogged:
         if path in relocated:
@@ -113,7 +115,7 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
             continue
         rows.append(
             Entry(
-                action="adopted",
+                action=Action.ADOPTED,
                 source=path,
                 destination=path,
                 sha256=sha,
@@ -128,7 +130,13 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
         sha = sha256_file(path)
         moving.move(path, dst)
         rows.append(
-            Entry(action="quarantined", source=path, destination=dst, sha256=sha, reason="stray partial copy")
+            Entry(
+                action=Action.QUARANTINED,
+                source=path,
+                destination=dst,
+                sha256=sha,
+                reason="stray partial copy",
+            )
         )
         done.append(f"quarantined stray partial {os.fsdecode(path)}")
     if rows:
@@ -136,7 +144,7 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
     return done
 
 
-def _follow_up(row: Entry, action: str, where: Path | None, reason: str) -> Entry:
+def _follow_up(row: Entry, action: Action, where: Path | None, reason: str) -> Entry:
     return Entry(
         action=action,
         source=row.destination or row.source,

@@ -28,6 +28,10 @@ class CenedError(Exception):
     def __str__(self) -> str:
         return self.prefix + super().__str__()
 
+    def lines(self) -> list[str]:
+        """What the CLI prints, a line each."""
+        return [str(self)]
+
 
 class Refused(CenedError):
     """The request was refused or failed; nothing was changed."""

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,33 @@ from cened.errors import JournalError
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
 SCHEMA_VERSION = 2
 
+
+class Action(StrEnum):
+    """What a row records."""
+
+    MOVED = "moved"  # filed into an album
+    REVIEW = "review"  # filed into the review album: the model was unsure
+    QUARANTINED = "quarantined"  # not a usable image
+    CORRECTED = "corrected"  # moved by cened correct, with a human label
+    RELOCATED = "relocated"  # found elsewhere in the library by cened doctor
+    UNDONE = "undone"  # put back where it came from
+    SKIPPED = "skipped"  # left in place, noted once
+    MISSING = "missing"  # not on disk any more (cened doctor)
+    ADOPTED = "adopted"  # a file in the library that no row knew (cened doctor)
+
+
+class State(StrEnum):
+    """Where a row's move stands: an intent is pending until the file is where it was going."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
 #: Actions that leave a file somewhere new and can therefore be undone or corrected.
-MOVING_ACTIONS = ("moved", "review", "quarantined", "corrected", "relocated")
-#: Everything a row can record ("missing" and "adopted" are written by cened doctor).
-ACTIONS = (*MOVING_ACTIONS, "undone", "skipped", "missing", "adopted")
+MOVING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.QUARANTINED, Action.CORRECTED, Action.RELOCATED)
+#: Actions of the daemon's own filing, the base of the rates in :meth:`Journal.stats`.
+FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.QUARANTINED)
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -91,7 +115,7 @@ def now_iso() -> str:
 class Entry:
     """One row of ``decisions``; field names match the columns."""
 
-    action: str
+    action: Action
     source: Path
     destination: Path | None = None
     sha256: str | None = None
@@ -106,7 +130,7 @@ class Entry:
     human_label: str | None = None
     pixel_source: str | None = None
     batch_id: str | None = None
-    state: str = "done"
+    state: State = State.DONE
     time: str = field(default_factory=now_iso)
     id: int | None = None
 
@@ -154,6 +178,7 @@ def _to_row(entry: Entry) -> tuple[Any, ...]:
 
 def _from_row(row: sqlite3.Row) -> Entry:
     data = dict(zip(_COLUMNS, row, strict=True))
+    data["action"], data["state"] = Action(data["action"]), State(data["state"])
     data["source"] = path_from_db(data["source"])
     data["destination"] = path_from_db(data["destination"])
     if data["probabilities"] is not None:
@@ -233,7 +258,7 @@ class Journal:
                 entry.id = conn.execute(sql, _to_row(entry)).lastrowid
         return list(entries)
 
-    def set_state(self, updates: Iterable[tuple[int, str, str | None]]) -> None:
+    def set_state(self, updates: Iterable[tuple[int, State, str | None]]) -> None:
         """Mark rows done or failed (id, state, reason) in one transaction."""
         with self.transaction() as conn:
             conn.executemany(
@@ -252,7 +277,7 @@ class Journal:
         return rows[0] if rows else None
 
     def pending(self) -> list[Entry]:
-        return self._select("state = 'pending'")
+        return self._select("state = ?", (State.PENDING,))
 
     def history(
         self,
@@ -285,16 +310,49 @@ class Journal:
 
     def successor(self, row_id: int) -> Entry | None:
         """The undo or correction that superseded a row, if one was completed or is under way."""
-        rows = self._select("ref_id = ? AND state != 'failed'", (row_id,))
+        rows = self._select("ref_id = ? AND state != ?", (row_id, State.FAILED))
         return rows[-1] if rows else None
 
     def last_at(self, path: Path) -> Entry | None:
         """The latest completed row that left a file at ``path``."""
         rows = self._select(
-            "destination = ? AND state = 'done'", (path_to_db(path),), "ORDER BY id DESC LIMIT 1"
+            "destination = ? AND state = ?", (path_to_db(path), State.DONE), "ORDER BY id DESC LIMIT 1"
         )
         return rows[0] if rows else None
 
-    def count_by(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run an aggregate query for ``cened stats``."""
-        return list(self.conn.execute(sql))
+    def stats(self) -> Stats:
+        """What ``cened stats`` shows: completed rows per album and per action."""
+        done = (State.DONE,)
+        filing = ", ".join("?" * len(FILING_ACTIONS))
+        per_album = self.conn.execute(
+            "SELECT coalesce(album, action), count(*), avg(confidence) FROM decisions "
+            f"WHERE state = ? AND action IN ({filing}) GROUP BY 1 ORDER BY 2 DESC, 1",
+            (*done, *FILING_ACTIONS),
+        )
+        totals = self.conn.execute("SELECT action, count(*) FROM decisions WHERE state = ? GROUP BY 1", done)
+        return Stats(
+            albums={album: AlbumStats(n, confidence) for album, n, confidence in per_album},
+            actions={Action(action): n for action, n in totals},
+        )
+
+
+@dataclass(frozen=True)
+class AlbumStats:
+    files: int
+    mean_confidence: float | None
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Completed rows: files per album (with their mean confidence) and counts per action."""
+
+    albums: dict[str, AlbumStats]
+    actions: dict[Action, int]
+
+    @property
+    def filed(self) -> int:
+        return sum(self.actions.get(a, 0) for a in FILING_ACTIONS)
+
+    def rate(self, action: Action) -> float:
+        """Rows of ``action`` per filed photo (undo and correction rates)."""
+        return self.actions.get(action, 0) / self.filed if self.filed else 0.0

@@ -19,8 +19,10 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import structlog
 from cened import moving
 from cened.config import Settings
 from cened.faults import crash_point
-from cened.journal import Entry, Journal
+from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, decide
 from cened.ml.modelpack import sha256_or_none
@@ -41,19 +43,53 @@ log = structlog.get_logger("cened.pipeline")
 RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EEXIST}
 
 
+class Verdict(StrEnum):
+    """What reading a file found: what the batch can do with it."""
+
+    DECODED = "decoded"  # pixels to classify
+    REJECTED = "rejected"  # unusable content: quarantine
+    SKIP = "skip"  # not ours to move: leave in place
+    RETRY = "retry"  # not ready yet: try again later
+
+
+class Fate(StrEnum):
+    """What became of one path in a batch."""
+
+    MOVED = Action.MOVED
+    REVIEW = Action.REVIEW
+    QUARANTINED = Action.QUARANTINED
+    SKIPPED = Action.SKIPPED
+    RETRY = "retry"  # left in the inbox, to be tried again
+    FAILED = "failed"  # could not be moved and will not be retried
+
+    @property
+    def filed(self) -> bool:
+        """Taken out of the inbox by the daemon's own decision."""
+        return self in (Fate.MOVED, Fate.REVIEW, Fate.QUARANTINED)
+
+    @property
+    def classified(self) -> bool:
+        """The model decided where the photo belongs, and it is (or would be) there."""
+        return self in (Fate.MOVED, Fate.REVIEW)
+
+
 @dataclass
 class Prepared:
-    """One file read from the inbox, or the reason it cannot be classified."""
+    """One file read from the inbox: its pixels, or why it has none (``reason``)."""
 
     path: Path
+    verdict: Verdict
     sig: tuple[int, int] | None = None
     sha256: str | None = None
     size: int | None = None
     pixels: np.ndarray | None = None
     pixel_source: str | None = None  # imaging.FROM_PHOTO or FROM_PREVIEW
-    reject: imaging.Rejected | None = None  # unusable content: quarantine
-    skip: str | None = None  # not ours to move: leave in place
-    retry: str | None = None  # not ready yet: try again later
+    reason: str | None = None
+    detail: str | None = None  # what was wrong with a rejected file
+
+    @classmethod
+    def rejected(cls, base: Prepared, rejected: imaging.Rejected) -> Prepared:
+        return replace(base, verdict=Verdict.REJECTED, reason=rejected.reason, detail=rejected.detail)
 
 
 @dataclass
@@ -61,7 +97,7 @@ class Outcome:
     """What happened to one path, for the caller's bookkeeping (tracker, stats)."""
 
     path: Path
-    action: str  # moved | review | quarantined | skipped | retry | failed
+    fate: Fate
     entry: Entry | None = None
     keep: tuple[int, int] | None = None  # left in the inbox on purpose: ignore until changed
     reason: str | None = None
@@ -78,36 +114,37 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return Prepared(path, skip="vanished")
+        return Prepared(path, Verdict.SKIP, reason="vanished")
     except OSError as exc:
-        return Prepared(path, retry=f"stat failed: {exc.strerror}")
+        return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
     sig = signature(st)
     if stat.S_ISLNK(st.st_mode):
-        return Prepared(path, sig=sig, skip="symlink")
+        return Prepared(path, Verdict.SKIP, sig=sig, reason="symlink")
     if not stat.S_ISREG(st.st_mode):
-        return Prepared(path, sig=sig, skip="not-a-regular-file")
-    base = Prepared(path, sig=sig, size=st.st_size)
+        return Prepared(path, Verdict.SKIP, sig=sig, reason="not-a-regular-file")
+    base = Prepared(path, Verdict.DECODED, sig=sig, size=st.st_size)
     if st.st_size > settings.max_file_bytes:
-        base.reject = imaging.Rejected("too-large", f"{st.st_size} bytes exceeds max_file_mb")
         base.sha256 = sha256_or_none(path)
-        return base
+        return Prepared.rejected(
+            base, imaging.Rejected("too-large", f"{st.st_size} bytes exceeds max_file_mb")
+        )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
     except FileNotFoundError:
-        return Prepared(path, skip="vanished")
+        return Prepared(path, Verdict.SKIP, reason="vanished")
     except PermissionError as exc:
-        if getattr(os, "O_NOATIME", 0):
-            try:  # O_NOATIME needs ownership; plain read permission may still hold
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except PermissionError:
-                base.reject = imaging.Rejected("unreadable", f"permission denied: {exc.strerror}")
-                return base
-        else:
-            base.reject = imaging.Rejected("unreadable", f"permission denied: {exc.strerror}")
-            return base
+        if not getattr(os, "O_NOATIME", 0):
+            return Prepared.rejected(
+                base, imaging.Rejected("unreadable", f"permission denied: {exc.strerror}")
+            )
+        try:  # O_NOATIME needs ownership; plain read permission may still hold
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except PermissionError:
+            return Prepared.rejected(
+                base, imaging.Rejected("unreadable", f"permission denied: {exc.strerror}")
+            )
     except OSError as exc:
-        base.reject = imaging.Rejected("unreadable", f"{exc.strerror}")
-        return base
+        return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
     try:
         with os.fdopen(fd, "rb") as fh:
             # One byte more than stat said, to see growth; not max_file_bytes + 1,
@@ -115,28 +152,37 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
             data = fh.read(st.st_size + 1)
             after = os.fstat(fh.fileno())
     except OSError as exc:
-        base.reject = imaging.Rejected("unreadable", f"read failed: {exc.strerror}")
-        return base
+        return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
     if signature(after) != sig or len(data) != st.st_size:
-        return Prepared(path, retry="changed while being read")
+        return Prepared(path, Verdict.RETRY, reason="changed while being read")
     base.sha256 = hashlib.sha256(data).hexdigest()
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
             data, input_size, settings.max_pixels, settings.thumbnail_min_side
         )
     except imaging.Rejected as exc:
-        base.reject = exc
+        return Prepared.rejected(base, exc)
     return base
 
 
 @dataclass
 class Processor:
-    """Classifies and files prepared batches; owns the journal connection it is given."""
+    """Classifies and files prepared batches.
+
+    With ``simulate`` (``cened classify`` without ``--apply``) every decision
+    and destination is worked out exactly as for real, and nothing is written
+    or moved; the journal, when there is one, is only read.
+    """
 
     classifier: Classifier
-    journal: Journal
+    journal: Journal | None
     settings: Callable[[], Settings]  # read per batch, so a reload applies to the next batch
     counters: dict[str, int] = field(default_factory=dict)
+    simulate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.journal is None and not self.simulate:
+            raise ValueError("only a simulating Processor may run without a journal")
 
     def process(self, batch: Sequence[Prepared]) -> list[Outcome]:
         return self.file(batch, self.score(batch))
@@ -145,8 +191,7 @@ class Processor:
         """The model's probabilities for the decoded photos of ``batch``, in order.
 
         Kept apart from :meth:`file` so the daemon can run the model on one
-        batch while another thread journals and moves the previous one: the
-        model is the bottleneck, and fsyncs need not wait their turn behind it.
+        batch while another thread journals and moves the previous one.
         """
         pixels = [p.pixels for p in batch if p.pixels is not None]
         return self.classifier.predict(pixels) if pixels else None
@@ -160,47 +205,63 @@ class Processor:
         notes: list[Entry] = []
         reserved: set[Path] = set()
 
-        classify = [p for p in batch if p.pixels is not None]
-        for prep, entry in zip(classify, self._entries(classify, probabilities, settings), strict=True):
+        def reserve(folder: Path, name: str) -> Path:
+            """A free name in ``folder``, not one an earlier photo of this batch will take."""
+            dst = moving.free_name(folder, name, reserved)
+            reserved.add(dst)
+            return dst
+
+        decoded = [p for p in batch if p.verdict == Verdict.DECODED]
+        for prep, entry in zip(decoded, self._entries(decoded, probabilities, settings), strict=True):
             if self._restored_by_undo(prep):
-                outcomes.append(Outcome(prep.path, "skipped", keep=prep.sig, reason="restored-by-undo"))
+                outcomes.append(Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo"))
                 continue
             entry.batch_id = batch_id
-            album_dir = settings.library / (entry.album or settings.review_album)
-            entry.destination = moving.free_name(album_dir, prep.path.name, reserved)
-            reserved.add(entry.destination)
+            entry.destination = reserve(
+                settings.library / (entry.album or settings.review_album), prep.path.name
+            )
             intents.append((prep, entry))
 
         for prep in batch:
-            if prep.retry:
-                outcomes.append(Outcome(prep.path, "retry", reason=prep.retry))
-            elif prep.skip:
-                entry = Entry(action="skipped", source=prep.path, size=prep.size, reason=prep.skip)
-                entry.batch_id = batch_id
+            if prep.verdict == Verdict.RETRY:
+                outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
+            elif prep.verdict == Verdict.SKIP:
+                entry = Entry(
+                    action=Action.SKIPPED,
+                    source=prep.path,
+                    size=prep.size,
+                    reason=prep.reason,
+                    batch_id=batch_id,
+                )
                 if self._is_new_note(entry):
                     notes.append(entry)
-                keep = prep.sig if prep.skip != "vanished" else None
-                outcomes.append(Outcome(prep.path, "skipped", entry=entry, keep=keep, reason=prep.skip))
-            elif prep.reject is not None:
-                dst = moving.free_name(settings.quarantine_dir, prep.path.name, reserved)
-                reserved.add(dst)
+                keep = prep.sig if prep.reason != "vanished" else None
+                outcomes.append(Outcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason))
+            elif prep.verdict == Verdict.REJECTED:
                 entry = Entry(
-                    action="quarantined",
+                    action=Action.QUARANTINED,
                     source=prep.path,
-                    destination=dst,
+                    destination=reserve(settings.quarantine_dir, prep.path.name),
                     sha256=prep.sha256,
                     size=prep.size,
-                    reason=f"{prep.reject.reason}: {prep.reject.detail}",
+                    reason=f"{prep.reason}: {prep.detail}",
                     batch_id=batch_id,
-                    state="pending",
+                    state=State.PENDING,
                 )
                 intents.append((prep, entry))
 
+        if self.simulate:
+            outcomes += [
+                Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
+                for prep, entry in intents
+            ]
+            return outcomes
+        assert self.journal is not None
         self.journal.add([e for _, e in intents] + notes)
         crash_point("after-intent")
         outcomes += self._move_all(intents)
         for outcome in outcomes:
-            self.counters[outcome.action] = self.counters.get(outcome.action, 0) + 1
+            self.counters[outcome.fate] = self.counters.get(outcome.fate, 0) + 1
             _log_outcome(outcome)
         return outcomes
 
@@ -220,7 +281,7 @@ class Processor:
             )
             entries.append(
                 Entry(
-                    action="review" if decision.to_review else "moved",
+                    action=Action.REVIEW if decision.to_review else Action.MOVED,
                     source=prep.path,
                     sha256=prep.sha256,
                     size=prep.size,
@@ -230,7 +291,7 @@ class Processor:
                     probabilities=decision.probabilities,
                     model_version=self.classifier.version,
                     pixel_source=prep.pixel_source,
-                    state="pending",
+                    state=State.PENDING,
                     reason="below confidence threshold" if decision.to_review else None,
                 )
             )
@@ -238,17 +299,22 @@ class Processor:
 
     def _restored_by_undo(self, prep: Prepared) -> bool:
         """A photo put back by ``cened undo`` stays put; re-filing it would undo the undo."""
+        if self.journal is None:
+            return False
         last = self.journal.last_at(prep.path)
-        return last is not None and last.action == "undone" and last.sha256 == prep.sha256
+        return last is not None and last.action == Action.UNDONE and last.sha256 == prep.sha256
 
     def _is_new_note(self, entry: Entry) -> bool:
         """Skips are noted once per file and reason, not at every rescan."""
+        if self.journal is None:
+            return True
         recent = self.journal.history(file=entry.source, limit=1)
-        return not (recent and recent[0].action == "skipped" and recent[0].reason == entry.reason)
+        return not (recent and recent[0].action == Action.SKIPPED and recent[0].reason == entry.reason)
 
     def _move_all(self, intents: list[tuple[Prepared, Entry]]) -> list[Outcome]:
+        assert self.journal is not None
         outcomes: list[Outcome] = []
-        updates: list[tuple[int, str, str | None]] = []
+        updates: list[tuple[int, State, str | None]] = []
         touched: set[Path] = set()
         for prep, entry in intents:
             assert entry.destination is not None and entry.id is not None
@@ -257,32 +323,58 @@ class Processor:
             except FileNotFoundError:
                 if os.path.lexists(prep.path):
                     reason = "destination folder vanished"
-                    updates.append((entry.id, "failed", reason))
-                    outcomes.append(Outcome(prep.path, "retry", entry=entry, reason=reason))
+                    updates.append((entry.id, State.FAILED, reason))
+                    outcomes.append(Outcome(prep.path, Fate.RETRY, entry=entry, reason=reason))
                 else:
-                    updates.append((entry.id, "failed", "vanished"))
-                    outcomes.append(Outcome(prep.path, "failed", entry=entry, reason="vanished"))
+                    updates.append((entry.id, State.FAILED, "vanished"))
+                    outcomes.append(Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished"))
                 continue
             except OSError as exc:
                 reason = f"move failed: {exc.strerror or exc}"
-                updates.append((entry.id, "failed", reason))
-                kind = "retry" if exc.errno in RETRYABLE else "failed"
-                outcomes.append(Outcome(prep.path, kind, entry=entry, reason=reason))
+                updates.append((entry.id, State.FAILED, reason))
+                fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
+                outcomes.append(Outcome(prep.path, fate, entry=entry, reason=reason))
                 continue
-            entry.state = "done"
-            updates.append((entry.id, "done", None))
+            entry.state = State.DONE
+            updates.append((entry.id, State.DONE, None))
             touched.update((prep.path.parent, entry.destination.parent))
-            outcomes.append(Outcome(prep.path, entry.action, entry=entry, reason=entry.reason))
+            outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
         moving.fsync_dirs(touched)
         crash_point("before-done")
         if updates:
             self.journal.set_state(updates)
         return outcomes
 
+    def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
+        """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads."""
+        input_size = self.classifier.meta.input_size
+        for batch in prepared_batches(files, self.settings(), input_size, pool):
+            yield from self.process(batch)
+
+
+def prepared_batches(
+    files: Sequence[Path], settings: Settings, input_size: tuple[int, int], pool: Executor
+) -> Iterator[list[Prepared]]:
+    """``batch_size`` files at a time, read and decoded by ``pool``, one batch ahead.
+
+    As in the daemon, the next batch decodes while the model scores this one,
+    and decoded pixels exist for two batches at most, however many files there are.
+    """
+    size = settings.batch_size
+    chunks = [files[i : i + size] for i in range(0, len(files), size)]
+
+    def submit(chunk: Sequence[Path]) -> list[Future[Prepared]]:
+        return [pool.submit(prepare, f, settings, input_size) for f in chunk]
+
+    ahead = submit(chunks[0]) if chunks else []
+    for index in range(len(chunks)):
+        current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
+        yield [f.result() for f in current]
+
 
 def _log_outcome(outcome: Outcome) -> None:
     entry = outcome.entry
-    fields: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.action}
+    fields: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
     if outcome.reason:
         fields["reason"] = outcome.reason
     if entry is not None:
@@ -298,11 +390,11 @@ def _log_outcome(outcome: Outcome) -> None:
             pixels=entry.pixel_source if entry.pixel_source == imaging.FROM_PREVIEW else None,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
-    if outcome.action in ("moved", "review"):
+    if outcome.fate in (Fate.MOVED, Fate.REVIEW):
         log.info("filed", **fields)
-    elif outcome.action == "quarantined":
+    elif outcome.fate == Fate.QUARANTINED:
         log.warning("quarantined", **fields)
-    elif outcome.action in ("retry", "failed"):
+    elif outcome.fate in (Fate.RETRY, Fate.FAILED):
         log.warning("not-moved", **fields)
     else:
         log.info("skipped", **fields)

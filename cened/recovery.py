@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 
 from cened import moving
-from cened.journal import Entry, Journal
+from cened.journal import Entry, Journal, State
 from cened.ml.modelpack import sha256_or_none
 
 log = structlog.get_logger("cened.recovery")
@@ -38,7 +38,7 @@ log = structlog.get_logger("cened.recovery")
 @dataclass(frozen=True)
 class Resolution:
     id: int
-    state: str  # done | failed
+    state: State  # DONE or FAILED
     reason: str | None
 
 
@@ -52,18 +52,20 @@ def resolve(entry: Entry) -> Resolution:
         os.unlink(moving.partial_path(dst))
     if dst_there and src_there and _same_file(src, dst):
         os.unlink(src)
-        return Resolution(entry.id, "done", None)
+        return Resolution(entry.id, State.DONE, None)
     if dst_there and sha256_or_none(dst) == entry.sha256:
         if src_there and sha256_or_none(src) == entry.sha256:
             os.unlink(src)
         elif src_there:
-            return Resolution(entry.id, "failed", "recovery: source changed after the copy; both kept")
-        return Resolution(entry.id, "done", None)
+            return Resolution(entry.id, State.FAILED, "recovery: source changed after the copy; both kept")
+        return Resolution(entry.id, State.DONE, None)
     if dst_there:
-        return Resolution(entry.id, "failed", "recovery: destination holds another file; source left alone")
+        return Resolution(
+            entry.id, State.FAILED, "recovery: destination holds another file; source left alone"
+        )
     if src_there:
-        return Resolution(entry.id, "failed", "recovery: interrupted before the move; will retry")
-    return Resolution(entry.id, "failed", "recovery: file vanished")
+        return Resolution(entry.id, State.FAILED, "recovery: interrupted before the move; will retry")
+    return Resolution(entry.id, State.FAILED, "recovery: file vanished")
 
 
 def reconcile(journal: Journal) -> list[Resolution]:

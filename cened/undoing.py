@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,16 +21,20 @@ from pathlib import Path
 
 from cened import moving
 from cened.config import Settings
-from cened.journal import MOVING_ACTIONS, Entry, Journal
+from cened.errors import ConfigError, Refused
+from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
 
-class UndoError(Exception):
+class UndoError(Refused):
     """The request cannot be carried out; nothing was changed."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+
+    def lines(self) -> list[str]:
+        return [f"refused: {problem}" for problem in self.problems] + ["nothing was moved"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise ValueError(f"cannot read {text!r} as a time (try 2h, 3d or 2026-11-24T10:00)") from exc
+        raise ConfigError(f"cannot read {text!r} as a time (try 2h, 3d or 2026-11-24T10:00)") from exc
     if when.tzinfo is None:
         when = when.astimezone()  # a bare time means local time, as a person typed it
     return when.astimezone(UTC).isoformat(timespec="milliseconds")
@@ -58,12 +63,56 @@ def parse_since(text: str, now: datetime | None = None) -> str:
 def undoable(journal: Journal, *, since: str | None = None, batch_id: str | None = None) -> list[Entry]:
     """Completed moves that no later undo or correction has superseded, oldest first."""
     rows = journal.history(since=since, batch_id=batch_id, actions=MOVING_ACTIONS)
-    return [r for r in rows if r.state == "done" and journal.successor(r.id or 0) is None]
+    return [r for r in rows if r.state == State.DONE and journal.successor(r.id or 0) is None]
+
+
+def select_undo(
+    journal: Journal,
+    *,
+    ids: Sequence[int] = (),
+    last: int | None = None,
+    since: str | None = None,
+    batch_id: str | None = None,
+) -> list[int]:
+    """The rows an undo request names: ids as given, else the last N or every move since a time or of a batch.
+
+    ``since`` is as a person types it (``2h``, an ISO time); at least one way must be given.
+    """
+    if ids:
+        return list(ids)
+    if last is None and since is None and batch_id is None:
+        raise ConfigError("say what to undo: IDs, --last N, --since TIME or --batch ID")
+    rows = undoable(journal, since=parse_since(since) if since else None, batch_id=batch_id)
+    if last is not None:
+        rows = rows[-last:] if last > 0 else []
+    return [r.id for r in rows if r.id is not None]
+
+
+def corrections(journal: Journal) -> list[Entry]:
+    """Photos whose album a person corrected, as they stand now."""
+    return [r for r in undoable(journal) if r.action == Action.CORRECTED and r.human_label]
+
+
+def export_corrections(rows: Sequence[Entry], folder: Path) -> int:
+    """Copy corrected photos into ``folder/<label>/``, the layout ``cened train --data`` reads.
+
+    Human labels are the best training data there will ever be; copies, not
+    moves, so the albums stay as they are.  Returns how many were copied.
+    """
+    exported = 0
+    for row in rows:
+        assert row.destination is not None and row.human_label is not None
+        if row.destination.is_file():
+            target = moving.free_name(folder / row.human_label, row.destination.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(row.destination, target)
+            exported += 1
+    return exported
 
 
 def origin(journal: Journal, row: Entry) -> Entry:
     """The first row of a photo's chain (before any corrections): where it came from."""
-    while row.ref_id is not None and row.action in ("corrected", "relocated"):
+    while row.ref_id is not None and row.action in (Action.CORRECTED, Action.RELOCATED):
         parent = journal.get(row.ref_id)
         if parent is None:
             break
@@ -75,7 +124,7 @@ def _check_current(journal: Journal, row: Entry) -> list[str]:
     """Problems that stop ``row``'s photo from being moved again."""
     if row.action not in MOVING_ACTIONS:
         return [f"#{row.id} is a {row.action!r} row; only moves can be undone or corrected"]
-    if row.state != "done":
+    if row.state != State.DONE:
         return [f"#{row.id} is {row.state}, not a completed move"]
     later = journal.successor(row.id or 0)
     if later is not None:
@@ -132,7 +181,7 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
 
 
 def carry_out(
-    journal: Journal, plans: Sequence[Planned], action: str, label: str | None = None
+    journal: Journal, plans: Sequence[Planned], action: Action, label: str | None = None
 ) -> list[Entry]:
     """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`)."""
     entries = [
@@ -150,25 +199,25 @@ def carry_out(
             pixel_source=p.row.pixel_source,
             ref_id=p.row.id,
             human_label=label,
-            state="pending",
+            state=State.PENDING,
             time=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         for p in plans
     ]
     journal.add(entries)
-    updates: list[tuple[int, str, str | None]] = []
+    updates: list[tuple[int, State, str | None]] = []
     for plan, entry in zip(plans, entries, strict=True):
         assert entry.id is not None
         try:
             plan.destination.parent.mkdir(parents=True, exist_ok=True)
             moving.move(plan.source, plan.destination)
         except OSError as exc:
-            entry.state = "failed"
+            entry.state = State.FAILED
             entry.reason = f"move failed: {exc.strerror or exc}"
-            updates.append((entry.id, "failed", entry.reason))
+            updates.append((entry.id, State.FAILED, entry.reason))
             continue
-        entry.state = "done"
-        updates.append((entry.id, "done", None))
+        entry.state = State.DONE
+        updates.append((entry.id, State.DONE, None))
     moving.fsync_dirs(p for plan in plans for p in (plan.source.parent, plan.destination.parent))
     journal.set_state(updates)
     return entries

@@ -24,7 +24,7 @@ from PIL import Image
 from cened.config import Settings
 from cened.journal import Journal, path_from_db
 from cened.ml.classifying import Classifier
-from cened.pipeline import Outcome, Processor, prepare
+from cened.pipeline import Outcome, Processor, Verdict, prepare
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def _rows(settings: Settings) -> list[tuple]:
 def _quarantined(settings: Settings, path: Path, run, reason: str) -> None:
     content = path.read_bytes()
     (outcome,) = run(path)
-    assert outcome.action == "quarantined", outcome
+    assert outcome.fate == "quarantined", outcome
     assert not path.exists()
     dest = settings.quarantine_dir / path.name
     assert dest.read_bytes() == content
@@ -106,7 +106,7 @@ def test_file_over_size_limit_is_quarantined(settings: Settings, classifier: Cla
     processor = Processor(classifier, journal, lambda: small)
     (outcome,) = processor.process([prepare(path, small, classifier.meta.input_size)])
     journal.close()
-    assert outcome.action == "quarantined" and outcome.reason.startswith("too-large")
+    assert outcome.fate == "quarantined" and outcome.reason.startswith("too-large")
     assert (settings.quarantine_dir / "big.jpg").exists()
 
 
@@ -116,13 +116,13 @@ def test_file_over_size_limit_is_quarantined(settings: Settings, classifier: Cla
 def test_every_pillow_format_is_classified(settings: Settings, run, fmt: str, ext: str) -> None:
     path = write_photo(settings.inbox / f"sea.{ext}", "sea", fmt=fmt)
     (outcome,) = run(path)
-    assert outcome.action == "moved" and outcome.entry.album == "sea", outcome
+    assert outcome.fate == "moved" and outcome.entry.album == "sea", outcome
     assert (settings.library / "sea" / path.name).exists()
 
 
 def _classified_as(run, path: Path, cls: str) -> None:
     (outcome,) = run(path)
-    assert outcome.action == "moved", outcome
+    assert outcome.fate == "moved", outcome
     assert outcome.entry.label == cls, outcome.entry.probabilities
 
 
@@ -188,7 +188,7 @@ def test_symlink_out_of_the_inbox_is_not_followed(settings: Settings, run, tmp_p
     link = settings.inbox / "link.jpg"
     link.symlink_to(outside)
     (outcome,) = run(link)
-    assert outcome.action == "skipped" and outcome.reason == "symlink"
+    assert outcome.fate == "skipped" and outcome.reason == "symlink"
     assert link.is_symlink() and outside.read_bytes() == before
     assert list(settings.library.rglob("*")) == []
     assert [(r[0], r[4]) for r in _rows(settings)] == [("skipped", "symlink")]
@@ -203,7 +203,7 @@ def test_directory_named_like_a_photo_is_left_alone(settings: Settings, run) -> 
     inner = write_photo(folder / "inner.jpg", "forest")
     assert list(scan(settings.inbox)) == [inner]  # the folder itself is never a candidate
     (outcome,) = run(folder)
-    assert outcome.action == "skipped" and outcome.reason == "not-a-regular-file"
+    assert outcome.fate == "skipped" and outcome.reason == "not-a-regular-file"
     assert folder.is_dir()
     _classified_as(run, inner, "forest")
 
@@ -215,7 +215,7 @@ def test_awkward_file_names_round_trip(settings: Settings, run, name: bytes) -> 
     path = Path(os.fsdecode(os.fsencode(settings.inbox) + b"/" + name))
     write_photo(path, "mountain")
     (outcome,) = run(path)
-    assert outcome.action == "moved"
+    assert outcome.fate == "moved"
     dest = settings.library / "mountain" / path.name
     assert os.path.exists(dest)
     with sqlite3.connect(settings.database) as db:
@@ -227,7 +227,7 @@ def test_file_deleted_before_processing_is_logged_and_skipped(settings: Settings
     path = write_photo(settings.inbox / "gone.jpg", "sea")
     path.unlink()
     (outcome,) = run(path)
-    assert outcome.action == "skipped" and outcome.reason == "vanished"
+    assert outcome.fate == "skipped" and outcome.reason == "vanished"
     assert [(r[0], r[4]) for r in _rows(settings)] == [("skipped", "vanished")]
 
 
@@ -237,7 +237,7 @@ def test_file_deleted_after_reading_fails_the_intent_cleanly(settings: Settings,
     path.unlink()
     with Journal(settings.database) as journal:
         (outcome,) = Processor(classifier, journal, lambda: settings).process([prepared])
-    assert outcome.action == "failed" and outcome.reason == "vanished"
+    assert outcome.fate == "failed" and outcome.reason == "vanished"
     assert [(r[0], r[1]) for r in _rows(settings)] == [("moved", "failed")]
     assert list(settings.library.rglob("*.jpg")) == []
 
@@ -254,7 +254,7 @@ def test_file_changing_while_read_is_retried(settings: Settings, classifier, mon
 
     monkeypatch.setattr(os, "fdopen", appending_fdopen)
     prepared = prepare(path, settings, classifier.meta.input_size)
-    assert prepared.retry and prepared.pixels is None
+    assert prepared.verdict == Verdict.RETRY and prepared.pixels is None
 
 
 def test_unreadable_file_is_quarantined(settings: Settings, run, classifier) -> None:
@@ -262,7 +262,7 @@ def test_unreadable_file_is_quarantined(settings: Settings, run, classifier) -> 
     path = write_photo(settings.inbox / "secret.jpg", "sea")
     path.chmod(0)
     if os.geteuid() != 0:
-        reason = prepare(path, settings, classifier.meta.input_size).reject.reason
+        reason = prepare(path, settings, classifier.meta.input_size).reason
     else:
         base = Path(tempfile.mkdtemp(prefix="cened-perm-"))
         try:
@@ -270,13 +270,13 @@ def test_unreadable_file_is_quarantined(settings: Settings, run, classifier) -> 
             probe = base / "secret.jpg"
             probe.write_bytes(path.read_bytes())
             probe.chmod(0o600)
-            reason = _as_nobody(lambda: prepare(probe, settings, classifier.meta.input_size).reject.reason)
+            reason = _as_nobody(lambda: prepare(probe, settings, classifier.meta.input_size).reason)
         finally:
             shutil.rmtree(base)
     assert reason == "unreadable"
     if os.geteuid() != 0:  # as root the daemon itself could read it; the probe above is the check
         (outcome,) = run(path)
-        assert outcome.action == "quarantined" and outcome.reason.startswith("unreadable")
+        assert outcome.fate == "quarantined" and outcome.reason.startswith("unreadable")
 
 
 def _as_nobody(fn) -> str:

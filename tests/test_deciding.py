@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
+from cened.errors import ConfigError
 from cened.ml.classifying import decide, softmax
 from cened.undoing import parse_since
 
@@ -51,7 +52,7 @@ def test_parse_since() -> None:
     assert parse_since("2h", now) == "2026-11-24T10:00:00.000+00:00"
     assert parse_since("3d", now).startswith("2026-11-21T12:00")
     assert parse_since("2026-11-20T08:30+00:00") == "2026-11-20T08:30:00.000+00:00"
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read"):
         parse_since("yesterday-ish")
 
 

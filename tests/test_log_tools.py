@@ -31,7 +31,7 @@ def filed(settings: Settings, classifier: Classifier, tmp_path: Path):
         outcomes = Processor(classifier, journal, lambda: settings).process(
             [prepare(p, settings, classifier.meta.input_size) for p in paths]
         )
-    assert [o.action for o in outcomes] == ["moved"] * 3
+    assert [o.fate for o in outcomes] == ["moved"] * 3
     config = write_config(tmp_path / "cened.toml", settings)
     return config, {o.path.name: o.entry.id for o in outcomes}
 
@@ -229,6 +229,9 @@ def test_classify_prints_labels_and_moves_nothing(settings: Settings, tmp_path: 
     rows = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert rows["1.jpg"]["label"] == "forest" and rows["2.png"]["album"] == "street"
     assert rows["3.jpg"]["error"] == "not-an-image"
+    # The dry run is the real filing code, simulating: the same destinations, nothing written.
+    assert Path(rows["1.jpg"]["destination"]) == settings.library / "forest" / "1.jpg"
+    assert rows["1.jpg"]["action"] == "moved" and rows["3.jpg"]["action"] == "quarantined"
     assert len(list(folder.rglob("*.*"))) == 3 and not settings.database.exists()
 
 
@@ -246,7 +249,7 @@ def test_classify_apply_files_like_the_daemon(settings: Settings, tmp_path: Path
 def test_classify_decodes_one_batch_ahead_in_order(settings: Settings, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from cened.cli import _prepared_batches
+    from cened.pipeline import prepared_batches
 
     files = [write_photo(tmp_path / "many" / f"{i:02d}.jpg", "sea", seed=i) for i in range(7)]
     small = settings.model_copy(update={"batch_size": 3})
@@ -260,12 +263,12 @@ def test_classify_decodes_one_batch_ahead_in_order(settings: Settings, tmp_path:
 
     seen = []
     with Counting(2) as pool:
-        for batch in _prepared_batches(files, small, (32, 32), pool):
+        for batch in prepared_batches(files, small, (32, 32), pool):
             # This batch and the next are read; nothing further, so memory stays bounded.
             assert Counting.submitted == min(len(files), 3 * (len(seen) + 2))
             assert all(p.pixels is not None and p.pixels.shape == (32, 32, 3) for p in batch)
             seen.append([p.path for p in batch])
-        assert list(_prepared_batches([], small, (32, 32), pool)) == []
+        assert list(prepared_batches([], small, (32, 32), pool)) == []
     assert [len(b) for b in seen] == [3, 3, 1] and [path for b in seen for path in b] == files
 
 

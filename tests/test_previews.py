@@ -67,7 +67,7 @@ def test_large_jpeg_is_filed_by_its_preview_when_allowed(
     path = settings.inbox / "camera.jpg"
     path.write_bytes(camera_jpeg(picture("forest", PHOTO), picture("sea", (320, 240))))
     outcome = run(path, min_side)
-    assert outcome.action == "moved", outcome
+    assert outcome.fate == "moved", outcome
     assert outcome.entry is not None and outcome.entry.destination == settings.library / album / "camera.jpg"
     with Journal(settings.database) as journal:
         logged = journal.get(outcome.entry.id or 0)
@@ -79,7 +79,7 @@ def test_truncated_photo_is_quarantined_even_with_an_intact_preview(settings: Se
     path = settings.inbox / "cut.jpg"
     path.write_bytes(data[: len(data) * 2 // 3])
     outcome = run(path, 200)
-    assert outcome.action == "quarantined"
+    assert outcome.fate == "quarantined"
     assert outcome.reason is not None and outcome.reason.startswith("corrupt"), outcome.reason
 
 
