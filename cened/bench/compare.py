@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cened.bench.command import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
+from cened.bench.command import DaemonRun, Plan, drop_burst, say, workspace
 from cened.config import Settings
+from cened.testing import SMALL, image_set
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def compare(
 ) -> dict[str, Any]:
     """Images/s of the daemon per setting, round by round, and the paired ratios to the baseline."""
     count = plan.small_count
-    files = image_set(cache, SMALL, count)
+    files = image_set(cache, SMALL, count, say=say)
     configs = [{}, *variants]
     rates: list[list[float]] = [[] for _ in configs]
     idle: list[list[float]] = [[] for _ in configs]
