@@ -29,18 +29,14 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from cened.config import Settings, load_settings
-from cened.testing import LARGE, PREVIEW, SMALL, image_set
+from cened.testing import LARGE, PREVIEW, SMALL, DaemonProcess, image_set
 
 #: The settings that change the figures: the timed daemons run with the
 #: user's values, and the report names them.
@@ -450,145 +446,6 @@ def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str
     return {"ips": _median_ips(once, plan), "images": len(subset)}
 
 
-# -- the daemon as a subprocess ------------------------------------------------------
-
-
-#: How long the bench lets the daemon's log lines gather in the pipe between reads.
-READ_GAP_S = 0.01
-
-
-def _stamped(event: dict[str, Any], now: float, wall: float) -> float:
-    """When the daemon wrote ``event``, on the monotonic clock of ``now`` (read at wall time ``wall``)."""
-    try:
-        written = datetime.fromisoformat(event["timestamp"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return now
-    return now - max(0.0, wall - written)
-
-
-class DaemonRun:
-    """``cened run`` in a subprocess, its progress read from its JSON log lines."""
-
-    def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CENED_")}
-        env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
-        self.spawned = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cened", "--config", str(config), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self._cond = threading.Condition()
-        self.started: tuple[float, dict[str, Any]] | None = None
-        self.done_at: dict[str, float] = {}  # inbox path -> when its filed/quarantined line was written
-        self._awaited: set[str] = set()  # inbox paths a waiter wants; it is woken when none is left
-        self.problems: list[dict[str, Any]] = []
-        self.tail: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        """Note the lines in the batches they come in, waking a waiter only when what it waits for has come.
-
-        This process shares the cores with the daemon it times, so it must cost
-        little.  It used to read each line as it came and wake the waiter for
-        each, which then checked every photo of the burst again: work growing
-        with the square of the burst, taken from the daemon being timed.  Lines
-        are left to gather for ``READ_GAP_S`` instead, and each is dated by the
-        daemon's own timestamp, so the gathering does not delay the figures.
-        """
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        rest = b""
-        while chunk := os.read(fd, 1 << 20):
-            now, wall = time.monotonic(), time.time()
-            *lines, rest = (rest + chunk).split(b"\n")
-            wake = False
-            with self._cond:
-                for raw in lines:
-                    try:
-                        event = json.loads(raw)
-                    except ValueError:
-                        event = {"event": "raw", "line": raw.decode(errors="replace").rstrip()}
-                    wake |= self._note(_stamped(event, now, wall), event)
-                if wake:
-                    self._cond.notify_all()
-            time.sleep(READ_GAP_S)
-        with self._cond:
-            if rest.strip():  # a last line cut short by the daemon's end
-                self._note(time.monotonic(), {"event": "raw", "line": rest.decode(errors="replace")})
-            self._cond.notify_all()
-
-    def _note(self, now: float, event: dict[str, Any]) -> bool:
-        """Record one log event; True when a waiter may now have what it waits for."""
-        name = event.get("event")
-        self.tail = [*self.tail[-20:], str(event.get("line") or name)]
-        if name == "started":
-            self.started = (now, event)
-            return True
-        if name in ("filed", "quarantined"):
-            self.done_at[event["file"]] = now
-            if name == "quarantined":
-                self.problems.append(event)
-            if event["file"] in self._awaited:
-                self._awaited.discard(event["file"])
-                return not self._awaited
-        elif name in ("not-moved", "batch-failed"):
-            self.problems.append(event)
-        return False
-
-    def wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not condition():
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise RuntimeError(f"daemon: no {what} within {timeout:.0f}s; it said: {self.tail}")
-                self._cond.wait(min(left, 0.5))
-
-    def wait_done(self, keys: Sequence[str], timeout: float, what: str) -> list[float]:
-        """When each of ``keys`` (inbox paths) was filed or quarantined, once all of them were."""
-        with self._cond:
-            self._awaited = {k for k in keys if k not in self.done_at}
-        try:
-            self.wait(lambda: not self._awaited, timeout, what)
-        finally:
-            with self._cond:
-                self._awaited = set()
-        return [self.done_at[k] for k in keys]
-
-    def wait_started(self) -> float:
-        """Seconds from process start to the ``started`` line (READY)."""
-        self.wait(lambda: self.started is not None, 180, "start")
-        assert self.started is not None
-        return self.started[0] - self.spawned
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU of the daemon so far, all threads (Linux ``/proc``; None elsewhere)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=5)
-
-
 @dataclass
 class Workspace:
     root: Path
@@ -645,7 +502,7 @@ class Burst:
     cpu_ms: float | None
 
 
-def drop_burst(daemon: DaemonRun, ws: Workspace, files: Sequence[Path], tag: str) -> Burst:
+def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag: str) -> Burst:
     """Images/s from the first photo appearing in the inbox to the last one filed.
 
     Also the seconds to the first ``filed`` line: filling the pipeline (one
@@ -693,7 +550,7 @@ def daemon_figures(
     cold, rss = [], []
     for rep in range(plan.repeats):
         with workspace(cache) as ws:
-            daemon = DaemonRun(ws.config(settings, model, stable_seconds=0))
+            daemon = DaemonProcess(ws.config(settings, model, stable_seconds=0))
             try:
                 cold.append(daemon.wait_started())
                 for name, files in sets.items():
@@ -706,7 +563,7 @@ def daemon_figures(
                 rss.append(daemon.peak_rss_mib())
                 _check_clean(daemon)
             finally:
-                daemon.stop()
+                daemon.stop(30, or_kill=True)
             expected = sum(len(f) for f in sets.values())
             if ws.done_rows() != expected:
                 raise RuntimeError(f"the log has {ws.done_rows()} done rows, expected {expected}")
@@ -737,7 +594,7 @@ def idle_latency(
     """Single photos copied in (closed by the writer, as ``cp`` does), each once the daemon is idle."""
     waits = []
     with workspace(cache) as ws:
-        daemon = DaemonRun(ws.config(settings, model))
+        daemon = DaemonProcess(ws.config(settings, model))
         try:
             cold = daemon.wait_started()
             time.sleep(plan.latency_gap_s)
@@ -753,7 +610,7 @@ def idle_latency(
             rss = daemon.peak_rss_mib()
             _check_clean(daemon)
         finally:
-            daemon.stop()
+            daemon.stop(30, or_kill=True)
     figures = {
         "drops": len(waits),
         "p50_s": round(float(np.percentile(waits, 50)), 3),
@@ -764,7 +621,7 @@ def idle_latency(
     return figures, cold, rss
 
 
-def _check_clean(daemon: DaemonRun) -> None:
+def _check_clean(daemon: DaemonProcess) -> None:
     if daemon.problems:
         raise RuntimeError(f"the daemon did not file every photo cleanly: {daemon.problems[:3]}")
 

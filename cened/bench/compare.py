@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cened.bench.command import DaemonRun, Plan, drop_burst, say, workspace
+from cened.bench.command import Plan, drop_burst, say, workspace
 from cened.config import Settings
-from cened.testing import SMALL, image_set
+from cened.testing import SMALL, DaemonProcess, image_set
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def compare(
         for i, overrides in enumerate(configs):
             say(f"compare: round {round_ + 1}/{plan.repeats}, {_label(overrides)}")
             with workspace(cache) as ws:
-                daemon = DaemonRun(ws.config(settings, model, stable_seconds=0, **overrides))
+                daemon = DaemonProcess(ws.config(settings, model, stable_seconds=0, **overrides))
                 try:
                     daemon.wait_started()
                     time.sleep(0.3)  # let start-up settle before the clock runs
@@ -69,7 +69,7 @@ def compare(
                     burst = drop_burst(daemon, ws, files, f"r{round_}")
                     idle1, total1 = _idle_cores()
                 finally:
-                    daemon.stop()
+                    daemon.stop(30, or_kill=True)
             rates[i].append(burst.ips)
             if total1 > total0:
                 idle[i].append(cores * (idle1 - idle0) / (total1 - total0))
