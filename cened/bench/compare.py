@@ -19,9 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cened.bench.command import Plan, drop_burst, say, workspace
+from cened.bench.e2e import drop_burst, workspace
+from cened.bench.plan import Plan, say
 from cened.config import Settings
 from cened.testing import SMALL, DaemonProcess, image_set
+
+#: Paired rounds of ``--compare`` when ``--repeats`` is not given.
+COMPARE_ROUNDS = 5
 
 
 def parse_variant(text: str) -> dict[str, Any]:
