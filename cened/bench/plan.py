@@ -8,10 +8,9 @@ from dataclasses import asdict, dataclass
 
 from cened.testing import LARGE
 
-#: 150 px photos per end-to-end burst.  A burst pays once for filling the
-#: pipeline (the first photo is filed after ~0.05 s) and for emptying it; in a
-#: burst of 256 that was 2-3% of the time (352 against 360 images/s for 1,024,
-#: paired), which the model limit, timed on a running model, never pays.
+#: 150 px photos per end-to-end burst.  A burst pays once for filling and
+#: emptying the pipeline, which the model limit, timed on a running model,
+#: never pays; a long burst keeps that a small share of the time.
 SMALL_BURST = 1024
 
 
