@@ -88,7 +88,7 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
 def test_cached_photos_are_reused_and_realistic(tmp_path: Path) -> None:
     from PIL import Image
 
-    from cened.bench.command import image_set
+    from cened.testing import image_set
 
     first = image_set(tmp_path, (400, 300), 2)
     stamps = [p.stat().st_mtime_ns for p in first]
@@ -104,8 +104,8 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
     import numpy as np
     from PIL import ExifTags, Image
 
-    from cened.bench.command import image_set
     from cened.ml.imaging import decode
+    from cened.testing import image_set
 
     (with_preview,) = image_set(tmp_path, (1600, 1200), 1, (320, 240))
     (without,) = image_set(tmp_path, (1600, 1200), 1)

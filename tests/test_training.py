@@ -196,7 +196,7 @@ def test_each_epoch_sees_every_image_once_through_some_view() -> None:
 def test_a_preview_keeps_the_upright_shape_at_the_asked_short_side() -> None:
     import io
 
-    from cened.bench.command import exif_with_preview
+    from cened.testing import exif_with_preview
 
     # 60x40 stored sideways (EXIF orientation 6): a person sees it 40 wide, 60 tall.
     photo = io.BytesIO()

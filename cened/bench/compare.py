@@ -19,8 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cened.bench.command import SMALL, DaemonRun, Plan, drop_burst, image_set, say, workspace
+from cened.bench.e2e import drop_burst, workspace
+from cened.bench.plan import Plan, say
 from cened.config import Settings
+from cened.testing import SMALL, DaemonProcess, image_set
+
+#: Paired rounds of ``--compare`` when ``--repeats`` is not given.
+COMPARE_ROUNDS = 5
 
 
 def parse_variant(text: str) -> dict[str, Any]:
@@ -51,7 +56,7 @@ def compare(
 ) -> dict[str, Any]:
     """Images/s of the daemon per setting, round by round, and the paired ratios to the baseline."""
     count = plan.small_count
-    files = image_set(cache, SMALL, count)
+    files = image_set(cache, SMALL, count, say=say)
     configs = [{}, *variants]
     rates: list[list[float]] = [[] for _ in configs]
     idle: list[list[float]] = [[] for _ in configs]
@@ -60,7 +65,7 @@ def compare(
         for i, overrides in enumerate(configs):
             say(f"compare: round {round_ + 1}/{plan.repeats}, {_label(overrides)}")
             with workspace(cache) as ws:
-                daemon = DaemonRun(ws.config(settings, model, stable_seconds=0, **overrides))
+                daemon = DaemonProcess(ws.config(settings, model, stable_seconds=0, **overrides))
                 try:
                     daemon.wait_started()
                     time.sleep(0.3)  # let start-up settle before the clock runs
@@ -68,7 +73,7 @@ def compare(
                     burst = drop_burst(daemon, ws, files, f"r{round_}")
                     idle1, total1 = _idle_cores()
                 finally:
-                    daemon.stop()
+                    daemon.stop(30, or_kill=True)
             rates[i].append(burst.ips)
             if total1 > total0:
                 idle[i].append(cores * (idle1 - idle0) / (total1 - total0))

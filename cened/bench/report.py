@@ -1,0 +1,122 @@
+"""The full run's ratios, its targets, and its tables for a person."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+TARGETS = {
+    "e2e_150px_vs_limit": 0.9,
+    "e2e_150px_vs_naive": 10.0,
+    "e2e_12mp_vs_150px": 0.5,
+}
+LATENCY_P95_TARGET_S = 1.0
+PEAK_RSS_TARGET_MIB = 1024.0
+
+
+def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None], dict[str, dict[str, Any]]]:
+    """The ratios the targets are stated in, and whether each target is met."""
+    e2e = {k: v["ips"] for k, v in result["e2e"].items()}
+    naive = {k: v["ips"] for k, v in result["naive"].items()}
+    limit = result["raw"]["limit_ips"]
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    values = {
+        "e2e_150px_vs_limit": div(e2e["150px"], limit),
+        "e2e_150px_vs_naive": div(e2e["150px"], naive["150px"]),
+        "e2e_12mp_vs_150px": div(e2e[large], e2e["150px"]),
+        "e2e_12mp_no_preview_vs_150px": div(e2e[f"{large}-no-preview"], e2e["150px"]),
+        "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
+        # CPU the model costs per photo, over what the daemon spends per photo in all:
+        # the most that end to end ÷ limit can reach when every core is busy.
+        "model_cpu_share_150px": div(
+            result["raw"]["cpu_ms_per_image"], result["e2e"]["150px"]["cpu_ms_per_photo"]
+        ),
+    }
+    targets: dict[str, dict[str, Any]] = {
+        name: {"target": f">= {goal:g}", "value": values[name], "met": (values[name] or 0) >= goal}
+        for name, goal in TARGETS.items()
+    }
+    p95 = result["latency"]["p95_s"]
+    rss = result["memory"]["peak_rss_mib"]
+    targets["idle_latency_p95_s"] = {
+        "target": f"<= {LATENCY_P95_TARGET_S:g}",
+        "value": p95,
+        "met": p95 <= LATENCY_P95_TARGET_S,
+    }
+    targets["peak_rss_mib"] = {
+        "target": f"<= {PEAK_RSS_TARGET_MIB:g}",
+        "value": rss,
+        "met": rss <= PEAK_RSS_TARGET_MIB,
+    }
+    return values, targets
+
+
+def print_report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = result["machine"]
+    console.print(
+        f"[bold]{m['cpu']}[/], {m['cores']} cores, Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f"; load {m['load_before'][0]:.2f} → {m['load_after'][0]:.2f}"
+    )
+    s, model = result["settings"], result["model"]
+    console.print(
+        f"model {model['version']} {tuple(model['input_size'])} on {model['backend']}; "
+        f"batch_size {s['batch_size']}, model_batch_size {s['model_batch_size']}, "
+        f"batch_max_wait_ms {s['batch_max_wait_ms']}, "
+        f"decode_threads {s['decode_threads']}, "
+        f"model_threads {s['model_threads']}, model_workers {s['model_workers']}; "
+        f"medians of {result['plan']['repeats']}"
+    )
+    table = Table(title="figures", header_style="bold")
+    for column, justify in (("figure", "left"), ("value", "right"), ("unit", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for figure, value, unit in _rows(result):
+        table.add_row(figure, value, unit)
+    console.print(table)
+    targets = Table(title="ratios and targets", header_style="bold")
+    for column in ("ratio", "value", "target", "met"):
+        targets.add_column(column)
+    for name, t in result["targets"].items():
+        targets.add_row(name, str(t["value"]), t["target"], "yes" if t["met"] else "[red]no[/]")
+    for name, value in result["ratios"].items():
+        if name not in result["targets"]:
+            targets.add_row(name, str(value), "", "")
+    console.print(targets)
+
+
+def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    raw = result["raw"]
+    yield (
+        f"model limit ({raw['backend']}, batch {raw['best_batch']})",
+        f"{raw['limit_ips']:.1f}",
+        "images/s",
+    )
+    for backend, rates in raw["by_backend"].items():
+        yield (f"  {backend} by batch size", "  ".join(f"{b}:{r:.1f}" for b, r in rates.items()), "images/s")
+    for name, e2e in result["e2e"].items():
+        count = result["sets"][name]["count"]
+        yield (f"daemon end to end, {name} ×{count}", f"{e2e['ips']:.1f}", "images/s")
+        yield ("  first of them filed after", f"{e2e['first_filed_s']:.3f}", "s")
+        if e2e.get("cpu_ms_per_photo") is not None:
+            yield ("  daemon CPU per photo, all threads", f"{e2e['cpu_ms_per_photo']:.2f}", "ms")
+    yield ("model alone, CPU per image at the limit", f"{raw['cpu_ms_per_image']:.2f}", "ms")
+    for name, naive in result["naive"].items():
+        if naive["ips"] is not None:
+            yield (f"naive baseline, {name}", f"{naive['ips']:.1f}", "images/s")
+    for name, st in result["stages_ms"].items():
+        yield (
+            f"prepare per photo, {name}",
+            f"read {st['read']} · sha256 {st['sha256']} · decode {st['decode']}",
+            "ms, 1 thread",
+        )
+    lat = result["latency"]
+    yield ("idle drop → filed p50 / p95", f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f}", "s")
+    yield ("peak RSS of the daemon", f"{result['memory']['peak_rss_mib']:.0f}", "MiB")
+    yield ("cold start (spawn → started)", f"{result['startup']['cold_start_s']:.2f}", "s")
