@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cened.errors import ConfigError
+
 from . import dataset, modelpack
 from .classifying import Backend, Classifier, softmax
 
@@ -413,18 +415,20 @@ def _print_report(title: str, report: dict[str, Any], classes: Sequence[str]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``cened evaluate``; returns the process exit code."""
+    """Entry point of ``cened evaluate``: 0, or a :class:`cened.errors.CenedError` raised.
+
+    An unusable model is a :class:`cened.errors.ModelError`; an unusable data
+    folder, or ``--split val`` for a model that names no split, a :class:`ConfigError`.
+    """
+    meta = modelpack.read_meta(args.model)
     try:
-        meta = modelpack.read_meta(args.model)
         listing = dataset.list_images(args.data, meta.classes)
-    except (modelpack.ModelError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
     if args.split == "val":
         tr = meta.training
         if "split_seed" not in tr or "val_fraction" not in tr:
-            print("error: the model metadata names no split; use --split all", file=sys.stderr)
-            return 1
+            raise ConfigError("the model metadata names no split; use --split all")
         if tr.get("data_sha256") and dataset.data_hash(listing) != tr["data_sha256"]:
             print(
                 "warning: --data differs from the training data; the 'validation' split may overlap training",
@@ -513,6 +517,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="cened evaluate")
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    from cened.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from cened.errors import ConfigError, Refused
+
 from . import dataset, evaluation, modelpack
 from .classifying import keras_logits
 
@@ -627,21 +629,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``cened train``; returns the process exit code."""
+    """Entry point of ``cened train``: 0, or a :class:`cened.errors.CenedError` raised.
+
+    A missing or unusable data folder, or settings it cannot train with, are
+    :class:`ConfigError`; a missing package (the ImageNet weights, torch) is :class:`Refused`.
+    """
     cfg = config_from_args(args)
     if cfg.views < 1 or cfg.finetune_blocks < 0:
-        print("error: --views must be >= 1 and --finetune-blocks >= 0", file=sys.stderr)
-        return 2
+        raise ConfigError("--views must be >= 1 and --finetune-blocks >= 0")
     _configure_tensorflow(args.threads, cfg.seed)
     try:
         train(cfg, args.data, args.out, tflite=not args.no_tflite, verbose=1 if sys.stdout.isatty() else 2)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    except ModuleNotFoundError as exc:
+        raise Refused(str(exc)) from exc
     return 0
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="cened train")
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    from cened.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
