@@ -104,14 +104,13 @@ class Classifier:
 
     With ``workers`` > 1 (LiteRT only) the model is loaded that many times,
     each copy with its share of ``threads``, and the chunks of ``max_batch``
-    photos a call is cut into run on whichever copy is free.  On a 2-core CPU,
-    two single-threaded copies beat one two-threaded copy once the daemon's
-    other threads (decoding, filing) want the cores too: a two-threaded call
-    waits at every layer for its slower half, so each time another thread
-    takes one core the other core idles (8% of the machine during a burst);
-    independent copies just run at different speeds.  On the model alone both
-    give the same rate (``cened bench`` measures both).  ``workers=0`` picks
-    two copies where there are at least two threads to share.
+    photos a call is cut into run on whichever copy is free.  Single-threaded
+    copies beat one multi-threaded copy once the daemon's other threads
+    (decoding, filing) want the cores too: a multi-threaded call waits at every
+    layer for its slowest thread, so a core taken by another thread leaves the
+    rest idle, while independent copies just run at different speeds
+    (``cened bench`` measures both).  ``workers=0`` picks two copies where there
+    are at least two threads to share.
     """
 
     def __init__(
@@ -127,10 +126,8 @@ class Classifier:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
         self.threads = threads or usable_cores()
-        # Photos per model call (0: all at once).  Smaller calls can be faster, as
-        # their activations stay in the CPU caches: on a 2-core CPU one two-threaded
-        # copy of EfficientNet-Lite0 on LiteRT ran calls of 4 ~12% faster per photo
-        # than 16, and two single-threaded copies run calls of 2 fastest.
+        # Photos per model call (0: all at once).  Smaller calls can be faster per
+        # photo, as their activations stay in the CPU caches.
         self.max_batch = max_batch
         has_tflite = modelpack.TFLITE_FILE in self.meta.files
         has_keras = modelpack.KERAS_FILE in self.meta.files
@@ -268,12 +265,11 @@ def keras_logits(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
 class _TFLiteRunner:
     """LiteRT needs a fixed input shape; one interpreter is resized to each batch's exact size.
 
-    Measured on a 2-core CPU with an EfficientNet-Lite0: growing the tensor
-    arena to a new largest batch costs ~30-50 ms once, after which resizing
-    between any sizes up to it costs nothing (XNNPACK reshapes in place).  That
-    beats both padding a partial batch (a batch of 9 padded to 16 took 88 ms
-    instead of 47) and keeping one interpreter per size (each packs its own
-    copy of the weights).  ``Classifier`` warms it at the daemon's batch size.
+    Only growing the tensor arena to a new largest batch costs anything; resizing
+    below that is free (XNNPACK reshapes in place).  That beats both padding a
+    partial batch, which computes the padding, and one interpreter per size,
+    each with its own copy of the weights.  ``Classifier`` warms it at the
+    daemon's batch size.
     """
 
     def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:

@@ -1,12 +1,11 @@
 """``cened train``: fine-tune an ImageNet EfficientNet-Lite on a folder of labelled photos.
 
 Why cached activations: a forward and backward pass through the whole backbone
-costs ~25 ms per augmented photo on two cores, three minutes an epoch.  So most
-of the training runs with the early layers frozen: their output for each
-augmented view is computed once and stored (float16, at 7x7 resolution it is
-small), and the head and the last few MBConv blocks are trained on that cache
-for many epochs at a fraction of the cost.  Only a last, short phase pays for
-the whole network.  Because the tail model shares its layer objects with the
+is slow on a small CPU.  So most of the training runs with the early layers
+frozen: their output for each augmented view is computed once and stored
+(float16, at 7x7 resolution it is small), and the head and the last few MBConv
+blocks are trained on that cache for many epochs at a fraction of the cost.
+Only a last, short phase pays for the whole network.  Because the tail model shares its layer objects with the
 full pixels-to-logits model, the model that is saved is the one that was trained.
 
 Phases: (1) decode every image with :func:`cened.ml.imaging.decode` and cache the
@@ -309,11 +308,9 @@ def finetune_full(
 ) -> dict[str, list[float]]:
     """Optional phase 3: every convolution, on photos augmented anew each epoch.
 
-    The cache cannot serve here, as the early layers change too; a forward and
-    backward pass through the whole network costs ~25 ms per photo on two
-    cores, so an epoch takes about three minutes.  It is worth it: three epochs
-    took the shipped model from 94.13% to 94.51% on the validation split.
-    Batch-norm stays frozen.
+    The cache cannot serve here, as the early layers change too, so each epoch
+    is slow; it is worth it, as letting the early layers adapt to these photos
+    gains validation accuracy.  Batch-norm stays frozen.
     """
     import keras
 
