@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cened import logsetup
 from cened.errors import ConfigError
 
 from . import dataset, modelpack
@@ -420,6 +421,8 @@ def run(args: argparse.Namespace) -> int:
     An unusable model is a :class:`cened.errors.ModelError`; an unusable data
     folder, or ``--split val`` for a model that names no split, a :class:`ConfigError`.
     """
+    # Classifier logs what TensorFlow and LiteRT print while loading; stdout is the report.
+    logsetup.configure("console", "warning", stream=sys.stderr)
     meta = modelpack.read_meta(args.model)
     try:
         listing = dataset.list_images(args.data, meta.classes)
