@@ -162,6 +162,25 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
 
 
+def test_bad_arguments_data_and_models_end_with_their_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cened.cli import main
+    from cened.errors import ExitCode
+
+    missing, out = tmp_path / "nowhere", tmp_path / "models" / "m"
+    assert main(["train", "--data", str(missing), "--out", str(out), "--views", "0"]) == ExitCode.CONFIG
+    assert "--views must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--data", str(missing), "--out", str(out), "--weights", "none"]) == ExitCode.CONFIG
+    assert f"data directory {missing} does not exist" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(missing), "--model", str(missing)]) == ExitCode.MODEL
+    assert "model problem" in capsys.readouterr().err
+    model = evaluation.DEFAULT_MODEL
+    assert main(["evaluate", "--data", str(missing), "--model", str(model)]) == ExitCode.CONFIG
+    assert f"data directory {missing} does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.data
 def test_real_dataset_split_sizes() -> None:
     if not DATA.is_dir():

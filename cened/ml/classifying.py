@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -104,14 +104,13 @@ class Classifier:
 
     With ``workers`` > 1 (LiteRT only) the model is loaded that many times,
     each copy with its share of ``threads``, and the chunks of ``max_batch``
-    photos a call is cut into run on whichever copy is free.  On a 2-core CPU,
-    two single-threaded copies beat one two-threaded copy once the daemon's
-    other threads (decoding, filing) want the cores too: a two-threaded call
-    waits at every layer for its slower half, so each time another thread
-    takes one core the other core idles (8% of the machine during a burst);
-    independent copies just run at different speeds.  On the model alone both
-    give the same rate (``cened bench`` measures both).  ``workers=0`` picks
-    two copies where there are at least two threads to share.
+    photos a call is cut into run on whichever copy is free.  Single-threaded
+    copies beat one multi-threaded copy once the daemon's other threads
+    (decoding, filing) want the cores too: a multi-threaded call waits at every
+    layer for its slowest thread, so a core taken by another thread leaves the
+    rest idle, while independent copies just run at different speeds
+    (``cened bench`` measures both).  ``workers=0`` picks two copies where there
+    are at least two threads to share.
     """
 
     def __init__(
@@ -127,10 +126,8 @@ class Classifier:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
         self.threads = threads or usable_cores()
-        # Photos per model call (0: all at once).  Smaller calls can be faster, as
-        # their activations stay in the CPU caches: on a 2-core CPU one two-threaded
-        # copy of EfficientNet-Lite0 on LiteRT ran calls of 4 ~12% faster per photo
-        # than 16, and two single-threaded copies run calls of 2 fastest.
+        # Photos per model call (0: all at once).  Smaller calls can be faster per
+        # photo, as their activations stay in the CPU caches.
         self.max_batch = max_batch
         has_tflite = modelpack.TFLITE_FILE in self.meta.files
         has_keras = modelpack.KERAS_FILE in self.meta.files
@@ -167,7 +164,7 @@ class Classifier:
     def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":
             return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, threads)
-        return _KerasRunner(self.model_dir / modelpack.KERAS_FILE, self.meta, threads)
+        return _KerasRunner.load(self.model_dir / modelpack.KERAS_FILE, self.meta, threads)
 
     def _warm_up(self, runner: _Runner, batch: int) -> None:
         """Neither the first photo nor the first full batch pays for graph building or allocation.
@@ -192,8 +189,16 @@ class Classifier:
     def predict(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities for uint8 images ``(H, W, 3)``, one row per image.
 
-        A list of decoded photos is taken as it is, not stacked: the LiteRT
-        runner copies each photo straight into the model's input tensor.
+        :meth:`logits` divided by the model's temperature, then softmax.
+        """
+        return softmax(self.logits(pixels), self.meta.temperature)
+
+    def logits(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's raw outputs for uint8 images ``(H, W, 3)``, before the temperature.
+
+        ``cened evaluate`` fits and checks the calibration on these.  A list of
+        decoded photos is taken as it is, not stacked: the LiteRT runner copies
+        each photo straight into the model's input tensor.
         """
         expected = (*self.meta.input_size, 3)
         for image in pixels:
@@ -205,9 +210,7 @@ class Classifier:
             logits = [self._logits(chunk) for chunk in chunks]
         else:
             logits = list(self._pool.map(self._logits, chunks))
-        return softmax(
-            np.concatenate(logits) if logits else np.zeros((0, len(self.classes))), self.meta.temperature
-        )
+        return np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def _logits(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
         """One model call on whichever copy is free (waiting for one if none is)."""
@@ -219,7 +222,18 @@ class Classifier:
 
 
 class _KerasRunner:
-    def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:
+    def __init__(self, model: Any, input_size: tuple[int, int]) -> None:
+        import tensorflow as tf
+
+        h, w = input_size
+        # A fixed signature with a free batch axis: one trace, whatever the batch size.
+        self._fn = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+        )
+
+    @classmethod
+    def load(cls, path: Path, meta: ModelMeta, threads: int) -> _KerasRunner:
         import tensorflow as tf
 
         _set_tf_threads(tf, threads)
@@ -230,26 +244,32 @@ class _KerasRunner:
         except Exception as exc:
             raise ModelError(f"cannot load {path}: {exc}") from exc
         modelpack.check_shapes(model, meta)
-        h, w = meta.input_size
-        # A fixed signature with a free batch axis: one trace, whatever the batch size.
-        self._fn = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
-        )
+        return cls(model, meta.input_size)
 
     def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         return np.asarray(self._fn(np.stack(batch).astype(np.float32)))
 
 
+def keras_logits(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of a Keras model still in memory, as the Keras backend computes them once it is saved.
+
+    Training fits the temperature on these before there is a model directory
+    to load; everything else goes through :class:`Classifier`.
+    """
+    runner = _KerasRunner(model, (pixels.shape[1], pixels.shape[2]))
+    return np.concatenate(
+        [runner.logits(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    )
+
+
 class _TFLiteRunner:
     """LiteRT needs a fixed input shape; one interpreter is resized to each batch's exact size.
 
-    Measured on a 2-core CPU with an EfficientNet-Lite0: growing the tensor
-    arena to a new largest batch costs ~30-50 ms once, after which resizing
-    between any sizes up to it costs nothing (XNNPACK reshapes in place).  That
-    beats both padding a partial batch (a batch of 9 padded to 16 took 88 ms
-    instead of 47) and keeping one interpreter per size (each packs its own
-    copy of the weights).  ``Classifier`` warms it at the daemon's batch size.
+    Only growing the tensor arena to a new largest batch costs anything; resizing
+    below that is free (XNNPACK reshapes in place).  That beats both padding a
+    partial batch, which computes the padding, and one interpreter per size,
+    each with its own copy of the weights.  ``Classifier`` warms it at the
+    daemon's batch size.
     """
 
     def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:

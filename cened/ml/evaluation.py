@@ -3,37 +3,34 @@
 The metric functions are small and pure (numpy in, numbers out) so they can be
 tested on hand-made arrays; the command around them decodes the validation
 split that the model's own metadata names, runs the Keras model (and the
-LiteRT twin when present), prints the figures and writes ``MODEL_CARD.md``.
+LiteRT twin when present) through the daemon's own :class:`Classifier`, prints
+the figures and writes ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import io
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cened import logsetup
+from cened.errors import ConfigError
+
 from . import dataset, modelpack
+from .classifying import Backend, Classifier, softmax
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "landscapes"
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 ECE_BINS = 15
 
 # ----------------------------------------------------------------------------- metrics
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -157,30 +154,9 @@ def compute_report(
 # ----------------------------------------------------------------------------- inference
 
 
-def predict_keras(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits in batches; ``predict_on_batch`` is compiled, several times faster than eager calls."""
-    out = [
-        np.asarray(model.predict_on_batch(pixels[i : i + batch_size].astype(np.float32)))
-        for i in range(0, len(pixels), batch_size)
-    ]
-    return np.concatenate(out).astype(np.float32)
-
-
-def predict_tflite(path: Path, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits from the LiteRT export, as the daemon would compute them."""
-    from ._tflite import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    out = []
-    for i in range(0, len(pixels), batch_size):
-        batch = pixels[i : i + batch_size].astype(np.float32)
-        interp.resize_tensor_input(inp["index"], batch.shape)
-        interp.allocate_tensors()
-        interp.set_tensor(inp["index"], batch)
-        interp.invoke()
-        out.append(interp.get_tensor(outp["index"]).copy())
-    return np.concatenate(out).astype(np.float32)
+def load_classifier(model_dir: Path, backend: Backend, batch_size: int) -> Classifier:
+    """The daemon's classifier for ``backend``: one copy, calls of ``batch_size``, warmed at that size."""
+    return Classifier(model_dir, backend=backend, max_batch=batch_size, warm_batch=batch_size, workers=1)
 
 
 def as_preview(data: bytes, short_side: int, quality: int = 85) -> bytes:
@@ -204,11 +180,7 @@ def as_preview(data: bytes, short_side: int, quality: int = 85) -> bytes:
 
 
 def preview_accuracy(
-    paths: Sequence[Path],
-    labels: np.ndarray,
-    meta: modelpack.ModelMeta,
-    sides: Sequence[int],
-    predict: Callable[[np.ndarray], np.ndarray],
+    paths: Sequence[Path], labels: np.ndarray, classifier: Classifier, sides: Sequence[int]
 ) -> dict[str, float]:
     """Accuracy when the model sees each photo through a preview of each short side.
 
@@ -221,8 +193,9 @@ def preview_accuracy(
 
     out = {}
     for side in sides:
-        pixels = np.stack([decode(as_preview(p.read_bytes(), side), meta.input_size) for p in paths])
-        out[str(side)] = float((predict(pixels).argmax(1) == labels).mean())
+        size = classifier.meta.input_size
+        pixels = np.stack([decode(as_preview(p.read_bytes(), side), size) for p in paths])
+        out[str(side)] = float((classifier.predict(pixels).argmax(1) == labels).mean())
     return out
 
 
@@ -443,18 +416,22 @@ def _print_report(title: str, report: dict[str, Any], classes: Sequence[str]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``cened evaluate``; returns the process exit code."""
+    """Entry point of ``cened evaluate``: 0, or a :class:`cened.errors.CenedError` raised.
+
+    An unusable model is a :class:`cened.errors.ModelError`; an unusable data
+    folder, or ``--split val`` for a model that names no split, a :class:`ConfigError`.
+    """
+    # Classifier logs what TensorFlow and LiteRT print while loading; stdout is the report.
+    logsetup.configure("console", "warning", stream=sys.stderr)
+    meta = modelpack.read_meta(args.model)
     try:
-        meta = modelpack.read_meta(args.model)
         listing = dataset.list_images(args.data, meta.classes)
-    except (modelpack.ModelError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
     if args.split == "val":
         tr = meta.training
         if "split_seed" not in tr or "val_fraction" not in tr:
-            print("error: the model metadata names no split; use --split all", file=sys.stderr)
-            return 1
+            raise ConfigError("the model metadata names no split; use --split all")
         if tr.get("data_sha256") and dataset.data_hash(listing) != tr["data_sha256"]:
             print(
                 "warning: --data differs from the training data; the 'validation' split may overlap training",
@@ -465,14 +442,12 @@ def run(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or (args.model if args.split == "val" else Path("evaluation"))
     report_dir.mkdir(parents=True, exist_ok=True)
 
-    import keras
-
     t0 = time.monotonic()
     pixels = dataset.load_pixels(listing.paths, meta.input_size)
-    model = keras.models.load_model(args.model / modelpack.KERAS_FILE, compile=False)
+    keras_classifier = load_classifier(args.model, "keras", args.batch_size)
     t1 = time.monotonic()
     load_s = t1 - t0
-    logits = predict_keras(model, pixels, args.batch_size)
+    logits = keras_classifier.logits(pixels)
     keras_s = time.monotonic() - t1
     report = compute_report(logits, listing.labels, meta.temperature, meta.classes)
     raw = compute_report(logits, listing.labels, 1.0, meta.classes)
@@ -487,10 +462,11 @@ def run(args: argparse.Namespace) -> int:
         f"ECE before temperature scaling {_pct(raw['ece'])}; "
         f"with a 2-fold cross-fitted temperature {_pct(extra['ece_crossfit'])}"
     )
-    tfl_path = args.model / modelpack.TFLITE_FILE
-    if tfl_path.is_file() and not args.no_tflite:
+    lite_classifier = None
+    if modelpack.TFLITE_FILE in meta.files and not args.no_tflite:
+        lite_classifier = load_classifier(args.model, "tflite", args.batch_size)
         t1 = time.monotonic()
-        tl = predict_tflite(tfl_path, pixels, args.batch_size)
+        tl = lite_classifier.logits(pixels)
         tfl_s = time.monotonic() - t1
         trep = compute_report(tl, listing.labels, meta.temperature, meta.classes)
         pk, pt = softmax(logits, meta.temperature), softmax(tl, meta.temperature)
@@ -510,13 +486,11 @@ def run(args: argparse.Namespace) -> int:
     sides = [int(side) for side in args.preview_sides.split(",") if side.strip()]
     if sides:
         # The runtime the daemon would use: LiteRT when it was measured above.
-        if "tflite" in extra:
-            runtime, photo = "LiteRT", extra["tflite"]["accuracy"]
-            predict = functools.partial(predict_tflite, tfl_path, batch_size=args.batch_size)
+        if lite_classifier is not None:
+            runtime, photo, classifier = "LiteRT", extra["tflite"]["accuracy"], lite_classifier
         else:
-            runtime, photo = "Keras", report["accuracy"]
-            predict = functools.partial(predict_keras, model, batch_size=args.batch_size)
-        through = preview_accuracy(listing.paths, listing.labels, meta, sides, predict)
+            runtime, photo, classifier = "Keras", report["accuracy"], keras_classifier
+        through = preview_accuracy(listing.paths, listing.labels, classifier, sides)
         extra["previews"] = {"runtime": runtime, "photo": photo, "accuracy": through}
         print(
             f"{runtime} through previews: "
@@ -546,6 +520,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="cened evaluate")
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    from cened.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

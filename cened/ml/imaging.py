@@ -84,7 +84,7 @@ def decode_with_source(
     centre-cropped to the target aspect ratio before resizing (so a 4:3 photo
     is not squashed).  JPEGs smaller than ``size`` take a shorter way to the
     same pixels (:func:`_small_jpeg_pixels`).  Large JPEGs are decoded at a reduced scale via
-    ``draft()``; even so, Huffman-decoding a 12-megapixel photo costs ~35 ms.
+    ``draft()``; even so, Huffman-decoding every pixel of a large photo stays costly.
     With ``thumbnail_min_side`` > 0 a large JPEG whose camera-made EXIF
     thumbnail is at least that many pixels on its short side is classified
     from the thumbnail instead (see :func:`_exif_thumbnail` for the checks);
@@ -132,8 +132,8 @@ def fit(rgb: Image.Image, width: int, height: int) -> np.ndarray:
     photo is reduced several times over.  Enlarging, the case of every 150 px
     training photo going to a 224 px model, goes through OpenCV instead: for an
     upscale both are the same interpolation (pixels agree within one level), but
-    Pillow takes 0.42 ms and OpenCV 0.06, and 0.42 ms was more than the JPEG
-    decode itself and about a tenth of the daemon's CPU per photo.
+    OpenCV's is several times faster, and Pillow's cost more than decoding the
+    small JPEG itself.
     """
     left, top, crop_w, crop_h = _crop_box(*rgb.size, width, height)
     if crop_w >= width:
@@ -164,12 +164,12 @@ def _small_jpeg_pixels(im: Image.Image, data: bytes, size: tuple[int, int]) -> n
 
     For a photo this small, Pillow's own Python around the decode cost as much
     as the decode: simplejpeg hands the same libjpeg-turbo output straight to
-    an array, 0.05 ms sooner per photo, which was 2% of the daemon's end-to-end
-    rate on 150 px photos.  The pixels are the same as Pillow's, byte for byte
-    (the same library with the same settings; ``tests/test_imaging.py`` checks
-    it).  Only the plain case is taken: 8-bit RGB that EXIF does not turn, and
-    ``strict`` decoding, which raises at the first warning of damaged data, so
-    every damaged file still goes through Pillow and gets Pillow's verdict.
+    an array, which shows in the daemon's rate on small photos.  The pixels are
+    the same as Pillow's, byte for byte (the same library with the same
+    settings; ``tests/test_imaging.py`` checks it).  Only the plain case is
+    taken: 8-bit RGB that EXIF does not turn, and ``strict`` decoding, which
+    raises at the first warning of damaged data, so every damaged file still
+    goes through Pillow and gets Pillow's verdict.
     """
     height, width = size
     w, h = im.size

@@ -149,7 +149,7 @@ def save_keras(
     check_shapes(model, meta)
     model_dir.mkdir(parents=True, exist_ok=True)
     # Only the weights ship: a compiled model would also save its optimizer's
-    # state, which for AdamW is two more copies of every weight (41 MB, not 14).
+    # state, which for AdamW is two more copies of every weight.
     optimizer = getattr(model, "optimizer", None)
     model.optimizer = None
     try:

