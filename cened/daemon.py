@@ -70,12 +70,9 @@ RESTART_ONLY = (
 )
 TICK = 0.1
 #: How long a thread may hold the GIL while another waits for it (Python's
-#: default is 5 ms).  The model copies need it for a moment around each call;
-#: the decoders and the filer, which hand it back and take it again at every
-#: read, stat or SQLite step, would otherwise keep a model copy waiting for up
-#: to the whole interval while its core idles.  With 0.5 ms the idle share of
-#: 2 cores during a burst falls from 0.09 to 0.06 and throughput rises ~1.5%
-#: (6 paired runs; 0.1-1 ms all alike).
+#: default is 5 ms).  The decoders and the filer retake the GIL at every read,
+#: stat or SQLite step, so a model copy wanting it around its call could wait
+#: the whole interval with its core idle (README, Benchmarks).
 GIL_SWITCH_INTERVAL_S = 0.0005
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
