@@ -138,6 +138,7 @@ def test_one_copy_is_released_once_however_many_events(tmp_path: Path) -> None:
     assert released == [target]
 
 
+@pytest.mark.slow
 def test_new_and_moved_in_folders_are_watched_but_our_own_reads_are_not_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,6 +292,7 @@ def test_a_real_inotify_queue_overflow_is_recovered_by_a_rescan(
         assert scans and scans[0] > 16, scans
 
 
+@pytest.mark.slow
 def test_periodic_rescan_is_a_safety_net(settings: Settings, monkeypatch) -> None:
     monkeypatch.setattr(Daemon, "_on_event", lambda self, path, closed: None)
     with RunningDaemon(settings.model_copy(update={"rescan_interval_s": 1.0})):
@@ -308,6 +310,7 @@ class PeakQueue(queue.Queue):
         self.peak = max(self.peak, self._qsize())
 
 
+@pytest.mark.slow
 def test_backlog_never_overfills_the_queue(settings: Settings) -> None:
     for i in range(150):
         write_photo(settings.inbox / f"{i:03d}.jpg", "sea", size=(32, 32), seed=i)
@@ -398,6 +401,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"cannot mount a small tmpfs to fill up here: {result.stderr.decode().strip()}")
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_photos_in_the_inbox_and_retries_with_backoff(
     settings: Settings, tmp_path: Path
 ) -> None:
