@@ -197,8 +197,10 @@ class _Handler(FileSystemEventHandler):
 class _OverflowListener(logging.Handler):
     """Watchdog reports a lost-events overflow only through its logger; we listen there.
 
-    Watchdog rebuilds its watches on overflow but does not tell its handlers
-    which files were missed, so the daemon must rescan.
+    Since watchdog 7.1.0 the kernel's IN_Q_OVERFLOW is logged as a warning
+    ("Inotify queue overflowed; ...") and the recursive watches are rebuilt;
+    event handlers are not told, nor which files were missed, so the daemon
+    must rescan.  Earlier versions dropped the overflow without a word.
     """
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
@@ -239,7 +241,12 @@ class InboxWatcher:
 
     def start(self) -> None:
         for name in self._OVERFLOW_LOGGERS:
-            logging.getLogger(name).addHandler(self._listener)
+            logger = logging.getLogger(name)
+            logger.addHandler(self._listener)
+            # A logger drops records below its level before any handler sees them, and
+            # without a level of its own it takes the root's, i.e. log_level: "error"
+            # there must not silence the warning the rescan hangs on (it is logged too).
+            logger.setLevel(logging.WARNING)
         self._observer.start()
 
     def stop(self) -> None:

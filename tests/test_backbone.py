@@ -56,6 +56,7 @@ def _fake_state_dict(model_layers: dict, specs: list, rng: np.random.Generator) 
     return sd
 
 
+@pytest.mark.slow
 def test_port_transposes_every_layout_and_rejects_leftovers() -> None:
     _, lay, specs = backbone.build_classifier(LITE0, 5, (32, 32))
     sd = _fake_state_dict(lay, specs, np.random.default_rng(0))
@@ -73,6 +74,7 @@ def test_port_transposes_every_layout_and_rejects_leftovers() -> None:
         backbone.port_state_dict(lay, specs, {**sd, "_fc.bias": np.zeros(7, np.float32)})
 
 
+@pytest.mark.slow
 def test_tail_shares_weights_with_the_full_model() -> None:
     model, lay, specs = backbone.build_classifier(LITE0, 3, (64, 64))
     cut = len(specs) - 2
@@ -87,6 +89,7 @@ def test_tail_shares_weights_with_the_full_model() -> None:
     np.testing.assert_allclose(full, split, rtol=1e-4, atol=0)
 
 
+@pytest.mark.slow
 def test_keras_port_matches_pytorch_logits() -> None:
     pytest.importorskip("torch", reason="needs the [train] extra (torch)")
     pytest.importorskip(

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _run_quick(model_dir: Path, cache: Path) -> dict:
     """``cened bench --quick --json`` as a user runs it: a fresh process, whose stdout is one JSON object.
@@ -31,6 +33,7 @@ def _run_quick(model_dir: Path, cache: Path) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> None:
     result = _run_quick(model_dir, tmp_path / "cache")
 
@@ -122,6 +125,7 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
     assert (full != preview).any() and np.abs(full - preview).mean() < 12
 
 
+@pytest.mark.slow
 def test_quick_compare_times_each_setting_in_paired_rounds(model_dir: Path, tmp_path: Path) -> None:
     """``--compare``: the baseline and each variant run once per round; ratios are paired per round."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "TF_CPP"))}

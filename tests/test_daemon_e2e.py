@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from conftest import CLASSES, write_config, write_photo
 from daemon_helpers import DaemonProcess, files_under, run_cli, wait_until
 
@@ -30,6 +31,7 @@ def _copy_slowly(src: Path, dst: Path, chunks: int = 4, pause: float = 0.35) -> 
             time.sleep(pause)
 
 
+@pytest.mark.slow
 def test_twenty_photos_are_filed_logged_and_undone(tmp_path: Path, settings: Settings) -> None:
     staging = tmp_path / "staging"
     originals: dict[str, str] = {}
@@ -107,6 +109,7 @@ def test_twenty_photos_are_filed_logged_and_undone(tmp_path: Path, settings: Set
     assert dict(actions) == {"moved": 20, "undone": 20}
 
 
+@pytest.mark.slow
 def test_sigterm_mid_backlog_finishes_the_batch_and_exits_quickly(tmp_path: Path, settings: Settings) -> None:
     for i in range(120):
         write_photo(settings.inbox / f"{i:03d}.png", CLASSES[i % 6], fmt="PNG", size=(400, 300), seed=i)

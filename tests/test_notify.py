@@ -134,6 +134,7 @@ def drop(inbox: Path, name: str, cls: str, seed: int = 0, size: tuple[int, int] 
 # -- the protocol, end to end ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_daemon_speaks_the_notify_protocol(tmp_path: Path, settings: Settings, socket_dir: Path) -> None:
     """READY after the start-up scan and before any filing, STATUS per batch, WATCHDOG, STOPPING."""
     write_photo(settings.inbox / "waiting.jpg", "sea")  # there before start: the scan must find it
@@ -201,6 +202,7 @@ def write_reload_config(path: Path, settings: Settings, albums: dict[str, str], 
         fh.write("\n[albums]\n" + "".join(f'{k} = "{v}"\n' for k, v in albums.items()))
 
 
+@pytest.mark.slow
 def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
     tmp_path: Path, settings: Settings, socket_dir: Path
 ) -> None:
@@ -281,6 +283,7 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
 # -- the Notifier in-process -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_stuck_model_call_stops_the_watchdog_pings(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, socket_dir: Path
 ) -> None:

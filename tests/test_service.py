@@ -141,6 +141,7 @@ def _fake_systemctl(tmp_path: Path) -> tuple[Path, Path]:
     return fake_bin, called
 
 
+@pytest.mark.slow
 @needs_analyze
 def test_install_service_user_writes_a_unit_that_verifies(tmp_path: Path) -> None:
     home = tmp_path / "home"

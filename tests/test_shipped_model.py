@@ -46,6 +46,7 @@ def _validation_sample(per_class: int) -> tuple[np.ndarray, np.ndarray]:
     return pixels, listing.labels[picked]
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_shipped_model_sorts_validation_photos(shipped: Path) -> None:
     if not DATA.is_dir():

@@ -102,6 +102,7 @@ def _tiny_data(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path) -> None:
     import keras
 
