@@ -67,6 +67,8 @@ class Settings(BaseSettings):
 
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     review_album: str = "review"
+    # Photos that are none of the model's classes; "" sends them to review_album instead.
+    other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
@@ -92,6 +94,11 @@ class Settings(BaseSettings):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         return _album_name(value)
+
+    @field_validator("other_album")
+    @classmethod
+    def _plain_name_or_none(cls, value: str) -> str:
+        return _album_name(value) if value else value
 
     @field_validator("albums")
     @classmethod

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import numpy as np
 import structlog
 
 from cened import logsetup, recovery
@@ -47,7 +46,7 @@ from cened.config import Settings, load_settings
 from cened.errors import ConfigError
 from cened.journal import Journal
 from cened.ml import imaging
-from cened.ml.classifying import Classifier
+from cened.ml.classifying import Classifier, Scores
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Fate, Outcome, Prepared, Processor, prepare
 from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
@@ -330,7 +329,7 @@ class Daemon:
         outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
         if not scored.failed:
             try:
-                outcomes = processor.file(prepared, scored.probabilities)
+                outcomes = processor.file(prepared, scored.scores)
             except Exception:
                 log.exception("batch-failed", files=len(prepared))
         for outcome in outcomes:
@@ -381,7 +380,7 @@ class _Scored:
     """A batch the model has seen, on its way to the filer thread."""
 
     prepared: list[Prepared]
-    probabilities: np.ndarray | None
+    scores: Scores | None
     failed: bool = False
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from cened.errors import JournalError
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Action(StrEnum):
@@ -37,6 +37,7 @@ class Action(StrEnum):
 
     MOVED = "moved"  # filed into an album
     REVIEW = "review"  # filed into the review album: the model was unsure
+    OTHER = "other"  # filed into the other album: none of the model's classes
     QUARANTINED = "quarantined"  # not a usable image
     CORRECTED = "corrected"  # moved by cened correct, with a human label
     RELOCATED = "relocated"  # found elsewhere in the library by cened doctor
@@ -55,9 +56,16 @@ class State(StrEnum):
 
 
 #: Actions that leave a file somewhere new and can therefore be undone or corrected.
-MOVING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.QUARANTINED, Action.CORRECTED, Action.RELOCATED)
+MOVING_ACTIONS = (
+    Action.MOVED,
+    Action.REVIEW,
+    Action.OTHER,
+    Action.QUARANTINED,
+    Action.CORRECTED,
+    Action.RELOCATED,
+)
 #: Actions of the daemon's own filing, the base of the rates in :meth:`Journal.stats`.
-FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.QUARANTINED)
+FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED)
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -90,6 +98,8 @@ _MIGRATIONS: dict[int, str] = {
     # Which pixels the model saw: "photo", or "exif-preview" for a large JPEG
     # classified from its camera-made preview (NULL for rows without a prediction).
     2: "ALTER TABLE decisions ADD COLUMN pixel_source TEXT",
+    # How unlike the model's training photos a photo is (cened.ml.novelty; NULL without a detector).
+    3: "ALTER TABLE decisions ADD COLUMN novelty REAL",
 }
 
 
@@ -129,6 +139,7 @@ class Entry:
     ref_id: int | None = None
     human_label: str | None = None
     pixel_source: str | None = None
+    novelty: float | None = None
     batch_id: str | None = None
     state: State = State.DONE
     time: str = field(default_factory=now_iso)
@@ -161,6 +172,7 @@ _COLUMNS = (
     "ref_id",
     "human_label",
     "pixel_source",
+    "novelty",
 )
 
 

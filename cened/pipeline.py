@@ -33,7 +33,7 @@ from cened.config import Settings
 from cened.faults import crash_point
 from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
-from cened.ml.classifying import Classifier, decide
+from cened.ml.classifying import AlbumKind, Classifier, Scores, decide
 from cened.ml.modelpack import sha256_or_none
 from cened.watching import signature
 
@@ -57,6 +57,7 @@ class Fate(StrEnum):
 
     MOVED = Action.MOVED
     REVIEW = Action.REVIEW
+    OTHER = Action.OTHER
     QUARANTINED = Action.QUARANTINED
     SKIPPED = Action.SKIPPED
     RETRY = "retry"  # left in the inbox, to be tried again
@@ -65,12 +66,12 @@ class Fate(StrEnum):
     @property
     def filed(self) -> bool:
         """Taken out of the inbox by the daemon's own decision."""
-        return self in (Fate.MOVED, Fate.REVIEW, Fate.QUARANTINED)
+        return self in (Fate.MOVED, Fate.REVIEW, Fate.OTHER, Fate.QUARANTINED)
 
     @property
     def classified(self) -> bool:
         """The model decided where the photo belongs, and it is (or would be) there."""
-        return self in (Fate.MOVED, Fate.REVIEW)
+        return self in (Fate.MOVED, Fate.REVIEW, Fate.OTHER)
 
 
 @dataclass
@@ -187,17 +188,17 @@ class Processor:
     def process(self, batch: Sequence[Prepared]) -> list[Outcome]:
         return self.file(batch, self.score(batch))
 
-    def score(self, batch: Sequence[Prepared]) -> np.ndarray | None:
-        """The model's probabilities for the decoded photos of ``batch``, in order.
+    def score(self, batch: Sequence[Prepared]) -> Scores | None:
+        """What the model says of the decoded photos of ``batch``, in order.
 
         Kept apart from :meth:`file` so the daemon can run the model on one
         batch while another thread journals and moves the previous one.
         """
         pixels = [p.pixels for p in batch if p.pixels is not None]
-        return self.classifier.predict(pixels) if pixels else None
+        return self.classifier.score(pixels) if pixels else None
 
-    def file(self, batch: Sequence[Prepared], probabilities: np.ndarray | None) -> list[Outcome]:
-        """Decide, journal and move one scored batch (``probabilities`` from :meth:`score`)."""
+    def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[Outcome]:
+        """Decide, journal and move one scored batch (``scores`` from :meth:`score`)."""
         settings = self.settings()
         batch_id = uuid.uuid4().hex[:12]
         outcomes: list[Outcome] = []
@@ -212,7 +213,7 @@ class Processor:
             return dst
 
         decoded = [p for p in batch if p.verdict == Verdict.DECODED]
-        for prep, entry in zip(decoded, self._entries(decoded, probabilities, settings), strict=True):
+        for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
             if self._restored_by_undo(prep):
                 outcomes.append(Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo"))
                 continue
@@ -265,23 +266,24 @@ class Processor:
             _log_outcome(outcome)
         return outcomes
 
-    def _entries(
-        self, items: Sequence[Prepared], probabilities: np.ndarray | None, settings: Settings
-    ) -> list[Entry]:
-        if not items or probabilities is None:
+    def _entries(self, items: Sequence[Prepared], scores: Scores | None, settings: Settings) -> list[Entry]:
+        if not items or scores is None:
             return []
         entries = []
-        for prep, probs in zip(items, probabilities, strict=True):
+        for i, prep in enumerate(items):
             decision = decide(
-                probs,
+                scores.probabilities[i],
                 self.classifier.classes,
                 threshold=settings.confidence_threshold,
                 albums=settings.albums,
                 review_album=settings.review_album,
+                novelty=float(scores.novelty[i]) if scores.novelty is not None else None,
+                novelty_threshold=scores.novelty_threshold,
+                other_album=settings.other_album,
             )
             entries.append(
                 Entry(
-                    action=Action.REVIEW if decision.to_review else Action.MOVED,
+                    action=_ACTIONS[decision.kind],
                     source=prep.path,
                     sha256=prep.sha256,
                     size=prep.size,
@@ -289,10 +291,11 @@ class Processor:
                     album=decision.album,
                     confidence=decision.confidence,
                     probabilities=decision.probabilities,
+                    novelty=decision.novelty,
                     model_version=self.classifier.version,
                     pixel_source=prep.pixel_source,
                     state=State.PENDING,
-                    reason="below confidence threshold" if decision.to_review else None,
+                    reason=decision.reason,
                 )
             )
         return entries
@@ -350,6 +353,10 @@ class Processor:
         input_size = self.classifier.meta.input_size
         for batch in prepared_batches(files, self.settings(), input_size, pool):
             yield from self.process(batch)
+
+
+#: The row each kind of decision writes.
+_ACTIONS = {AlbumKind.FILE: Action.MOVED, AlbumKind.REVIEW: Action.REVIEW, AlbumKind.OTHER: Action.OTHER}
 
 
 def prepared_batches(

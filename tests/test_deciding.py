@@ -9,7 +9,7 @@ import pytest
 from conftest import CLASSES
 
 from cened.errors import ConfigError
-from cened.ml.classifying import decide, softmax
+from cened.ml.classifying import AlbumKind, decide, softmax
 from cened.undoing import parse_since
 
 
@@ -19,7 +19,7 @@ def _probs(**by_class: float) -> np.ndarray:
 
 def test_confident_photo_goes_to_its_album() -> None:
     d = decide(_probs(sea=0.9, glacier=0.1), CLASSES, threshold=0.6, albums={}, review_album="review")
-    assert (d.label, d.album, d.to_review) == ("sea", "sea", False)
+    assert (d.label, d.album, d.kind) == ("sea", "sea", AlbumKind.FILE)
     assert d.confidence == pytest.approx(0.9)
     assert set(d.probabilities) == set(CLASSES)
 
@@ -28,7 +28,7 @@ def test_unsure_photo_goes_to_review_but_keeps_its_best_guess() -> None:
     d = decide(
         _probs(glacier=0.5, mountain=0.45, sea=0.05), CLASSES, threshold=0.6, albums={}, review_album="check"
     )
-    assert (d.label, d.album, d.to_review) == ("glacier", "check", True)
+    assert (d.label, d.album, d.kind) == ("glacier", "check", AlbumKind.REVIEW)
 
 
 def test_grouped_look_alikes_pool_their_probability() -> None:
@@ -36,8 +36,21 @@ def test_grouped_look_alikes_pool_their_probability() -> None:
     d = decide(
         _probs(glacier=0.5, mountain=0.45, sea=0.05), CLASSES, threshold=0.6, albums=albums, review_album="r"
     )
-    assert (d.label, d.album, d.to_review) == ("glacier", "mountains", False)
+    assert (d.label, d.album, d.kind) == ("glacier", "mountains", AlbumKind.FILE)
     assert d.confidence == pytest.approx(0.95)
+
+
+def test_a_novel_photo_goes_to_other_however_confident() -> None:
+    sure = _probs(glacier=0.97, mountain=0.03)
+    kwargs = {"threshold": 0.6, "albums": {}, "review_album": "review", "novelty_threshold": 0.3}
+    d = decide(sure, CLASSES, novelty=0.45, **kwargs)
+    assert (d.label, d.album, d.kind, d.novelty) == ("glacier", "other", AlbumKind.OTHER, 0.45)
+    assert "none of the model's classes" in (d.reason or "")
+    # At or below the threshold the probabilities decide, as without a detector.
+    assert decide(sure, CLASSES, novelty=0.3, **kwargs).album == "glacier"
+    # other_album "" sends such photos to review instead.
+    assert decide(sure, CLASSES, novelty=0.45, other_album="", **kwargs).album == "review"
+    assert decide(sure, CLASSES, novelty=0.45, other_album="", **kwargs).kind == AlbumKind.OTHER
 
 
 def test_softmax_temperature_softens_confidence() -> None:
@@ -63,8 +76,8 @@ def _count_calls(classifier: object) -> list[int]:
     while not classifier._free.empty():  # type: ignore[attr-defined]
         runners.append(classifier._free.get())  # type: ignore[attr-defined]
     for runner in runners:
-        logits = runner.logits
-        runner.logits = lambda batch, logits=logits: calls.append(len(batch)) or logits(batch)
+        outputs = runner.outputs
+        runner.outputs = lambda batch, outputs=outputs: calls.append(len(batch)) or outputs(batch)
         classifier._free.put(runner)  # type: ignore[attr-defined]
     return calls
 

@@ -1,9 +1,11 @@
-"""Running the model on a batch of pixels, and turning probabilities into a decision.
+"""Running the model on a batch of pixels, and turning its outputs into a decision.
 
 Two backends run the same model: LiteRT (``model.tflite``), which is the
 faster of the two on a small CPU, and Keras (``model.keras``).  Both return
 calibrated probabilities: logits divided by the model's fitted temperature,
-then softmax, so a confidence of 0.9 means right nine times in ten.
+then softmax, so a confidence of 0.9 means right nine times in ten.  A model
+with a novelty detector (:mod:`cened.ml.novelty`) also says how unlike its
+training photos each photo is, which is what sends a photo to "other".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import queue
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from cened import logsetup
 from cened.errors import ModelError
-from cened.ml import modelpack
+from cened.ml import modelpack, novelty
 from cened.ml.modelpack import ModelMeta
 
 if TYPE_CHECKING:
@@ -30,18 +33,44 @@ Backend = Literal["auto", "tflite", "keras"]
 
 
 class _Runner(Protocol):
-    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray: ...
+    def outputs(self, batch: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class AlbumKind(StrEnum):
+    """Which kind of album a photo goes to."""
+
+    FILE = "file"  # the album of its class
+    REVIEW = "review"  # unsure between the classes
+    OTHER = "other"  # none of the classes
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one image: its best class, and the album (or the review album) it goes to."""
+    """What to do with one image: its best class, and the album it goes to."""
 
     label: str
     album: str
     confidence: float
     probabilities: dict[str, float]
-    to_review: bool
+    kind: AlbumKind
+    novelty: float | None = None
+
+    @property
+    def reason(self) -> str | None:
+        if self.kind == AlbumKind.OTHER:
+            return "none of the model's classes (novelty above its threshold)"
+        if self.kind == AlbumKind.REVIEW:
+            return "below confidence threshold"
+        return None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the model says of a batch: class probabilities, and how novel each photo is."""
+
+    probabilities: np.ndarray  # (n, classes)
+    novelty: np.ndarray | None  # (n,), or None for a model without a detector
+    novelty_threshold: float | None = None
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -58,12 +87,18 @@ def decide(
     threshold: float,
     albums: dict[str, str],
     review_album: str,
+    novelty: float | None = None,
+    novelty_threshold: float | None = None,
+    other_album: str = "other",
 ) -> Decision:
     """Pick the album for one image.
 
-    Classes that share an album pool their probability first, so grouping
-    glacier and mountain makes a photo that is 50/50 between them a confident
-    member of the shared album instead of a review case.
+    A photo more novel than the model's threshold goes to ``other_album`` (to
+    the review album when that is ""), whatever its probabilities: they only
+    rank the classes against each other.  Otherwise classes that share an
+    album pool their probability first, so grouping glacier and mountain makes
+    a photo that is 50/50 between them a confident member of the shared album
+    instead of a review case.
     """
     pooled: dict[str, float] = {}
     for name, p in zip(classes, probabilities, strict=True):
@@ -72,13 +107,19 @@ def decide(
     best_album = max(pooled, key=lambda a: pooled[a])
     top = int(np.argmax(probabilities))
     confidence = pooled[best_album]
-    to_review = confidence < threshold
+    if novelty is not None and novelty_threshold is not None and novelty > novelty_threshold:
+        kind, album = AlbumKind.OTHER, other_album or review_album
+    elif confidence < threshold:
+        kind, album = AlbumKind.REVIEW, review_album
+    else:
+        kind, album = AlbumKind.FILE, best_album
     return Decision(
         label=classes[top],
-        album=review_album if to_review else best_album,
+        album=album,
         confidence=round(confidence, 6),
         probabilities={c: round(float(p), 6) for c, p in zip(classes, probabilities, strict=True)},
-        to_review=to_review,
+        kind=kind,
+        novelty=round(novelty, 6) if novelty is not None else None,
     )
 
 
@@ -125,6 +166,9 @@ class Classifier:
     ) -> None:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
+        self.detector = novelty.Detector.load(model_dir, self.meta.novelty) if self.meta.novelty else None
+        # The runners return the logits and, with a detector, the embedding after them.
+        self.width = len(self.meta.classes) + (self.detector.width if self.detector else 0)
         self.threads = threads or usable_cores()
         # Photos per model call (0: all at once).  Smaller calls can be faster per
         # photo, as their activations stay in the CPU caches.
@@ -163,7 +207,7 @@ class Classifier:
 
     def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":
-            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, threads)
+            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, threads, self.width)
         return _KerasRunner.load(self.model_dir / modelpack.KERAS_FILE, self.meta, threads)
 
     def _warm_up(self, runner: _Runner, batch: int) -> None:
@@ -172,8 +216,8 @@ class Classifier:
         Ending on 1 leaves the runner shaped for the idle case, a single photo.
         """
         for size in dict.fromkeys((batch, 1)):
-            logits = runner.logits(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
-            if not np.isfinite(logits).all():
+            outputs = runner.outputs(np.zeros((size, *self.meta.input_size, 3), dtype=np.uint8))
+            if not np.isfinite(outputs).all():
                 # A broken export (e.g. weights left out of a LiteRT file) gives NaN,
                 # which decide() would turn into confident filing in the first album.
                 raise ModelError(f"the {self.backend} model in {self.model_dir} gives non-finite outputs")
@@ -191,14 +235,29 @@ class Classifier:
 
         :meth:`logits` divided by the model's temperature, then softmax.
         """
-        return softmax(self.logits(pixels), self.meta.temperature)
+        return self.score(pixels).probabilities
+
+    def score(self, pixels: Sequence[np.ndarray]) -> Scores:
+        """Calibrated probabilities and, with a detector, each photo's novelty: one model call per chunk."""
+        outputs = self.outputs(pixels)
+        n = len(self.classes)
+        probabilities = softmax(outputs[:, :n], self.meta.temperature)
+        if self.detector is None:
+            return Scores(probabilities, None)
+        return Scores(probabilities, self.detector.scores(outputs[:, n:]), self.detector.threshold)
 
     def logits(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """The model's raw outputs for uint8 images ``(H, W, 3)``, before the temperature.
+        """The model's raw class outputs for uint8 images ``(H, W, 3)``, before the temperature.
 
-        ``cened evaluate`` fits and checks the calibration on these.  A list of
-        decoded photos is taken as it is, not stacked: the LiteRT runner copies
-        each photo straight into the model's input tensor.
+        ``cened evaluate`` fits and checks the calibration on these.
+        """
+        return self.outputs(pixels)[:, : len(self.classes)]
+
+    def outputs(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits, then the embedding when there is a detector: ``(n, width)``.
+
+        A list of decoded photos is taken as it is, not stacked: the LiteRT
+        runner copies each photo straight into the model's input tensor.
         """
         expected = (*self.meta.input_size, 3)
         for image in pixels:
@@ -207,16 +266,16 @@ class Classifier:
         step = self.max_batch or len(pixels) or 1
         chunks = [pixels[i : i + step] for i in range(0, len(pixels), step)]
         if self._pool is None or len(chunks) < 2:
-            logits = [self._logits(chunk) for chunk in chunks]
+            parts = [self._outputs(chunk) for chunk in chunks]
         else:
-            logits = list(self._pool.map(self._logits, chunks))
-        return np.concatenate(logits) if logits else np.zeros((0, len(self.classes)), dtype=np.float32)
+            parts = list(self._pool.map(self._outputs, chunks))
+        return np.concatenate(parts) if parts else np.zeros((0, self.width), dtype=np.float32)
 
-    def _logits(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
+    def _outputs(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
         """One model call on whichever copy is free (waiting for one if none is)."""
         runner = self._free.get()
         try:
-            return runner.logits(chunk)
+            return runner.outputs(chunk)
         finally:
             self._free.put(runner)
 
@@ -244,21 +303,25 @@ class _KerasRunner:
         except Exception as exc:
             raise ModelError(f"cannot load {path}: {exc}") from exc
         modelpack.check_shapes(model, meta)
+        if meta.novelty:
+            # model.keras is the classifier as trained; the embedding is grown on it
+            # here exactly as it was for the LiteRT export.
+            model = novelty.with_embedding(model, meta.novelty["layers"])
         return cls(model, meta.input_size)
 
-    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+    def outputs(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         return np.asarray(self._fn(np.stack(batch).astype(np.float32)))
 
 
-def keras_logits(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits of a Keras model still in memory, as the Keras backend computes them once it is saved.
+def keras_outputs(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs of a Keras model still in memory, as the Keras backend computes them once it is saved.
 
-    Training fits the temperature on these before there is a model directory
-    to load; everything else goes through :class:`Classifier`.
+    Training fits the temperature and the detector on these before there is a
+    model directory to load; everything else goes through :class:`Classifier`.
     """
     runner = _KerasRunner(model, (pixels.shape[1], pixels.shape[2]))
     return np.concatenate(
-        [runner.logits(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+        [runner.outputs(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
     )
 
 
@@ -272,7 +335,7 @@ class _TFLiteRunner:
     daemon's batch size.
     """
 
-    def __init__(self, path: Path, meta: ModelMeta, threads: int) -> None:
+    def __init__(self, path: Path, meta: ModelMeta, threads: int, width: int) -> None:
         from cened.ml._tflite import Interpreter
 
         shape = (*meta.input_size, 3)
@@ -289,8 +352,8 @@ class _TFLiteRunner:
         except Exception as exc:
             raise ModelError(f"cannot load the LiteRT model: {exc}") from exc
         out = self._interpreter.get_output_details()[0]["shape"]
-        if tuple(out[1:]) != (len(meta.classes),):
-            raise ModelError(f"{path} outputs {tuple(out[1:])}, metadata has {len(meta.classes)} classes")
+        if tuple(out[1:]) != (width,):
+            raise ModelError(f"{path} outputs {tuple(out[1:])} values per photo; its metadata says {width}")
 
     def _resize(self, size: int) -> None:
         shape = [size, *self._interpreter.get_input_details()[0]["shape"][1:]]
@@ -298,7 +361,7 @@ class _TFLiteRunner:
         self._interpreter.allocate_tensors()
         self._size = size
 
-    def logits(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+    def outputs(self, batch: Sequence[np.ndarray]) -> np.ndarray:
         if len(batch) != self._size:
             self._resize(len(batch))
         # Each uint8 photo is converted as it is copied into the input tensor: one

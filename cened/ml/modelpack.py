@@ -31,6 +31,7 @@ FORMAT = "cened-model/1"
 METADATA_FILE = "metadata.json"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
+NOVELTY_FILE = "novelty.npy"  # the "other" detector's prototypes (cened.ml.novelty)
 #: How pixels are prepared before the model sees them; the only one defined so far.
 PREPROCESSING = "rgb-exif-bilinear-0-255"
 
@@ -48,6 +49,8 @@ class ModelMeta:
     format: str = FORMAT
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     training: dict[str, Any] = field(default_factory=dict)
+    # The "other" detector (cened.ml.novelty): layers, k, threshold, how it was fitted; empty if none.
+    novelty: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -68,6 +71,7 @@ class ModelMeta:
                 format=str(data.get("format", FORMAT)),
                 files={str(k): str(v) for k, v in data.get("files", {}).items()},
                 training=dict(data.get("training", {})),
+                novelty=dict(data.get("novelty", {})),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ModelError(f"metadata is malformed: {exc!r}") from exc
@@ -79,6 +83,8 @@ class ModelMeta:
             raise ModelError("metadata needs at least two distinct class names")
         if meta.temperature <= 0:
             raise ModelError("temperature must be positive")
+        if meta.novelty and not {"layers", "k", "threshold"} <= set(meta.novelty):
+            raise ModelError("the novelty detector's metadata needs layers, k and threshold")
         if min(meta.input_size) < 8:
             raise ModelError(f"input size {meta.input_size} is too small")
         return meta
@@ -127,7 +133,7 @@ def write_meta(model_dir: Path, meta: ModelMeta) -> ModelMeta:
     """Hash the weight files present and write ``metadata.json`` atomically."""
     files = {
         name: sha256_file(model_dir / name)
-        for name in (KERAS_FILE, TFLITE_FILE)
+        for name in (KERAS_FILE, TFLITE_FILE, NOVELTY_FILE)
         if (model_dir / name).is_file()
     }
     meta = ModelMeta(**{**asdict(meta), "files": files})

