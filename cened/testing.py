@@ -119,6 +119,133 @@ def image_set(
 
 
 #: How long the reader lets the daemon's log lines gather in the pipe between reads.
+#: Kinds of :func:`unlike_photos`: content that is none of the landscape classes.
+UNLIKE_KINDS = ("documents", "screens", "plain")
+_WORDS = (
+    "invoice",
+    "total",
+    "amount",
+    "due",
+    "date",
+    "payment",
+    "account",
+    "meeting",
+    "agenda",
+    "report",
+    "summary",
+    "results",
+    "settings",
+    "file",
+    "edit",
+    "view",
+    "help",
+    "window",
+    "search",
+    "user",
+    "profile",
+    "password",
+    "login",
+    "cancel",
+    "save",
+    "open",
+    "close",
+    "dear",
+    "regards",
+    "please",
+    "attached",
+    "thank",
+    "you",
+    "project",
+    "status",
+    "update",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "for",
+    "on",
+    "with",
+    "as",
+    "by",
+    "this",
+)
+
+
+def unlike_photos(folder: Path, per_kind: int = 20, seed: int = 0) -> list[Path]:
+    """JPEGs of things that are no landscape, made here: text pages, screenshots, flat colours and noise.
+
+    Far from the training photos in a way no data set we hold is: tests and
+    ``cened evaluate --ood`` use them beside real photos of pets and clothes.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+
+    def colour(light: bool | None = None) -> tuple[int, int, int]:
+        lo, hi = (0, 256) if light is None else ((200, 256) if light else (0, 70))
+        r, g, b = (int(v) for v in rng.integers(lo, hi, 3))
+        return r, g, b
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(_WORDS, n))
+
+    def document(i: int) -> Image.Image:
+        w, h = [(850, 1100), (600, 800), (1100, 850), (400, 600)][i % 4]
+        image = Image.new("RGB", (w, h), colour(True))
+        draw, ink = ImageDraw.Draw(image), colour(False)
+        size, y = int(rng.integers(max(9, w // 60), max(12, w // 28))), h // 16
+        font = ImageFont.load_default(size)
+        draw.text((w // 12, y), words(4).title(), fill=ink, font=ImageFont.load_default(size * 2))
+        y += size * 3
+        while y < h * 0.92:
+            draw.text((w // 12, y), words(int(rng.integers(3, 12))), fill=ink, font=font)
+            y += int(size * rng.uniform(1.3, 1.8))
+        return image
+
+    def screen(i: int) -> Image.Image:
+        w, h = [(1280, 800), (390, 844), (1024, 768), (1440, 900)][i % 4]
+        dark = bool(rng.random() < 0.4)
+        back, ink, accent = colour(not dark), colour(dark), colour()
+        image = Image.new("RGB", (w, h), back)
+        draw = ImageDraw.Draw(image)
+        bar = max(18, h // 30)
+        draw.rectangle((0, 0, w, bar), fill=accent)
+        draw.text((bar * 3, 2), words(3), fill=ink, font=ImageFont.load_default(bar - 6))
+        side = int(w * rng.uniform(0.15, 0.3))
+        draw.rectangle((0, bar, side, h), fill=colour(dark))
+        font, y = ImageFont.load_default(max(10, bar // 2 + 4)), bar + 8
+        while y < h - bar:
+            if rng.random() < 0.15:
+                draw.rounded_rectangle((side + 10, y, side + 130, y + bar), radius=5, fill=accent)
+            else:
+                draw.text((side + 10, y), words(int(rng.integers(2, 10))), fill=ink, font=font)
+            y += int(bar * 1.4)
+        return image
+
+    def plain(i: int) -> Image.Image:
+        w, h = [(224, 224), (640, 480), (300, 200), (150, 150)][i % 4]
+        kind = i % 3
+        if kind == 0:
+            return Image.new("RGB", (w, h), colour())
+        if kind == 1:
+            t = np.linspace(0.0, 1.0, w)[None, :, None]
+            a, b = np.array(colour(), float), np.array(colour(), float)
+            return Image.fromarray(np.broadcast_to(a + (b - a) * t, (h, w, 3)).astype(np.uint8))
+        return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+    makers = {"documents": document, "screens": screen, "plain": plain}
+    paths = []
+    for kind in UNLIKE_KINDS:
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_kind):
+            path = folder / kind / f"{kind}-{i:03d}.jpg"
+            makers[kind](i).save(path, "JPEG", quality=int(rng.integers(75, 96)))
+            paths.append(path)
+    return paths
+
+
 READ_GAP_S = 0.01
 
 

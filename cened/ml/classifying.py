@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -319,10 +319,13 @@ def keras_outputs(model: Any, pixels: np.ndarray, batch_size: int) -> np.ndarray
     Training fits the temperature and the detector on these before there is a
     model directory to load; everything else goes through :class:`Classifier`.
     """
-    runner = _KerasRunner(model, (pixels.shape[1], pixels.shape[2]))
-    return np.concatenate(
-        [runner.outputs(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
-    )
+    run = keras_function(model, (pixels.shape[1], pixels.shape[2]))
+    return np.concatenate([run(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
+
+
+def keras_function(model: Any, input_size: tuple[int, int]) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """The Keras backend's call of an in-memory model, traced once for any batch size."""
+    return _KerasRunner(model, input_size).outputs
 
 
 class _TFLiteRunner:

