@@ -395,9 +395,10 @@ def _log_outcome(outcome: Outcome) -> None:
             model=entry.model_version,
             sha256=entry.sha256,
             pixels=entry.pixel_source if entry.pixel_source == imaging.FROM_PREVIEW else None,
+            novelty=entry.novelty,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
-    if outcome.fate in (Fate.MOVED, Fate.REVIEW):
+    if outcome.fate.classified:
         log.info("filed", **fields)
     elif outcome.fate == Fate.QUARANTINED:
         log.warning("quarantined", **fields)

@@ -72,7 +72,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             keras.Input((*INPUT, 3)),
             keras.layers.Rescaling(1 / 255.0),
             keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.GlobalAveragePooling2D(name="pool"),
             keras.layers.Dense(len(CLASSES)),
         ]
     )
@@ -87,6 +87,31 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny"
     meta = ModelMeta(name="tiny", version="tiny-test-1", classes=CLASSES, input_size=INPUT)
     save_keras(model, out, meta, tflite=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test model with a novelty detector, fitted by ``cened train``'s own last phase.
+
+    Its world is six colours, so a picture of none of them (or a text page) is "other".
+    """
+    import dataclasses
+    import shutil
+
+    from cened.ml import modelpack, novelty, training
+
+    data = tmp_path_factory.mktemp("colours")
+    for label, cls in enumerate(CLASSES):
+        for seed in range(40):
+            write_photo(data / cls / f"{seed:02d}.jpg", cls, seed=seed + 1000 * label)
+    out = tmp_path_factory.mktemp("model") / "tiny-other"
+    shutil.copytree(model_dir, out)
+    meta = modelpack.read_meta(out)
+    split = {"split_seed": 5, "val_fraction": 0.25}
+    modelpack.write_meta(out, dataclasses.replace(meta, training=split))
+    cfg = novelty.NoveltyConfig(layers=("pool",), prototypes=24, rejection_rate=0.02)
+    training.fit_novelty(out, data, cfg, batch_size=64, say=lambda _: None)
     return out
 
 

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from cened import logsetup
 from cened.config import Settings
 from cened.errors import ConfigError
+from cened.testing import unlike_photos
 
 from . import dataset, modelpack
 from .classifying import AlbumKind, Backend, Classifier, decide, softmax
@@ -526,6 +528,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="photos of none of the classes (sub-folders are reported apart): how many the other "
         "decision keeps out of the albums; repeat for several folders",
     )
+    parser.add_argument(
+        "--unlike",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure N made-up photos of each kind cened.testing.unlike_photos draws "
+        "(documents, screenshots, plain colours and noise)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -670,11 +680,17 @@ def run(args: argparse.Namespace) -> int:
         outliers: dict[str, np.ndarray] = {}
         for folder in args.ood:
             outliers |= load_outliers(folder, meta.input_size)
+        if args.unlike:
+            with tempfile.TemporaryDirectory() as made:
+                unlike_photos(Path(made), per_kind=args.unlike)
+                outliers |= {f"made: {k}": v for k, v in load_outliers(Path(made), meta.input_size).items()}
         extra["other"] = other_report(runner, pixels, listing.labels, outliers)
         extra["other"]["runtime"] = "LiteRT" if lite_classifier is not None else "Keras"
-        extra["other"]["folders"] = [str(folder) for folder in args.ood]
+        extra["other"]["folders"] = [str(folder) for folder in args.ood] + (
+            [f"--unlike {args.unlike}"] if args.unlike else []
+        )
         _print_other(extra["other"])
-    elif args.ood:
+    elif args.ood or args.unlike:
         raise ConfigError(f"{args.model} has no novelty detector to measure (cened train --other-only)")
     print(
         f"Keras {extra['keras_ms_per_image']:.1f} ms/image (batch {args.batch_size}); "

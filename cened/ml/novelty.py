@@ -121,7 +121,8 @@ def fit(
         members = train[labels == c]
         share = max(cfg.k, round(cfg.prototypes * len(members) / len(train)))
         parts.append(spherical_kmeans(members, share, rng))
-    prototypes = np.concatenate(parts)
+    # Stored as float16: the threshold is set on the prototypes as they will be loaded.
+    prototypes = np.concatenate(parts).astype(np.float16).astype(np.float32)
     provisional = Detector(prototypes, cfg.k, math.inf)
     val_scores = provisional.scores(validation)
     threshold = float(np.quantile(val_scores, 1.0 - cfg.rejection_rate))
