@@ -14,11 +14,13 @@ from conftest import CLASSES
 
 from cened.config import shipped_model_dir
 from cened.ml import modelpack
-from cened.ml.classifying import Classifier
+from cened.ml.classifying import AlbumKind, Classifier, decide
 from cened.ml.dataset import list_images, split_indices
 from cened.ml.imaging import decode
+from cened.testing import unlike_photos
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "intel" / "train"
+OOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,8 @@ def shipped() -> Path:
 def test_shipped_model_is_complete_and_small(shipped: Path) -> None:
     meta = modelpack.read_meta(shipped)  # checks every file's sha256
     assert meta.classes == CLASSES
-    assert {modelpack.KERAS_FILE, modelpack.TFLITE_FILE} <= set(meta.files)
+    assert {modelpack.KERAS_FILE, modelpack.TFLITE_FILE, modelpack.NOVELTY_FILE} <= set(meta.files)
+    assert meta.novelty["rejection_rate"] <= 0.02
     assert sum((shipped / f).stat().st_size for f in meta.files) <= 25 * 1024 * 1024
     assert (shipped / "MODEL_CARD.md").is_file()
     assert 0.3 < meta.temperature < 3.0
@@ -58,3 +61,46 @@ def test_shipped_model_sorts_validation_photos(shipped: Path) -> None:
     assert accuracy >= 0.88, accuracy  # the card reports ~94% on the whole split
     assert float((lite.argmax(1) == keras.argmax(1)).mean()) >= 0.98
     assert np.allclose(lite.sum(1), 1.0, atol=1e-5)
+
+
+def _kinds(pixels: np.ndarray, classifier: Classifier) -> list[AlbumKind]:
+    """Where the daemon's decision (default thresholds) would send each photo."""
+    scores = classifier.score(list(pixels))
+    assert scores.novelty is not None
+    return [
+        decide(
+            probs,
+            classifier.classes,
+            threshold=0.6,
+            albums={},
+            review_album="review",
+            novelty=float(novelty),
+            novelty_threshold=scores.novelty_threshold,
+        ).kind
+        for probs, novelty in zip(scores.probabilities, scores.novelty, strict=True)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_photos_of_none_of_the_classes_are_kept_out_of_the_albums(shipped: Path, tmp_path: Path) -> None:
+    """Pets and clothes (../shared/data/ood, never fitted on) and made-up documents, screenshots, noise."""
+    if not OOD.is_dir() or not DATA.is_dir():
+        pytest.skip(f"the photos are not at {OOD} and {DATA} (they are never copied into the repository)")
+    classifier = Classifier(shipped)
+    size = classifier.meta.input_size
+    kinds = sorted(p for p in OOD.iterdir() if p.is_dir())
+    strangers = [path for kind in kinds for path in sorted(kind.glob("*.jpg"))[:15]]
+    strangers += unlike_photos(tmp_path, per_kind=10)
+    pixels = np.stack([decode(p.read_bytes(), size) for p in strangers])
+    filed = [
+        p for p, kind in zip(strangers, _kinds(pixels, classifier), strict=True) if kind == AlbumKind.FILE
+    ]
+    assert len(filed) <= 0.03 * len(strangers), [p.name for p in filed]
+
+    inliers, labels = _validation_sample(per_class=40)
+    kinds_in = np.array(_kinds(inliers, classifier))
+    assert (kinds_in == AlbumKind.OTHER).mean() <= 0.03  # 1.5% on the whole split, by construction
+    kept = kinds_in != AlbumKind.OTHER
+    predicted = classifier.predict(inliers).argmax(1)
+    assert (predicted[kept] == labels[kept]).mean() >= 0.9
