@@ -47,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CenedError as exc:
-        for line in exc.lines():
-            print(f"cened: {line}", file=sys.stderr)
+        from cened import logsetup
+
+        logsetup.print_failure(exc.lines(), exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
