@@ -43,7 +43,7 @@ import numpy as np
 import structlog
 
 from cened import logsetup, recovery
-from cened.config import Settings, load_settings
+from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError
 from cened.journal import Journal
 from cened.ml import imaging
@@ -121,8 +121,7 @@ class Daemon:
     def run(self) -> int:
         """Start, serve until a stop signal, shut down cleanly; returns the exit code."""
         s = self._settings
-        for directory in (s.inbox, s.library, s.quarantine_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        check_folders(s)  # creates them too; an unwritable one stops the start with a clear error
         imaging.set_pixel_limit(s.max_pixels)
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
