@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "install-service": ("cened.service", "write a systemd unit for cened and print how to enable it"),
     "doctor": ("cened.doctor", "find and fix disagreements between the log and the disk"),
     "bench": ("cened.bench.command", "measure throughput, latency, memory and start-up time"),
+    "reload": ("cened.reloading", "make the running service re-read its config and wait for the outcome"),
 }
 
 

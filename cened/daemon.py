@@ -42,7 +42,7 @@ from types import FrameType
 import numpy as np
 import structlog
 
-from cened import logsetup, recovery
+from cened import logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError
 from cened.journal import Journal
@@ -354,6 +354,7 @@ class Daemon:
         return f"{self.filed} filed, {busy} busy, {queued} queued, {len(self.tracker)} settling"
 
     def _apply_reload(self, classes: tuple[str, ...]) -> None:
+        started = reloading.monotonic_usec()  # after the signal: `cened reload` matches its answer by it
         self.notifier.reloading()
         old = self._settings
         try:
@@ -361,6 +362,7 @@ class Daemon:
             _check_albums(new, classes)
         except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the service
             log.error("reload-refused", error=str(exc))
+            reloading.write_answer(reloading.Outcome.REFUSED, started, str(exc))
             self.notifier.ready(self._status())
             return
         ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
@@ -372,6 +374,7 @@ class Daemon:
         imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
+        reloading.write_answer(reloading.Outcome.RELOADED, started)
         self.notifier.ready(self._status())
 
 

@@ -16,6 +16,8 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -209,7 +211,16 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
     # 2,000 pixels at most: Pillow's own guard (a global) refuses more than twice that.
     write_reload_config(config, settings, {}, confidence_threshold=1.0, max_megapixels=0.002)
     notify = NotifySocket(str(socket_dir / "notify"))
-    daemon = DaemonProcess(config, env=daemon_env(notify))
+    runtime = tmp_path / "runtime"  # the unit's RuntimeDirectory=, where the daemon answers `cened reload`
+    runtime.mkdir()
+    daemon = DaemonProcess(config, env=daemon_env(notify, RUNTIME_DIRECTORY=str(runtime)))
+
+    def reload_command() -> subprocess.CompletedProcess[str]:
+        """The units' ExecReload=: returns once the daemon has decided, 1 when it refused."""
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
+        cmd = [sys.executable, "-m", "cened", "reload", "--pid", str(daemon.proc.pid)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
     try:
         daemon.wait_for("started", timeout=120)
 
@@ -221,9 +232,11 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         drop(inbox, "big.jpg", "forest", size=(100, 60))
         assert daemon.wait_for("quarantined", timeout=60)["reason"].startswith("decompression-bomb")
 
-        # A good config, applied by SIGHUP: threshold 0, a mapping, the default pixel limit.
+        # A good config, applied by `cened reload` (SIGHUP, then the answer): threshold 0, a
+        # mapping, the default pixel limit.
         write_reload_config(config, settings, {"forest": "woods"}, confidence_threshold=0.0)
-        daemon.proc.send_signal(signal.SIGHUP)
+        done = reload_command()
+        assert done.returncode == 0, done.stderr
         assert nth_event(daemon, "reloaded", 1)["config"]["albums"] == {"forest": "woods"}
         drop(inbox, "trees.jpg", "forest", seed=2, size=(100, 60))
         assert wait_until(lambda: (library / "woods" / "trees.jpg").exists(), timeout=60), files_under(
@@ -239,7 +252,11 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         for n, (bad_line, albums, why) in enumerate(bad_configs, start=1):
             write_reload_config(config, settings, albums, confidence_threshold=0.5)
             config.write_text(bad_line + config.read_text())
-            daemon.proc.send_signal(signal.SIGHUP)
+            if n == 1:  # `cened reload` fails, and says why
+                done = reload_command()
+                assert done.returncode == 1 and why in done.stderr, done.stderr
+            else:
+                daemon.proc.send_signal(signal.SIGHUP)
             refused = nth_event(daemon, "reload-refused", n)
             assert refused["level"] == "error" and why in refused["error"], refused
         assert len([e for e in daemon.events if e.get("event") == "reloaded"]) == 1
