@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from conftest import COLOURS, write_config, write_photo
 from daemon_helpers import DaemonProcess, RunningDaemon, files_under, wait_until
 from PIL import Image
 
+from cened import daemon as daemon_module
 from cened.config import Settings
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Processor
@@ -97,15 +99,21 @@ def is_(key: str) -> Callable[[Message], bool]:
     return lambda m: m.get(key) == "1"
 
 
+#: The daemon's STATUS: "N filed, B busy, Q queued, S settling" (or "S waiting for room" while
+#: the queue is full), then "; a batch has been running for T s" while one is stuck.
+STATUS = re.compile(r"(\d+) filed, (\d+) busy, (\d+) queued, (\d+) (settling|waiting for room)(; .*)?")
+
+
 def filed_count(message: Message) -> int | None:
-    """The daemon's STATUS reads "N filed, B busy, Q queued, S settling"."""
-    status = message.get("STATUS", "")
-    return int(status.split()[0]) if status.endswith("settling") else None
+    found = STATUS.fullmatch(message.get("STATUS", ""))
+    return int(found.group(1)) if found else None
 
 
 def status_numbers(message: Message) -> dict[str, int]:
-    parts = [p.split() for p in message["STATUS"].split(", ")]
-    return {word: int(n) for n, word in parts}
+    found = STATUS.fullmatch(message["STATUS"])
+    assert found, message
+    filed, busy, queued, waiting = map(int, found.groups()[:4])
+    return {"filed": filed, "busy": busy, "queued": queued, found.group(5): waiting}
 
 
 def daemon_env(notify: NotifySocket, **extra: str) -> dict[str, str]:
@@ -320,6 +328,8 @@ def test_a_stuck_model_call_stops_the_watchdog_pings(
         return score(self, batch)
 
     monkeypatch.setattr(Processor, "score", stuck_on_one_photo)
+    monkeypatch.setattr(daemon_module, "STATUS_EVERY_S", 0.1)
+    monkeypatch.setattr(daemon_module, "STUCK_AFTER_S", 0.5)
     try:
         with RunningDaemon(settings):
             ready = notify.wait_for(is_("READY"))
@@ -330,6 +340,9 @@ def test_a_stuck_model_call_stops_the_watchdog_pings(
             mark = len(notify.messages)
             time.sleep(1.0)  # ten ping periods
             assert not [m for m in notify.since(mark) if m.get("WATCHDOG")]
+            # STATUS does not go stale meanwhile: it says a batch is stuck, and for how long.
+            stuck = notify.wait_for(lambda m: "a batch has been running for" in m.get("STATUS", ""), ready)
+            assert status_numbers(notify.messages[stuck][1])["busy"] == 1
             release.set()
             notify.wait_for(is_("WATCHDOG"), mark, timeout=10)
             assert wait_until(lambda: not photo.exists(), timeout=30)
@@ -389,3 +402,17 @@ def test_watchdog_interval(
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
     assert watchdog_interval() == expected
+
+
+def test_status_tells_settling_from_waiting_for_room(settings: Settings, tmp_path: Path) -> None:
+    """With the queue full, the photos still in the inbox wait for room, settled or not."""
+    from cened.daemon import Daemon
+
+    daemon = Daemon(settings.model_copy(update={"queue_max": 2}))
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        daemon.tracker.touch(tmp_path / name)
+    assert daemon._status() == "0 filed, 0 busy, 0 queued, 3 settling"
+    daemon.paths.put(tmp_path / "x.jpg")
+    daemon.paths.put(tmp_path / "y.jpg")
+    assert daemon._status() == "0 filed, 0 busy, 2 queued, 3 waiting for room"
+    assert status_numbers({"STATUS": daemon._status()})["waiting for room"] == 3
