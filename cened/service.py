@@ -1,11 +1,12 @@
 """``cened install-service``: a systemd unit for *this* installation, and how to enable it.
 
 The shipped units in ``systemd/`` are complete, commented files; installing
-one only rewrites the lines that depend on the machine: ``ExecStart=`` (the
-cened of the running interpreter, the absolute config path),
-``ReadWritePaths=`` (the folders the config names, because the sandbox makes
-everything else read-only) and, for the system unit, ``ProtectHome=`` when
-cened itself lives under a home directory.
+one only rewrites the lines that depend on the machine: ``ExecStart=`` and
+``ExecReload=`` (the cened of the running interpreter, the absolute config
+path), ``ReadWritePaths=`` (the folders the config names, because the sandbox
+makes everything else read-only), ``MemoryDenyWriteExecute=`` (off for the
+Keras backend, whose JIT needs it) and, for the system unit, ``ProtectHome=``
+when cened itself lives under a home directory.
 
 Nothing privileged happens by surprise: the command writes a user unit into
 the user's own ``~/.config/systemd/user``, writes the system unit only when
@@ -29,7 +30,8 @@ from pathlib import Path
 
 from cened import __version__
 from cened.config import Settings, load_settings
-from cened.errors import ConfigError
+from cened.errors import ConfigError, ModelError
+from cened.ml import modelpack
 
 SYSTEM_UNIT = Path("/etc/systemd/system/cened.service")
 SYSTEM_CONFIG = Path("/etc/cened/config.toml")
@@ -173,8 +175,25 @@ def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
     protect_home = None
     if not user and any(_under(p, root) for p in (exe, settings.model, path) for root in HOME_ROOTS):
         protect_home = "read-only"
-    text = render(template(user), exe=exe, config=path, writable=writable, protect_home=protect_home)
+    text = render(
+        template(user),
+        exe=exe,
+        config=path,
+        writable=writable,
+        protect_home=protect_home,
+        write_execute=_needs_write_execute(settings),
+    )
     return Plan(user, exe, path, exists, settings, writable, protect_home, text)
+
+
+def _needs_write_execute(settings: Settings) -> bool:
+    """Whether the model runs on Keras, whose oneDNN JIT needs writable+executable memory."""
+    if settings.backend != "auto":
+        return settings.backend == "keras"
+    try:
+        return modelpack.TFLITE_FILE not in modelpack.read_meta(settings.model).files
+    except ModelError:
+        return False  # the daemon will say what is wrong with it; the unit stays strict
 
 
 @contextlib.contextmanager
@@ -213,15 +232,25 @@ def _under(path: Path, root: Path) -> bool:
 
 
 def render(
-    text: str, *, exe: Path, config: Path, writable: Sequence[Path], protect_home: str | None = None
+    text: str,
+    *,
+    exe: Path,
+    config: Path,
+    writable: Sequence[Path],
+    protect_home: str | None = None,
+    write_execute: bool = False,
 ) -> str:
     """The template with its machine-specific lines replaced; each must be there exactly once."""
     replacements = {
         "ExecStart": f"{exec_quote(str(exe))} --config {exec_quote(str(config))} run",
         "ReadWritePaths": " ".join(unit_quote(str(p)) for p in writable),
+        # $MAINPID stays a variable: systemd puts the daemon's pid there.
+        "ExecReload": f"{exec_quote(str(exe))} reload --pid $MAINPID",
     }
     if protect_home is not None:
         replacements["ProtectHome"] = protect_home
+    if write_execute:
+        replacements["MemoryDenyWriteExecute"] = "no"
     lines = text.splitlines(keepends=True)
     for key, value in replacements.items():
         found = [i for i, line in enumerate(lines) if line.startswith(f"{key}=")]
@@ -271,7 +300,7 @@ def _install_user(plan: Plan, output: Path | None) -> int:
     print("Then:")
     print("  systemctl --user status cened")
     print("  systemctl --user reload cened     # after editing the config")
-    print("  journalctl --user -u cened -f -o cat")
+    print("  journalctl --user -t cened -f -o cat")
     return 0
 
 
@@ -294,7 +323,7 @@ def _install_system(plan: Plan, output: Path | None) -> int:
             print(command)
     print(f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now cened")
     print(f"systemctl status cened; {sudo}systemctl reload cened  # after editing {plan.config}")
-    print("journalctl -u cened -f -o cat")
+    print("journalctl -t cened -f -o cat")
     if plan.protect_home:
         print(
             "# note: cened, its model or its config lives under a home directory, so the unit "

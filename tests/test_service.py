@@ -70,8 +70,31 @@ def render_shipped(user: bool, tmp_path: Path) -> Path:
     program = exec_line.removeprefix("ExecStart=").split()[0]
     out = tmp_path / ("user" if user else "system") / "cened.service"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text.replace(f"ExecStart={program} ", f"ExecStart={CENED} "))
+    for key in ("ExecStart", "ExecReload"):
+        text = text.replace(f"{key}={program} ", f"{key}={CENED} ")
+    out.write_text(text)
     return out
+
+
+def exposure(unit: Path, *, user: bool, tmp_path: Path) -> float:
+    """`systemd-analyze security --offline=yes`'s overall score for a unit file (0 safe, 10 exposed)."""
+    assert SYSTEMD_ANALYZE is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYSTEMD_", "XDG_"))}
+    cmd = [SYSTEMD_ANALYZE]
+    if user:
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        cmd.append("--user")
+    cmd += ["security", "--offline=yes", "--no-pager", str(unit)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if "--offline" in done.stderr and done.returncode != 0:
+        pytest.skip(
+            f"this systemd-analyze cannot rate unit files offline (systemd 250 or later can): {done.stderr}"
+        )
+    line = next((line for line in done.stdout.splitlines() if "Overall exposure level" in line), None)
+    assert line is not None, done.stdout + done.stderr
+    return float(line.split(":")[1].split()[0])
 
 
 # -- the shipped files ---------------------------------------------------------
@@ -82,8 +105,13 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
     unit = parse_unit(service.template(user))
     svc = unit["Service"]
     assert svc["Type"] == ["notify"]
-    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    program = svc["ExecStart"][0].split()[0]
+    # A reload that waits for the daemon's answer, left in the runtime directory.
+    assert svc["ExecReload"] == [f"{program} reload --pid $MAINPID"]
+    assert svc["RuntimeDirectory"] == ["cened"]
     assert svc["ExecStart"][0].endswith(" run") and " --config " in svc["ExecStart"][0]
+    # Journald reads each line's <N> priority; -t cened selects the daemon's own lines.
+    assert svc["SyslogIdentifier"] == ["cened"] and svc["SyslogLevelPrefix"] == ["yes"]
     assert svc["Restart"] == ["on-failure"]
     # The exit codes a restart cannot fix are the CLI's, not a copy that may drift.
     assert sorted(map(int, svc["RestartPreventExitStatus"][0].split())) == [
@@ -96,6 +124,22 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
         assert svc.get(key), f"{key}= missing"
     assert svc["NoNewPrivileges"] == ["yes"] and svc["PrivateTmp"] == ["yes"]
     assert svc["ProtectSystem"] == ["strict"]
+    # The hardening both units share, the user unit inside its user namespace.
+    for key, value in {
+        "PrivateUsers": "yes",
+        "PrivateNetwork": "yes",
+        "RestrictAddressFamilies": "AF_UNIX",
+        "MemoryDenyWriteExecute": "yes",
+        "ProtectProc": "invisible",
+        "ProtectKernelTunables": "yes",
+        "ProtectClock": "yes",
+        "RestrictNamespaces": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert svc.get(key) == [value], (key, svc.get(key))
+    assert "@system-service" in svc["SystemCallFilter"]
+    # LiteRT picks its fast CPU kernels from /proc/cpuinfo, which ProcSubset=pid hides.
+    assert "ProcSubset" not in svc
     if user:
         # Mount sandboxing from an unprivileged manager needs a user namespace.
         assert svc["PrivateUsers"] == ["yes"] and svc["ProtectHome"] == ["read-only"]
@@ -111,6 +155,17 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
 def test_shipped_units_pass_systemd_analyze(user: bool, tmp_path: Path) -> None:
     verify(render_shipped(user, tmp_path), user=user, tmp_path=tmp_path)
+
+
+@needs_analyze
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_shipped_units_expose_little(user: bool, tmp_path: Path) -> None:
+    """Both units at 1.0 or less on systemd-analyze's scale (0 safe ... 10 exposed).
+
+    Offline, systemd-analyze counts a user unit as running as root (+0.4); the
+    boot test rates both on a running manager.
+    """
+    assert exposure(render_shipped(user, tmp_path), user=user, tmp_path=tmp_path) <= 1.0
 
 
 @needs_analyze
@@ -289,3 +344,15 @@ def test_wheel_ships_the_units() -> None:
     includes = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert includes.get("systemd") == "cened/_systemd"
     assert (service.shipped_unit_dir() / "cened-user.service").is_file()
+
+
+def test_the_keras_backend_gets_writable_executable_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    config = tmp_path / "cened.toml"
+    for backend, allowed in (("keras", ["no"]), ("tflite", ["yes"]), ("auto", ["yes"])):
+        config.write_text(f'backend = "{backend}"\n')
+        plan = service.make_plan(user=True, exe=Path("/opt/cened/bin/cened"), config=config)
+        assert parse_unit(plan.text)["Service"]["MemoryDenyWriteExecute"] == allowed, backend
