@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cened import service
 from cened.cli import main
-from cened.errors import ExitCode
+from cened.errors import ConfigError, ExitCode
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -180,6 +182,12 @@ def test_verification_catches_a_typo(tmp_path: Path) -> None:
 # -- install-service -------------------------------------------------------------
 
 
+def reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend user cened can reach everything: this venv's Python may sit under a closed /root
+    (pyenv), which the system unit refuses; that refusal has its own test."""
+    monkeypatch.setattr(service, "_blocked_at", lambda *_: None)
+
+
 def _user_env(home: Path, fake_bin: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "XDG_"))}
     return {**env, "HOME": str(home), "PATH": f"{fake_bin}{os.pathsep}{env.get('PATH', '')}"}
@@ -279,6 +287,7 @@ def test_install_service_system_as_non_root_only_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without root, the system unit is shown with the sudo commands, never written."""
+    reachable(monkeypatch)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(service, "SYSTEM_UNIT", tmp_path / "etc" / "cened.service")
     monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "etc" / "cened" / "config.toml")
@@ -295,6 +304,7 @@ def test_install_service_system_as_non_root_only_prints(
 def test_install_service_system_to_output_verifies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    reachable(monkeypatch)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "missing.toml")
     out_path = tmp_path / "cened.service"
@@ -344,6 +354,58 @@ def test_wheel_ships_the_units() -> None:
     includes = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert includes.get("systemd") == "cened/_systemd"
     assert (service.shipped_unit_dir() / "cened-user.service").is_file()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder anyone may enter (pytest's own tmp folders are closed to other users)."""
+    path = Path(tempfile.mkdtemp(prefix="cened-reach-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fake_install(base: Path) -> Path:
+    """A venv's cened whose Python is a link to an interpreter under ``base/home`` (pyenv's layout)."""
+    real = base / "home" / "alice" / ".pyenv" / "versions" / "3.12.0" / "bin" / "python3.12"
+    real.parent.mkdir(parents=True)
+    real.write_text("")
+    real.chmod(0o755)
+    venv_bin = base / "opt" / "cened" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python3").symlink_to(real)
+    exe = venv_bin / "cened"
+    exe.write_text(f"#!{venv_bin / 'python3'}\nimport cened\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_install_service_refuses_a_python_its_user_cannot_reach(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyenv under a closed home: the unit would fail with 203/EXEC, so none is written."""
+    exe = fake_install(open_dir)
+    home = open_dir / "home"
+    (home / "alice").chmod(0o700)
+    monkeypatch.setattr(service, "HOME_ROOTS", (home,))
+    monkeypatch.setattr(service, "SERVICE_USER", "cened-no-such-user")  # judged as any other user
+    monkeypatch.setattr(service, "SYSTEM_CONFIG", open_dir / "etc" / "config.toml")
+    with pytest.raises(ConfigError) as refused:
+        service.make_plan(user=False, exe=exe, config=None)
+    message = str(refused.value)
+    assert refused.value.exit_code == ExitCode.CONFIG
+    assert f"{home / 'alice' / '.pyenv' / 'versions' / '3.12.0' / 'bin' / 'python3.12'}" in message
+    assert f"{home / 'alice'} is closed to it (mode 0700)" in message
+    assert "203/EXEC" in message and "/opt/cened" in message and "install-service --user" in message
+
+    # An open home works, but only with ProtectHome=read-only (=yes would hide the Python).
+    (home / "alice").chmod(0o755)
+    plan = service.make_plan(user=False, exe=exe, config=None)
+    assert parse_unit(plan.text)["Service"]["ProtectHome"] == ["read-only"]
+    assert [role for role, _ in plan.under_home] == [f"the Python behind {exe.parent / 'python3'}"]
+    # The user unit runs as that user, who can reach their own home.
+    (home / "alice").chmod(0o700)
+    assert service.make_plan(user=True, exe=exe, config=None).under_home == []
 
 
 def test_the_keras_backend_gets_writable_executable_memory(
