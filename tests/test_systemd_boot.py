@@ -375,11 +375,13 @@ def test_the_user_unit_under_a_user_manager(container: Container) -> None:
         assert "systemctl --user daemon-reload" in installed.stdout, installed.stdout
         box.run(*user, "systemctl", "--user", "daemon-reload")
         assert exposure(box, *user) <= 1.0
-        # nspawn puts a FIFO over /proc/kmsg for the container's journald, and a user
-        # manager cannot cover that one up (226/NAMESPACE); on a real host it can.
+        # nspawn lays a FIFO over /proc/kmsg for the container's journald, which a user
+        # manager fails to cover for ProtectKernelLogs= (226/NAMESPACE); it covers a
+        # host's /proc/kmsg fine, so the shipped unit runs as it is on the real one.
+        box.run("umount", "/proc/kmsg", check=False)
         dropin = home / ".config/systemd/user/cened.service.d/test.conf"
         box.run(*user, "mkdir", "-p", str(dropin.parent))
-        box.path(dropin).write_text(f"[Service]\nEnvironment=PYTHONPATH={ROOT}\nProtectKernelLogs=no\n")
+        box.path(dropin).write_text(f"[Service]\nEnvironment=PYTHONPATH={ROOT}\n")
         box.run(*user, "systemctl", "--user", "daemon-reload")
 
         box.run(*user, "systemctl", "--user", "start", "cened", timeout=180)
