@@ -34,6 +34,7 @@ LAZY_COMMANDS = {
     "install-service": ("cened.service", "write a systemd unit for cened and print how to enable it"),
     "doctor": ("cened.doctor", "find and fix disagreements between the log and the disk"),
     "bench": ("cened.bench.command", "measure throughput, latency, memory and start-up time"),
+    "reload": ("cened.reloading", "make the running service re-read its config and wait for the outcome"),
 }
 
 
@@ -47,8 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CenedError as exc:
-        for line in exc.lines():
-            print(f"cened: {line}", file=sys.stderr)
+        from cened import logsetup
+
+        logsetup.print_failure(exc.lines(), exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -184,3 +184,36 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def check_folders(settings: Settings) -> None:
+    """Create the folders the daemon writes to, and prove each writable by making and removing a file.
+
+    Run once at start: a folder the daemon cannot write (a read-only mount, a
+    wrong owner, or under systemd a folder outside the unit's
+    ``ReadWritePaths=`` after the config moved it) would otherwise fail every
+    batch while the service looks healthy, or crash it into a restart loop.  A
+    :class:`ConfigError` instead stops it with exit code 2, which the units'
+    ``RestartPreventExitStatus=`` does not restart.
+    """
+    folders = {
+        "inbox": settings.inbox,
+        "library": settings.library,
+        "quarantine": settings.quarantine_dir,
+        "database": settings.database.parent,
+    }
+    for key, folder in folders.items():
+        probe = folder / f".cened-probe-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            what = f"{key} folder" if key == "database" else key
+            hint = (
+                "the service may only write inside its unit's ReadWritePaths=: after moving a folder in the "
+                "config, run `cened install-service` again, then daemon-reload and restart"
+                if os.environ.get("INVOCATION_ID")  # set by systemd for every unit it starts
+                else "check that it exists on a writable disk and that this user may write to it"
+            )
+            raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or exc}); {hint}") from exc

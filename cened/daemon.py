@@ -41,8 +41,8 @@ from types import FrameType
 
 import structlog
 
-from cened import logsetup, recovery
-from cened.config import Settings, load_settings
+from cened import logsetup, recovery, reloading
+from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError
 from cened.journal import Journal
 from cened.ml import imaging
@@ -76,6 +76,12 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
 EVENT_GAP = 0.01
+#: How often the pump refreshes systemd's STATUS (when it changed): the filer
+#: only sends one per batch, and none while a batch is stuck.
+STATUS_EVERY_S = 2.0
+#: A batch the main thread has waited on for longer than this is named in
+#: STATUS, so `systemctl status` tells a stuck daemon from an idle one.
+STUCK_AFTER_S = 10.0
 
 
 class Daemon:
@@ -111,6 +117,8 @@ class Daemon:
         self.serving = threading.Event()  # set once READY has been sent
         self.counters: dict[str, int] = {}  # outcomes by action, shared with the Processor
         self.filed = 0
+        self._waiting_since: float | None = None  # the main thread waits on one batch since then
+        self._last_status = ""
 
     def settings(self) -> Settings:
         return self._settings
@@ -120,8 +128,7 @@ class Daemon:
     def run(self) -> int:
         """Start, serve until a stop signal, shut down cleanly; returns the exit code."""
         s = self._settings
-        for directory in (s.inbox, s.library, s.quarantine_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        check_folders(s)  # creates them too; an unwritable one stops the start with a clear error
         imaging.set_pixel_limit(s.max_pixels)
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
@@ -197,6 +204,7 @@ class Daemon:
 
     def _pump(self) -> None:
         last_scan = time.monotonic()  # run() scanned just before starting us
+        next_status = last_scan
         while not self.stopping.is_set():
             # Read the interval each time, so a reload that changes it applies at once.
             interval = self._settings.rescan_interval_s or float("inf")
@@ -208,6 +216,9 @@ class Daemon:
             room = self.paths.maxsize - self.paths.qsize()
             for path in self.tracker.ready(room):
                 self.paths.put(path)
+            if self.serving.is_set() and time.monotonic() >= next_status:  # no STATUS before READY
+                self._refresh_status()
+                next_status = time.monotonic() + STATUS_EVERY_S
             # At most one pass per EVENT_GAP however many events arrive, but the
             # gap comes after a pass, not before it: a photo closed by its writer
             # in an idle inbox is queued at once, not up to a TICK later.
@@ -283,10 +294,12 @@ class Daemon:
                 except queue.Empty:
                     scoring = None
                 if scoring is not None:
+                    self._waiting_since = time.monotonic()
                     scored = scoring.result()
                     with self._in_flight_lock:
                         self._in_flight -= 1
                     self._hand_over(scored, filer)
+                    self._waiting_since = None
                 now = time.monotonic()
                 if interval is not None and now - last_ping >= interval:
                     self.notifier.watchdog()
@@ -351,9 +364,22 @@ class Daemon:
     def _status(self) -> str:
         queued = self.paths.qsize()
         busy = max(0, self.tracker.released - queued)  # being read, classified or filed
-        return f"{self.filed} filed, {busy} busy, {queued} queued, {len(self.tracker)} settling"
+        # With the queue full, photos in the inbox wait for room whether or not they have settled.
+        waiting = "waiting for room" if queued >= self.paths.maxsize else "settling"
+        text = f"{self.filed} filed, {busy} busy, {queued} queued, {len(self.tracker)} {waiting}"
+        since = self._waiting_since
+        if since is not None and time.monotonic() - since > STUCK_AFTER_S:
+            text += f"; a batch has been running for {time.monotonic() - since:.0f} s"
+        return text
+
+    def _refresh_status(self) -> None:
+        text = self._status()
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.status(text)
 
     def _apply_reload(self, classes: tuple[str, ...]) -> None:
+        started = reloading.monotonic_usec()  # after the signal: `cened reload` matches its answer by it
         self.notifier.reloading()
         old = self._settings
         try:
@@ -361,6 +387,7 @@ class Daemon:
             _check_albums(new, classes)
         except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the service
             log.error("reload-refused", error=str(exc))
+            reloading.write_answer(reloading.Outcome.REFUSED, started, str(exc))
             self.notifier.ready(self._status())
             return
         ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
@@ -372,6 +399,7 @@ class Daemon:
         imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
+        reloading.write_answer(reloading.Outcome.RELOADED, started)
         self.notifier.ready(self._status())
 
 

@@ -1,20 +1,28 @@
 """Structured logs: JSON lines for journald and machines, colour for a person at a terminal.
 
 ``auto`` picks JSON whenever stdout is not a terminal, which is exactly the
-case under systemd, so ``journalctl -u cened -o cat | jq`` works without any
+case under systemd, so ``journalctl -t cened -o cat | jq`` works without any
 setting.  Standard-library logging (watchdog, TensorFlow) is routed through
 the same renderer so one stream carries everything.
+
+When the stream *is* systemd's connection to the journal, each line starts
+with a ``<N>`` syslog priority, which journald strips and stores
+(``SyslogLevelPrefix=yes``, its default): ``-o cat`` stays pure JSON and
+``journalctl -p err`` finds the errors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import io
+import json
 import logging
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Literal, TextIO
 
 import structlog
@@ -51,15 +59,80 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter: logging.Formatter = structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=shared,
     )
+    if is_journal(stream):
+        formatter = _PriorityPrefix(formatter)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+
+
+def is_journal(stream: TextIO) -> bool:
+    """Whether ``stream`` is systemd's connection to the journal.
+
+    systemd names that socket in ``$JOURNAL_STREAM`` (``device:inode``); the
+    variable alone is not enough, since children inherit it with their output
+    redirected elsewhere (a pipe, a file), where a ``<N>`` prefix would be noise.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog(3) priority of a logging level: 2 critical, 3 error, 4 warning, 6 info, 7 debug."""
+    for threshold, priority in ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4)):
+        if levelno >= threshold:
+            return priority
+    return 6 if levelno >= logging.INFO else 7
+
+
+def journal_line(priority: int, text: str) -> str:
+    """``text`` with journald's ``<N>`` priority prefix on each line, for a stream that is the journal.
+
+    Every line, not just the first: journald reads each line as its own entry,
+    so a console traceback would otherwise be half at the right priority.
+    """
+    return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
+
+
+def print_failure(lines: Sequence[str], exit_code: int, stream: TextIO | None = None) -> None:
+    """Say why a command stops: ``cened: ...`` lines, or error events when the stream is the journal.
+
+    Under systemd a start-up failure (a bad config, an unwritable folder) or a
+    refused ``cened reload`` is read with ``journalctl -t cened -o cat | jq``
+    and found with ``-p err``, so there it is a JSON line like any other.
+    """
+    stream = stream or sys.stderr
+    if not is_journal(stream):
+        for line in lines:
+            print(f"cened: {line}", file=stream)
+        return
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    for line in lines:
+        event = {"event": "failed", "error": line, "exit_code": int(exit_code), "level": "error"}
+        text = json.dumps({**event, "timestamp": now, "logger": "cened.cli"}, ensure_ascii=False)
+        print(journal_line(syslog_priority(logging.ERROR), text), file=stream)
+    stream.flush()
+
+
+class _PriorityPrefix(logging.Formatter):
+    """Another formatter's lines, each with the record's syslog priority in front for journald."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return journal_line(syslog_priority(record.levelno), self._inner.format(record))
 
 
 #: The prefixes TensorFlow Lite's own logger writes, and the level each becomes.

@@ -1,11 +1,17 @@
 """``cened install-service``: a systemd unit for *this* installation, and how to enable it.
 
 The shipped units in ``systemd/`` are complete, commented files; installing
-one only rewrites the lines that depend on the machine: ``ExecStart=`` (the
-cened of the running interpreter, the absolute config path),
-``ReadWritePaths=`` (the folders the config names, because the sandbox makes
-everything else read-only) and, for the system unit, ``ProtectHome=`` when
-cened itself lives under a home directory.
+one only rewrites the lines that depend on the machine: ``ExecStart=`` and
+``ExecReload=`` (the cened of the running interpreter, the absolute config
+path), ``ReadWritePaths=`` (the folders the config names, because the sandbox
+makes everything else read-only), ``MemoryDenyWriteExecute=`` (off for the
+Keras backend, whose JIT needs it) and, for the system unit, ``ProtectHome=``
+when cened or its Python lives under a home directory.
+
+A system unit that could not even start -- its user ``cened`` cannot reach
+the Python that runs cened, as with pyenv's interpreters under ``/root`` or a
+private ``/home/NAME`` -- is refused with what to do instead, rather than
+written to fail with ``status=203/EXEC``.
 
 Nothing privileged happens by surprise: the command writes a user unit into
 the user's own ``~/.config/systemd/user``, writes the system unit only when
@@ -21,6 +27,7 @@ import os
 import pwd
 import re
 import shlex
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,7 +36,8 @@ from pathlib import Path
 
 from cened import __version__
 from cened.config import Settings, load_settings
-from cened.errors import ConfigError
+from cened.errors import ConfigError, ModelError
+from cened.ml import modelpack
 
 SYSTEM_UNIT = Path("/etc/systemd/system/cened.service")
 SYSTEM_CONFIG = Path("/etc/cened/config.toml")
@@ -153,6 +161,7 @@ class Plan:
     writable: list[Path]
     protect_home: str | None
     text: str
+    under_home: list[tuple[str, Path]]  # what the system service must read from a home directory
 
 
 def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
@@ -171,10 +180,117 @@ def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
     covered = [] if user else [STATE_DIRECTORY]
     writable = writable_paths(settings, covered)
     protect_home = None
-    if not user and any(_under(p, root) for p in (exe, settings.model, path) for root in HOME_ROOTS):
-        protect_home = "read-only"
-    text = render(template(user), exe=exe, config=path, writable=writable, protect_home=protect_home)
-    return Plan(user, exe, path, exists, settings, writable, protect_home, text)
+    under_home: list[tuple[str, Path]] = []
+    if not user:
+        needed = [*service_needs(exe), ("the model", settings.model), ("the config", path)]
+        under_home = [(role, p) for role, p in needed if any(_under(p, root) for root in HOME_ROOTS)]
+        if under_home:
+            protect_home = "read-only"  # "yes" would hide them: status=203/EXEC
+        _check_reachable(needed)
+    text = render(
+        template(user),
+        exe=exe,
+        config=path,
+        writable=writable,
+        protect_home=protect_home,
+        write_execute=_needs_write_execute(settings),
+    )
+    return Plan(user, exe, path, exists, settings, writable, protect_home, text, under_home)
+
+
+def service_needs(exe: Path) -> list[tuple[str, Path]]:
+    """What the service must reach to start ``exe``, each with what it is, for messages.
+
+    The cened script, the Python its ``#!`` line names and what that resolves
+    to: in a venv, a link to the base interpreter, which pyenv keeps under
+    ``~/.pyenv``.  When that is this very Python, its prefixes too (the venv's
+    packages, the standard library), which live elsewhere again.
+    """
+    needed = [("the cened program", exe.absolute())]
+    interpreter = _shebang(exe)
+    if interpreter is not None:
+        real = interpreter.resolve()
+        needed.append(("the Python it runs on", interpreter))
+        if real != interpreter:
+            needed.append((f"the Python behind {interpreter}", real))
+        if real == Path(sys.executable).resolve():
+            needed.append(("Python's packages", Path(sys.prefix)))
+            needed.append(("Python's standard library", Path(sys.base_prefix)))
+    return list({p: (role, p) for role, p in needed}.values())
+
+
+def _shebang(exe: Path) -> Path | None:
+    """The absolute interpreter path on the script's ``#!`` line, if it has one."""
+    try:
+        with exe.open("rb") as fh:
+            first = fh.readline(4096)
+    except OSError:
+        return None
+    words = first[2:].split() if first.startswith(b"#!") else []
+    return Path(os.fsdecode(words[0])) if words and words[0].startswith(b"/") else None
+
+
+def _check_reachable(needed: Sequence[tuple[str, Path]]) -> None:
+    """Refuse a system unit whose user could not reach what it needs; systemd would fail to start it.
+
+    Checked from the permission bits on the way (search permission on every
+    directory), as the user ``cened`` -- or as anybody, before that user exists.
+    """
+    try:
+        user = pwd.getpwnam(SERVICE_USER)
+        uid: int | None = user.pw_uid
+        gids = set(os.getgrouplist(SERVICE_USER, user.pw_gid))
+    except KeyError:
+        uid, gids = None, set()
+    problems = []
+    for role, path in needed:
+        blocked = _blocked_at(path, uid, gids)
+        if blocked is not None:
+            mode = stat.S_IMODE(blocked.stat().st_mode)
+            problems.append(f"{path} ({role}): {blocked} is closed to it (mode {mode:04o})")
+    if problems:
+        raise ConfigError(
+            f"the system service runs as user {SERVICE_USER}, which cannot reach:\n  "
+            + "\n  ".join(problems)
+            + "\nso the service could not start (systemd says status=203/EXEC when it is the program or "
+            "its Python).\nInstall cened on a Python outside home directories, e.g. the system's: "
+            "sudo /usr/bin/python3 -m venv /opt/cened && sudo /opt/cened/bin/pip install cened, "
+            "then /opt/cened/bin/cened install-service;\nor run this installation for yourself: "
+            "cened install-service --user"
+        )
+
+
+def _blocked_at(path: Path, uid: int | None, gids: set[int]) -> Path | None:
+    """The first directory on the way to ``path`` that ``uid`` may not search, or None."""
+    current = Path("/")
+    for part in path.absolute().parts[1:]:
+        try:
+            st = current.stat()
+        except OSError:
+            return None  # not there (yet): nothing to say about it here
+        if not _may(st, uid, gids, 0o1):
+            return current
+        current = current / part
+    return None
+
+
+def _may(st: os.stat_result, uid: int | None, gids: set[int], bit: int) -> bool:
+    """Whether ``uid`` gets permission ``bit`` (1 search, 4 read) from these mode bits."""
+    if uid is not None and st.st_uid == uid:
+        return bool(st.st_mode & (bit << 6))
+    if st.st_gid in gids:
+        return bool(st.st_mode & (bit << 3))
+    return bool(st.st_mode & bit)
+
+
+def _needs_write_execute(settings: Settings) -> bool:
+    """Whether the model runs on Keras, whose oneDNN JIT needs writable+executable memory."""
+    if settings.backend != "auto":
+        return settings.backend == "keras"
+    try:
+        return modelpack.TFLITE_FILE not in modelpack.read_meta(settings.model).files
+    except ModelError:
+        return False  # the daemon will say what is wrong with it; the unit stays strict
 
 
 @contextlib.contextmanager
@@ -213,15 +329,25 @@ def _under(path: Path, root: Path) -> bool:
 
 
 def render(
-    text: str, *, exe: Path, config: Path, writable: Sequence[Path], protect_home: str | None = None
+    text: str,
+    *,
+    exe: Path,
+    config: Path,
+    writable: Sequence[Path],
+    protect_home: str | None = None,
+    write_execute: bool = False,
 ) -> str:
     """The template with its machine-specific lines replaced; each must be there exactly once."""
     replacements = {
         "ExecStart": f"{exec_quote(str(exe))} --config {exec_quote(str(config))} run",
         "ReadWritePaths": " ".join(unit_quote(str(p)) for p in writable),
+        # $MAINPID stays a variable: systemd puts the daemon's pid there.
+        "ExecReload": f"{exec_quote(str(exe))} reload --pid $MAINPID",
     }
     if protect_home is not None:
         replacements["ProtectHome"] = protect_home
+    if write_execute:
+        replacements["MemoryDenyWriteExecute"] = "no"
     lines = text.splitlines(keepends=True)
     for key, value in replacements.items():
         found = [i for i, line in enumerate(lines) if line.startswith(f"{key}=")]
@@ -271,7 +397,7 @@ def _install_user(plan: Plan, output: Path | None) -> int:
     print("Then:")
     print("  systemctl --user status cened")
     print("  systemctl --user reload cened     # after editing the config")
-    print("  journalctl --user -u cened -f -o cat")
+    print("  journalctl --user -t cened -f -o cat")
     return 0
 
 
@@ -294,11 +420,12 @@ def _install_system(plan: Plan, output: Path | None) -> int:
             print(command)
     print(f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now cened")
     print(f"systemctl status cened; {sudo}systemctl reload cened  # after editing {plan.config}")
-    print("journalctl -u cened -f -o cat")
+    print("journalctl -t cened -f -o cat")
     if plan.protect_home:
+        under = ", ".join(f"{p} ({role})" for role, p in plan.under_home)
         print(
-            "# note: cened, its model or its config lives under a home directory, so the unit "
-            "uses ProtectHome=read-only; install cened outside /home (e.g. /opt/cened) for ProtectHome=yes",
+            f"# note: under a home directory: {under}; so the unit uses ProtectHome=read-only; "
+            "install cened on a Python outside /home and /root (e.g. /opt/cened) for ProtectHome=yes",
             file=sys.stderr,
         )
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 from conftest import write_config
 from daemon_helpers import run_cli
 
-from cened.config import Settings, load_settings
+from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
@@ -111,3 +113,39 @@ def test_unknown_class_in_album_mapping_is_refused(tmp_path: Path, settings: Set
     cfg.write_text(cfg.read_text() + '[albums]\nvolcano = "fire"\n')
     result = run_cli("run", config=cfg)
     assert result.returncode == 2 and "volcano" in result.stderr
+
+
+def test_a_folder_it_cannot_write_stops_the_start_with_exit_2(tmp_path: Path, settings: Settings) -> None:
+    """Not a traceback and a restart loop: exit code 2, which the units do not restart."""
+    (tmp_path / "a-file").write_text("")
+    cfg = write_config(tmp_path / "c.toml", settings, library=str(tmp_path / "a-file" / "albums"))
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2, result.stderr
+    assert f"library {tmp_path / 'a-file' / 'albums'} is not writable" in result.stderr
+    assert "Traceback" not in result.stderr and not settings.database.exists()
+
+
+def test_every_folder_is_probed_and_systemd_gets_a_hint(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only mount (as ProtectSystem=strict makes one outside ReadWritePaths=) is found at once."""
+    real_open = os.open
+
+    def read_only_state(path: str | os.PathLike[str], flags: int, mode: int = 0o777) -> int:
+        if Path(path).parent == settings.database.parent:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", read_only_state)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"database folder .* is not writable \(Read-only file system\); check"
+    ):
+        check_folders(settings)
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    with pytest.raises(ConfigError, match=r"ReadWritePaths=.*cened install-service"):
+        check_folders(settings)
+    # The probes leave nothing behind.
+    assert [p for folder in (settings.inbox, settings.library) for p in folder.iterdir()] == [
+        settings.library / "_quarantine"
+    ]

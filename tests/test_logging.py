@@ -84,3 +84,86 @@ def test_nowhere_to_capture_leaves_stderr_alone(
     with logsetup.native_stderr_logged("cened.test"):
         os.write(2, b"INFO: still printed\n")
     assert capfd.readouterr().err == "INFO: still printed\n" and events == []
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure() replaces the root handler and structlog's setup; put both back."""
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, level
+
+
+def journal_env(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make ``path`` look like systemd's journal stream: $JOURNAL_STREAM names its device and inode."""
+    st = os.stat(path)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+
+
+def test_only_the_stream_named_by_journal_stream_is_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (tmp_path / "journal").open("w") as journal, (tmp_path / "other").open("w") as other:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        assert not logsetup.is_journal(journal)
+        journal_env(monkeypatch, tmp_path / "journal")
+        # A child that inherited the variable but writes elsewhere (a pipe, a file) gets no prefixes.
+        assert logsetup.is_journal(journal) and not logsetup.is_journal(other)
+        monkeypatch.setenv("JOURNAL_STREAM", "garbage")
+        assert not logsetup.is_journal(journal)
+
+
+def test_lines_to_the_journal_carry_their_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    """`<N>` before each JSON line: journald keeps N as PRIORITY and `-o cat` shows pure JSON."""
+    path = tmp_path / "journal"
+    with path.open("w") as journal:
+        journal_env(monkeypatch, path)
+        logsetup.configure("json", "debug", stream=journal)
+        log = structlog.get_logger("cened.test")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        logging.getLogger("watchdog").critical("from the standard library")
+    lines = path.read_text().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<2>"]
+    assert [json.loads(line[3:])["event"] for line in lines] == [
+        "d",
+        "i",
+        "w",
+        "e",
+        "from the standard library",
+    ]
+
+
+def test_lines_elsewhere_have_no_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_logging: None
+) -> None:
+    path = tmp_path / "log"
+    with path.open("w") as out:
+        journal_env(monkeypatch, tmp_path)  # some other file
+        logsetup.configure("json", "info", stream=out)
+        structlog.get_logger("cened.test").error("e")
+    assert json.loads(path.read_text())["event"] == "e"
+
+
+def test_a_failing_command_says_why_as_json_in_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal"
+    with path.open("w") as journal:
+        logsetup.print_failure(["plain"], 2, stream=journal)
+        journal_env(monkeypatch, path)
+        logsetup.print_failure(["library /x is not writable"], 2, stream=journal)
+    plain, line = path.read_text().splitlines()
+    assert plain == "cened: plain"
+    assert line.startswith("<3>{")
+    event = json.loads(line[3:])
+    assert event["event"] == "failed" and event["level"] == "error" and event["exit_code"] == 2
+    assert event["error"] == "library /x is not writable"

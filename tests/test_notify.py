@@ -12,10 +12,13 @@ import contextlib
 import itertools
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +32,7 @@ from conftest import COLOURS, write_config, write_photo
 from daemon_helpers import DaemonProcess, RunningDaemon, files_under, wait_until
 from PIL import Image
 
+from cened import daemon as daemon_module
 from cened.config import Settings
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Processor
@@ -95,15 +99,21 @@ def is_(key: str) -> Callable[[Message], bool]:
     return lambda m: m.get(key) == "1"
 
 
+#: The daemon's STATUS: "N filed, B busy, Q queued, S settling" (or "S waiting for room" while
+#: the queue is full), then "; a batch has been running for T s" while one is stuck.
+STATUS = re.compile(r"(\d+) filed, (\d+) busy, (\d+) queued, (\d+) (settling|waiting for room)(; .*)?")
+
+
 def filed_count(message: Message) -> int | None:
-    """The daemon's STATUS reads "N filed, B busy, Q queued, S settling"."""
-    status = message.get("STATUS", "")
-    return int(status.split()[0]) if status.endswith("settling") else None
+    found = STATUS.fullmatch(message.get("STATUS", ""))
+    return int(found.group(1)) if found else None
 
 
 def status_numbers(message: Message) -> dict[str, int]:
-    parts = [p.split() for p in message["STATUS"].split(", ")]
-    return {word: int(n) for n, word in parts}
+    found = STATUS.fullmatch(message["STATUS"])
+    assert found, message
+    filed, busy, queued, waiting = map(int, found.groups()[:4])
+    return {"filed": filed, "busy": busy, "queued": queued, found.group(5): waiting}
 
 
 def daemon_env(notify: NotifySocket, **extra: str) -> dict[str, str]:
@@ -211,7 +221,16 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
     # 2,000 pixels at most: Pillow's own guard (a global) refuses more than twice that.
     write_reload_config(config, settings, {}, confidence_threshold=1.0, max_megapixels=0.002)
     notify = NotifySocket(str(socket_dir / "notify"))
-    daemon = DaemonProcess(config, env=daemon_env(notify))
+    runtime = tmp_path / "runtime"  # the unit's RuntimeDirectory=, where the daemon answers `cened reload`
+    runtime.mkdir()
+    daemon = DaemonProcess(config, env=daemon_env(notify, RUNTIME_DIRECTORY=str(runtime)))
+
+    def reload_command() -> subprocess.CompletedProcess[str]:
+        """The units' ExecReload=: returns once the daemon has decided, 1 when it refused."""
+        env = {**os.environ, "RUNTIME_DIRECTORY": str(runtime)}
+        cmd = [sys.executable, "-m", "cened", "reload", "--pid", str(daemon.proc.pid)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
     try:
         daemon.wait_for("started", timeout=120)
 
@@ -223,9 +242,11 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         drop(inbox, "big.jpg", "forest", size=(100, 60))
         assert daemon.wait_for("quarantined", timeout=60)["reason"].startswith("decompression-bomb")
 
-        # A good config, applied by SIGHUP: threshold 0, a mapping, the default pixel limit.
+        # A good config, applied by `cened reload` (SIGHUP, then the answer): threshold 0, a
+        # mapping, the default pixel limit.
         write_reload_config(config, settings, {"forest": "woods"}, confidence_threshold=0.0)
-        daemon.proc.send_signal(signal.SIGHUP)
+        done = reload_command()
+        assert done.returncode == 0, done.stderr
         assert nth_event(daemon, "reloaded", 1)["config"]["albums"] == {"forest": "woods"}
         drop(inbox, "trees.jpg", "forest", seed=2, size=(100, 60))
         assert wait_until(lambda: (library / "woods" / "trees.jpg").exists(), timeout=60), files_under(
@@ -241,7 +262,11 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         for n, (bad_line, albums, why) in enumerate(bad_configs, start=1):
             write_reload_config(config, settings, albums, confidence_threshold=0.5)
             config.write_text(bad_line + config.read_text())
-            daemon.proc.send_signal(signal.SIGHUP)
+            if n == 1:  # `cened reload` fails, and says why
+                done = reload_command()
+                assert done.returncode == 1 and why in done.stderr, done.stderr
+            else:
+                daemon.proc.send_signal(signal.SIGHUP)
             refused = nth_event(daemon, "reload-refused", n)
             assert refused["level"] == "error" and why in refused["error"], refused
         assert len([e for e in daemon.events if e.get("event") == "reloaded"]) == 1
@@ -306,6 +331,8 @@ def test_a_stuck_model_call_stops_the_watchdog_pings(
         return score(self, batch)
 
     monkeypatch.setattr(Processor, "score", stuck_on_one_photo)
+    monkeypatch.setattr(daemon_module, "STATUS_EVERY_S", 0.1)
+    monkeypatch.setattr(daemon_module, "STUCK_AFTER_S", 0.5)
     try:
         with RunningDaemon(settings):
             ready = notify.wait_for(is_("READY"))
@@ -316,6 +343,9 @@ def test_a_stuck_model_call_stops_the_watchdog_pings(
             mark = len(notify.messages)
             time.sleep(1.0)  # ten ping periods
             assert not [m for m in notify.since(mark) if m.get("WATCHDOG")]
+            # STATUS does not go stale meanwhile: it says a batch is stuck, and for how long.
+            stuck = notify.wait_for(lambda m: "a batch has been running for" in m.get("STATUS", ""), ready)
+            assert status_numbers(notify.messages[stuck][1])["busy"] == 1
             release.set()
             notify.wait_for(is_("WATCHDOG"), mark, timeout=10)
             assert wait_until(lambda: not photo.exists(), timeout=30)
@@ -375,3 +405,17 @@ def test_watchdog_interval(
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
     assert watchdog_interval() == expected
+
+
+def test_status_tells_settling_from_waiting_for_room(settings: Settings, tmp_path: Path) -> None:
+    """With the queue full, the photos still in the inbox wait for room, settled or not."""
+    from cened.daemon import Daemon
+
+    daemon = Daemon(settings.model_copy(update={"queue_max": 2}))
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        daemon.tracker.touch(tmp_path / name)
+    assert daemon._status() == "0 filed, 0 busy, 0 queued, 3 settling"
+    daemon.paths.put(tmp_path / "x.jpg")
+    daemon.paths.put(tmp_path / "y.jpg")
+    assert daemon._status() == "0 filed, 0 busy, 2 queued, 3 waiting for room"
+    assert status_numbers({"STATUS": daemon._status()})["waiting for room"] == 3

@@ -12,13 +12,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cened import service
 from cened.cli import main
-from cened.errors import ExitCode
+from cened.errors import ConfigError, ExitCode
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -70,8 +72,31 @@ def render_shipped(user: bool, tmp_path: Path) -> Path:
     program = exec_line.removeprefix("ExecStart=").split()[0]
     out = tmp_path / ("user" if user else "system") / "cened.service"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text.replace(f"ExecStart={program} ", f"ExecStart={CENED} "))
+    for key in ("ExecStart", "ExecReload"):
+        text = text.replace(f"{key}={program} ", f"{key}={CENED} ")
+    out.write_text(text)
     return out
+
+
+def exposure(unit: Path, *, user: bool, tmp_path: Path) -> float:
+    """`systemd-analyze security --offline=yes`'s overall score for a unit file (0 safe, 10 exposed)."""
+    assert SYSTEMD_ANALYZE is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYSTEMD_", "XDG_"))}
+    cmd = [SYSTEMD_ANALYZE]
+    if user:
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+        cmd.append("--user")
+    cmd += ["security", "--offline=yes", "--no-pager", str(unit)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if "--offline" in done.stderr and done.returncode != 0:
+        pytest.skip(
+            f"this systemd-analyze cannot rate unit files offline (systemd 250 or later can): {done.stderr}"
+        )
+    line = next((line for line in done.stdout.splitlines() if "Overall exposure level" in line), None)
+    assert line is not None, done.stdout + done.stderr
+    return float(line.split(":")[1].split()[0])
 
 
 # -- the shipped files ---------------------------------------------------------
@@ -82,8 +107,13 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
     unit = parse_unit(service.template(user))
     svc = unit["Service"]
     assert svc["Type"] == ["notify"]
-    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    program = svc["ExecStart"][0].split()[0]
+    # A reload that waits for the daemon's answer, left in the runtime directory.
+    assert svc["ExecReload"] == [f"{program} reload --pid $MAINPID"]
+    assert svc["RuntimeDirectory"] == ["cened"]
     assert svc["ExecStart"][0].endswith(" run") and " --config " in svc["ExecStart"][0]
+    # Journald reads each line's <N> priority; -t cened selects the daemon's own lines.
+    assert svc["SyslogIdentifier"] == ["cened"] and svc["SyslogLevelPrefix"] == ["yes"]
     assert svc["Restart"] == ["on-failure"]
     # The exit codes a restart cannot fix are the CLI's, not a copy that may drift.
     assert sorted(map(int, svc["RestartPreventExitStatus"][0].split())) == [
@@ -96,6 +126,22 @@ def test_shipped_units_say_what_the_daemon_needs(user: bool) -> None:
         assert svc.get(key), f"{key}= missing"
     assert svc["NoNewPrivileges"] == ["yes"] and svc["PrivateTmp"] == ["yes"]
     assert svc["ProtectSystem"] == ["strict"]
+    # The hardening both units share, the user unit inside its user namespace.
+    for key, value in {
+        "PrivateUsers": "yes",
+        "PrivateNetwork": "yes",
+        "RestrictAddressFamilies": "AF_UNIX",
+        "MemoryDenyWriteExecute": "yes",
+        "ProtectProc": "invisible",
+        "ProtectKernelTunables": "yes",
+        "ProtectClock": "yes",
+        "RestrictNamespaces": "yes",
+        "CapabilityBoundingSet": "",
+    }.items():
+        assert svc.get(key) == [value], (key, svc.get(key))
+    assert "@system-service" in svc["SystemCallFilter"]
+    # LiteRT picks its fast CPU kernels from /proc/cpuinfo, which ProcSubset=pid hides.
+    assert "ProcSubset" not in svc
     if user:
         # Mount sandboxing from an unprivileged manager needs a user namespace.
         assert svc["PrivateUsers"] == ["yes"] and svc["ProtectHome"] == ["read-only"]
@@ -114,6 +160,17 @@ def test_shipped_units_pass_systemd_analyze(user: bool, tmp_path: Path) -> None:
 
 
 @needs_analyze
+@pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
+def test_shipped_units_expose_little(user: bool, tmp_path: Path) -> None:
+    """Both units at 1.0 or less on systemd-analyze's scale (0 safe ... 10 exposed).
+
+    Offline, systemd-analyze counts a user unit as running as root (+0.4); the
+    boot test rates both on a running manager.
+    """
+    assert exposure(render_shipped(user, tmp_path), user=user, tmp_path=tmp_path) <= 1.0
+
+
+@needs_analyze
 def test_verification_catches_a_typo(tmp_path: Path) -> None:
     """The check itself: a misspelt key only warns in systemd, and must fail here."""
     unit = render_shipped(False, tmp_path)
@@ -123,6 +180,12 @@ def test_verification_catches_a_typo(tmp_path: Path) -> None:
 
 
 # -- install-service -------------------------------------------------------------
+
+
+def reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend user cened can reach everything: this venv's Python may sit under a closed /root
+    (pyenv), which the system unit refuses; that refusal has its own test."""
+    monkeypatch.setattr(service, "_blocked_at", lambda *_: None)
 
 
 def _user_env(home: Path, fake_bin: Path) -> dict[str, str]:
@@ -225,6 +288,7 @@ def test_install_service_system_as_non_root_only_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without root, the system unit is shown with the sudo commands, never written."""
+    reachable(monkeypatch)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(service, "SYSTEM_UNIT", tmp_path / "etc" / "cened.service")
     monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "etc" / "cened" / "config.toml")
@@ -241,6 +305,7 @@ def test_install_service_system_as_non_root_only_prints(
 def test_install_service_system_to_output_verifies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    reachable(monkeypatch)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(service, "SYSTEM_CONFIG", tmp_path / "missing.toml")
     out_path = tmp_path / "cened.service"
@@ -290,3 +355,67 @@ def test_wheel_ships_the_units() -> None:
     includes = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert includes.get("systemd") == "cened/_systemd"
     assert (service.shipped_unit_dir() / "cened-user.service").is_file()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder anyone may enter (pytest's own tmp folders are closed to other users)."""
+    path = Path(tempfile.mkdtemp(prefix="cened-reach-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fake_install(base: Path) -> Path:
+    """A venv's cened whose Python is a link to an interpreter under ``base/home`` (pyenv's layout)."""
+    real = base / "home" / "alice" / ".pyenv" / "versions" / "3.12.0" / "bin" / "python3.12"
+    real.parent.mkdir(parents=True)
+    real.write_text("")
+    real.chmod(0o755)
+    venv_bin = base / "opt" / "cened" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python3").symlink_to(real)
+    exe = venv_bin / "cened"
+    exe.write_text(f"#!{venv_bin / 'python3'}\nimport cened\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_install_service_refuses_a_python_its_user_cannot_reach(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyenv under a closed home: the unit would fail with 203/EXEC, so none is written."""
+    exe = fake_install(open_dir)
+    home = open_dir / "home"
+    (home / "alice").chmod(0o700)
+    monkeypatch.setattr(service, "HOME_ROOTS", (home,))
+    monkeypatch.setattr(service, "SERVICE_USER", "cened-no-such-user")  # judged as any other user
+    monkeypatch.setattr(service, "SYSTEM_CONFIG", open_dir / "etc" / "config.toml")
+    with pytest.raises(ConfigError) as refused:
+        service.make_plan(user=False, exe=exe, config=None)
+    message = str(refused.value)
+    assert refused.value.exit_code == ExitCode.CONFIG
+    assert f"{home / 'alice' / '.pyenv' / 'versions' / '3.12.0' / 'bin' / 'python3.12'}" in message
+    assert f"{home / 'alice'} is closed to it (mode 0700)" in message
+    assert "203/EXEC" in message and "/opt/cened" in message and "install-service --user" in message
+
+    # An open home works, but only with ProtectHome=read-only (=yes would hide the Python).
+    (home / "alice").chmod(0o755)
+    plan = service.make_plan(user=False, exe=exe, config=None)
+    assert parse_unit(plan.text)["Service"]["ProtectHome"] == ["read-only"]
+    assert [role for role, _ in plan.under_home] == [f"the Python behind {exe.parent / 'python3'}"]
+    # The user unit runs as that user, who can reach their own home.
+    (home / "alice").chmod(0o700)
+    assert service.make_plan(user=True, exe=exe, config=None).under_home == []
+
+
+def test_the_keras_backend_gets_writable_executable_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    config = tmp_path / "cened.toml"
+    for backend, allowed in (("keras", ["no"]), ("tflite", ["yes"]), ("auto", ["yes"])):
+        config.write_text(f'backend = "{backend}"\n')
+        plan = service.make_plan(user=True, exe=Path("/opt/cened/bin/cened"), config=config)
+        assert parse_unit(plan.text)["Service"]["MemoryDenyWriteExecute"] == allowed, backend
