@@ -161,3 +161,30 @@ def test_compare_refuses_a_key_that_is_not_a_setting() -> None:
         assert "model_wrokers" in str(exc)
     else:
         raise AssertionError("a misspelt key must be refused, not silently ignored")
+
+
+def test_quick_against_times_both_models_in_paired_rounds(
+    model_dir: Path, other_model_dir: Path, tmp_path: Path
+) -> None:
+    """``--against``: the detector model and the tiny model without it, each timed through ``score``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "TF_CPP"))}
+    command = [
+        *("bench", "--quick", "--json", "--model", str(other_model_dir), "--cache", str(tmp_path / "cache")),
+        *("--repeats", "2", "--against", str(model_dir)),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "cened", *command], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    this, that = result["model"], result["against"]
+    assert (this["path"], that["path"]) == (str(other_model_dir), str(model_dir))
+    assert this["novelty"] and not that["novelty"]
+    call = result["settings"]["model_batch_size"]
+    assert result["plan"]["batch_sizes"] == sorted({1, 4, call}) and result["plan"]["rounds"] == 2
+    for entry in (this, that):
+        assert entry["call"]["batch"] == call and entry["call"]["ips"] == entry["ips_by_batch"][str(call)]
+        assert entry["best"]["ips"] == max(entry["ips_by_batch"].values()) > 0
+        assert all(ms > 0 for ms in entry["cpu_ms_by_batch"].values())
+    assert len(result["cpu_ratio_runs"]) == 2 and all(r > 0 for r in result["cpu_ratio_runs"])
+    assert math.isclose(result["cpu_ratio"], statistics.median(result["cpu_ratio_runs"]), abs_tol=2e-3)

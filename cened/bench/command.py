@@ -16,7 +16,8 @@ something side by side:
 This module is the command: its arguments, and :func:`measure`, which runs
 the parts in order.  :mod:`~cened.bench.model` times the model alone,
 :mod:`~cened.bench.e2e` the daemon, :mod:`~cened.bench.report` states the
-ratios and prints them; :mod:`~cened.bench.compare` is ``--compare``.
+ratios and prints them; :mod:`~cened.bench.compare` is ``--compare`` and
+:mod:`~cened.bench.against` is ``--against``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cened.bench.against import against, print_against
 from cened.bench.compare import COMPARE_ROUNDS, compare, parse_variant, print_comparison
 from cened.bench.e2e import TIMED_SETTINGS, daemon_figures
 from cened.bench.model import daemon_backend, decoded, limit_rates, naive_throughput, raw_limits, stage_costs
@@ -54,13 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, help="where generated photos are kept between runs")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, not minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    parser.add_argument(
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
         "--compare",
         action="append",
         metavar="KEY=VALUE,...",
         help="instead of the full run, time the daemon with these settings changed against your own, "
         f"in paired rounds (repeatable; --count photos per burst, default {SMALL_BURST}; --repeats rounds, "
         f"default {COMPARE_ROUNDS})",
+    )
+    modes.add_argument(
+        "--against",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="instead of the full run, time the model limit of your model (or --model) and of MODEL_DIR "
+        "in paired rounds, on the same runtime, copies and photos: what a model change costs in CPU",
     )
 
 
@@ -75,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     cache = (args.cache or _default_cache()).expanduser()
     if args.compare:
         result, report = _comparison(args, plan, settings, model, cache)
+    elif args.against:
+        other = args.against.expanduser().resolve()
+        result = {"machine": machine_info(), **against(plan, settings, model, other, cache)}
+        result["machine"]["load_after"] = list(os.getloadavg())
+        report = print_against
     else:
         result, report = measure(plan, settings, model, cache, args.images), print_report
     if args.json:

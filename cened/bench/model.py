@@ -47,12 +47,21 @@ def stage_costs(
 class ModelRates:
     """Model-only images/s of one runtime on pre-decoded pixels, by batch size.
 
-    With several model copies (``workers``), as many callers each keep one
-    copy busy with calls of that batch size, as the daemon's scorer threads do.
+    Each call is :meth:`Classifier.score`, as the daemon makes it: probabilities
+    and, for a model with a novelty detector, each photo's novelty.  With several
+    model copies (``workers``), as many callers each keep one copy busy with
+    calls of that batch size, as the daemon's scorer threads do.
     """
 
     def __init__(
-        self, model: Path, backend: str, threads: int, pool: np.ndarray, plan: Plan, workers: int = 1
+        self,
+        model: Path,
+        backend: str,
+        threads: int,
+        pool: np.ndarray,
+        plan: Plan,
+        workers: int = 1,
+        name: str = "",
     ) -> None:
         from cened.ml.classifying import Classifier
 
@@ -62,15 +71,17 @@ class ModelRates:
         self.backend = backend
         self.workers: int = self.classifier.workers
         self.label = backend if self.workers == 1 else f"{backend}×{self.workers}"
+        # Only the progress line: with --against two models share one label.
+        self.title = f"{name}, {self.label}" if name else self.label
         self.runs: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
         self.cpu_ms: dict[int, list[float]] = {batch: [] for batch in plan.batch_sizes}
 
     def measure_round(self) -> None:
         """One rate per batch size; sizes take turns, so a burst of load hits them all alike."""
-        say(f"model limit: {self.label}")
+        say(f"model limit: {self.title}")
         for batch in self.plan.batch_sizes:
-            rate, cpu_ms = _predict_rate(
-                self.classifier.predict, self.pool, batch, self.plan.raw_min_images, self.workers
+            rate, cpu_ms = _call_rate(
+                self.classifier.score, self.pool, batch, self.plan.raw_min_images, self.workers
             )
             self.runs[batch].append(rate)
             self.cpu_ms[batch].append(cpu_ms)
@@ -136,8 +147,8 @@ def daemon_backend(settings: Settings, model: Path) -> str:
     return "tflite" if modelpack.TFLITE_FILE in modelpack.read_meta(model).files else "keras"
 
 
-def _predict_rate(
-    predict: Callable[[np.ndarray], np.ndarray], pool: np.ndarray, batch: int, minimum: int, callers: int = 1
+def _call_rate(
+    call: Callable[[np.ndarray], object], pool: np.ndarray, batch: int, minimum: int, callers: int = 1
 ) -> tuple[float, float]:
     """Images/s over at least ``minimum`` images, after one untimed call of the same shape per caller.
 
@@ -149,11 +160,11 @@ def _predict_rate(
     calls = max(minimum, batch * callers) // (batch * callers)
 
     def caller(offset: int) -> None:
-        for call in range(calls):
-            predict(pool[(index + offset + call * batch) % len(pool)])
+        for n in range(calls):
+            call(pool[(index + offset + n * batch) % len(pool)])
 
     with ThreadPoolExecutor(callers) as threads:
-        list(threads.map(predict, [pool[index]] * callers))
+        list(threads.map(call, [pool[index]] * callers))
         start, cpu = time.perf_counter(), time.process_time()
         list(threads.map(caller, [n * calls * batch for n in range(callers)]))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
