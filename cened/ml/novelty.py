@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
 from cened.errors import ModelError
 from cened.ml import modelpack
@@ -54,7 +55,7 @@ class Detector:
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Cosine distance of each embedding to its k-th nearest prototype (0 = a prototype itself)."""
-        similarity = embeddings.astype(np.float32, copy=False) @ self.prototypes.T
+        similarity = (self.prototypes @ embeddings.astype(np.float32, copy=False).T).T
         kth = np.partition(similarity, -self.k, axis=1)[:, -self.k]
         return (1.0 - kth).astype(np.float64)
 
@@ -67,6 +68,13 @@ class Detector:
 
     @classmethod
     def load(cls, model_dir: Path, info: dict[str, Any]) -> Detector:
+        """The detector of a model directory; BLAS runs single-threaded from then on.
+
+        The product with the prototypes is small, and a multi-threaded BLAS
+        spreads it over every core and spins there, costing more CPU than the
+        product itself and taking the cores the model copies run on.
+        """
+        threadpoolctl.threadpool_limits(1, user_api="blas")
         try:
             prototypes = np.load(model_dir / modelpack.NOVELTY_FILE, allow_pickle=False).astype(np.float32)
             detector = cls(prototypes, int(info["k"]), float(info["threshold"]))
