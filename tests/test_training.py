@@ -140,9 +140,11 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
     assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
     assert meta.version.startswith("tiny-") and meta.temperature > 0
-    assert meta.version.endswith(
-        training.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8]
-    )
+    weights, _, detector = meta.version.partition("+other-")
+    assert weights.endswith(training.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8])
+    # The last phase fitted the other detector: its prototypes are part of the pack and of the version.
+    assert len(detector) == 8 and modelpack.NOVELTY_FILE in meta.files
+    assert meta.novelty["k"] == 1 and 0 < meta.novelty["validation_other_share"] < 0.2
     with zipfile.ZipFile(out / modelpack.KERAS_FILE) as saved:  # the weights, not the optimizer's state
         assert b"optimizer" not in saved.read("model.weights.h5")
     log = json.loads((out / "training_log.json").read_text())
@@ -154,7 +156,7 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     evaluation.add_arguments(parser)
     assert evaluation.run(parser.parse_args(["--data", str(data), "--model", str(out)])) == 0
     card = (out / "MODEL_CARD.md").read_text()
-    assert "Accuracy" in card and "review threshold" in card
+    assert "Accuracy" in card and "review threshold" in card and "## Other" in card
     assert "whole network (batch-norm frozen) for 1 epoch on photos" in card
     assert "Keras through EXIF-style previews" in card and "240 / 160 / 120 px" in card
     previews = json.loads((out / "evaluation.json").read_text())["previews"]
