@@ -315,30 +315,21 @@ class Processor:
         assert self.journal is not None
         outcomes: list[Outcome] = []
         updates: list[tuple[int, State, str | None]] = []
+        failed: list[Outcome] = []
         touched: set[Path] = set()
         for prep, entry in intents:
             assert entry.destination is not None and entry.id is not None
             try:
                 moving.move(prep.path, entry.destination)
-            except FileNotFoundError:
-                if os.path.lexists(prep.path):
-                    reason = "destination folder vanished"
-                    updates.append((entry.id, State.FAILED, reason))
-                    outcomes.append(Outcome(prep.path, Fate.RETRY, entry=entry, reason=reason))
-                else:
-                    updates.append((entry.id, State.FAILED, "vanished"))
-                    outcomes.append(Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished"))
-                continue
             except OSError as exc:
-                reason = f"move failed: {exc.strerror or exc}"
-                updates.append((entry.id, State.FAILED, reason))
-                fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-                outcomes.append(Outcome(prep.path, fate, entry=entry, reason=reason))
+                failed.append(_not_moved(prep, entry, exc))
+                outcomes.append(failed[-1])
                 continue
             entry.state = State.DONE
             updates.append((entry.id, State.DONE, None))
             touched.update((prep.path.parent, entry.destination.parent))
             outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
+        updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry]
         moving.fsync_dirs(touched)
         crash_point("before-done")
         if updates:
@@ -370,6 +361,26 @@ def prepared_batches(
     for index in range(len(chunks)):
         current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
         yield [f.result() for f in current]
+
+
+def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
+    """What a failed move leaves: the photo in the inbox, to retry or not, and why."""
+    if isinstance(exc, moving.SourceKept):
+        # A read-only inbox: the link or copy was taken back, so the photo is
+        # still in one place only, and a retry can file it.
+        if exc.undone:
+            reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); kept there"
+            fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
+            return Outcome(prep.path, fate, entry=entry, reason=reason)
+        # In both places: a retry would only make a third copy.
+        reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
+        return Outcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+    if isinstance(exc, FileNotFoundError):
+        if os.path.lexists(prep.path):
+            return Outcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
+        return Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
+    fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
+    return Outcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
 
 
 def _log_outcome(outcome: Outcome) -> None:
