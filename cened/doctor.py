@@ -63,12 +63,13 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
         known.add(row.destination)
         if not os.path.lexists(row.destination):
             report.missing.append(row)
-    pending_dst = {e.destination for e in report.pending}
+    # Compared forwards: a shortened temporary's name does not give back its destination's.
+    pending_partials = {moving.partial_path(e.destination) for e in report.pending if e.destination}
     roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
     for root in roots:
         for path in _files(root):
             if path.name.endswith(moving.PARTIAL_SUFFIX):
-                if moving.completed_path(path) not in pending_dst:
+                if path not in pending_partials:
                     report.partials.append(path)
             elif path not in known:
                 report.unlogged.append(path)

@@ -233,3 +233,16 @@ def test_a_255_byte_name_is_filed_even_on_a_collision(
     finally:
         if library != settings.library:
             shutil.rmtree(library)
+
+
+def test_doctor_knows_the_shortened_temporary_of_an_interrupted_move(tmp_path: Path) -> None:
+    from cened import doctor
+
+    library = tmp_path / "library"
+    dst = library / "sea" / _long_name("utf-8")
+    dst.parent.mkdir(parents=True)
+    with Journal(tmp_path / "db.sqlite3") as journal:
+        journal.add([Entry(action="moved", source=tmp_path / dst.name, destination=dst, state="pending")])
+        moving.partial_path(dst).write_bytes(b"half a photo")  # the crash came mid-copy
+        report = doctor.examine(journal, library, library / "_quarantine")
+    assert report.partials == [] and len(report.pending) == 1
