@@ -9,8 +9,11 @@ is always either where it was or where it was going.
 
 Rows are never rewritten except for their ``state`` (and ``reason`` on
 failure): undo and correct add new rows that point back at the one they
-reverse via ``ref_id``.  Paths are stored as text when they are valid UTF-8
-and as the raw bytes (a BLOB) when they are not, so any file name round-trips.
+reverse via ``ref_id``.  The one row ever deleted is an intent that failed
+exactly as its photo's last try did (a full disk, a read-only inbox): the
+first failed row stands for the whole episode.  Paths are stored as text
+when they are valid UTF-8 and as the raw bytes (a BLOB) when they are not,
+so any file name round-trips.
 """
 
 from __future__ import annotations
@@ -258,12 +261,21 @@ class Journal:
                 entry.id = conn.execute(sql, _to_row(entry)).lastrowid
         return list(entries)
 
-    def set_state(self, updates: Iterable[tuple[int, State, str | None]]) -> None:
-        """Mark rows done or failed (id, state, reason) in one transaction."""
+    def set_state(
+        self, updates: Iterable[tuple[int, State, str | None]], *, discard: Iterable[int] = ()
+    ) -> None:
+        """Mark rows done or failed (id, state, reason), and drop the ``discard`` intents, in one transaction.
+
+        Only pending rows are ever dropped: a completed row is history.
+        """
         with self.transaction() as conn:
             conn.executemany(
                 "UPDATE decisions SET state = ?, reason = coalesce(?, reason) WHERE id = ?",
                 [(state, reason, row_id) for row_id, state, reason in updates],
+            )
+            conn.executemany(
+                "DELETE FROM decisions WHERE id = ? AND state = ?",
+                [(row_id, State.PENDING) for row_id in discard],
             )
 
     # -- reading -----------------------------------------------------------
@@ -318,6 +330,11 @@ class Journal:
         rows = self._select(
             "destination = ? AND state = ?", (path_to_db(path), State.DONE), "ORDER BY id DESC LIMIT 1"
         )
+        return rows[0] if rows else None
+
+    def last_from(self, source: Path, *, before: int) -> Entry | None:
+        """The latest row about ``source`` older than row ``before``: what happened to it last time."""
+        rows = self._select("source = ? AND id < ?", (path_to_db(source), before), "ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
 
     def stats(self) -> Stats:

@@ -101,6 +101,7 @@ class Outcome:
     entry: Entry | None = None
     keep: tuple[int, int] | None = None  # left in the inbox on purpose: ignore until changed
     reason: str | None = None
+    repeat: bool = False  # failed as at its last try, whose row (entry.id) stands for this one too
 
 
 def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prepared:
@@ -329,12 +330,40 @@ class Processor:
             updates.append((entry.id, State.DONE, None))
             touched.update((prep.path.parent, entry.destination.parent))
             outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
-        updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry]
+        discard = self._repeats(failed)
+        updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry and not o.repeat]
         moving.fsync_dirs(touched)
         crash_point("before-done")
-        if updates:
-            self.journal.set_state(updates)
+        if updates or discard:
+            self.journal.set_state(updates, discard=discard)
         return outcomes
+
+    def _repeats(self, failed: list[Outcome]) -> list[int]:
+        """The intents of failures that repeat their photo's last one, to be dropped rather than kept.
+
+        A photo retried on a full disk or a read-only inbox would otherwise
+        leave a failed row (and a warning) at every try: the row of the first
+        failure stands for them all until something else happens to the photo.
+        Each intent is still journaled before its try, so a crash mid-move is
+        recovered as always.
+        """
+        assert self.journal is not None
+        drop: list[int] = []
+        for outcome in failed:
+            entry = outcome.entry
+            assert entry is not None and entry.id is not None
+            entry.state, entry.reason = State.FAILED, outcome.reason
+            last = self.journal.last_from(entry.source, before=entry.id)
+            if (
+                last is not None
+                and last.state == State.FAILED
+                and last.reason == outcome.reason
+                and last.sha256 == entry.sha256
+            ):
+                drop.append(entry.id)
+                entry.id = last.id
+                outcome.repeat = True
+        return drop
 
     def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
         """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads."""
@@ -405,6 +434,8 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("filed", **fields)
     elif outcome.fate == Fate.QUARANTINED:
         log.warning("quarantined", **fields)
+    elif outcome.repeat:
+        log.debug("not-moved", repeat=True, **fields)  # warned at the first try of this episode
     elif outcome.fate in (Fate.RETRY, Fate.FAILED):
         log.warning("not-moved", **fields)
     else:

@@ -9,8 +9,10 @@ so the bytes are copied, and the unlink fails); as anyone else with mode 555.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -100,6 +102,8 @@ def test_a_read_only_inbox_keeps_the_photo_and_files_one_copy_later(
     assert outcome.fate == Fate.MOVED
     assert files_under(settings.library) == [settings.library / "sea" / "beach.jpg"]
     assert not photo.exists()
+    # The three tries were one episode: one failed row, then the move.
+    assert [(e.action, e.state) for e in journal.history()] == [("moved", "failed"), ("moved", "done")]
 
 
 def test_a_read_only_inbox_under_the_daemon_ends_with_one_copy_of_each_photo(settings: Settings) -> None:
@@ -143,6 +147,34 @@ def test_recovery_takes_back_the_link_when_the_source_cannot_be_removed(tmp_path
         row = journal.get(entry.id)
     assert row.state == "failed" and "kept in the inbox" in row.reason
     assert src.read_bytes() == b"photo" and not dst.exists()
+
+
+def test_a_repeated_failure_is_still_journaled_before_its_try(
+    settings: Settings, classifier: Classifier, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row per episode, and yet every try has its intent committed first (the crash-safety rule)."""
+    photo = write_photo(settings.inbox / "beach.jpg", "sea")
+    pending: list[int] = []
+
+    def full_disk(src: Path, dst: Path) -> None:
+        with sqlite3.connect(settings.database) as db:
+            pending.append(db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(moving, "move", full_disk)
+    processor = Processor(classifier, journal, lambda: settings)
+    outcomes = [_file(processor, settings, classifier, photo)[0] for _ in range(3)]
+    assert pending == [1, 1, 1]
+    assert [o.repeat for o in outcomes] == [False, True, True]
+    assert len({o.entry.id for o in outcomes}) == 1  # each names the row that stands for the episode
+    assert [(e.action, e.state) for e in journal.history()] == [("moved", "failed")]
+    write_photo(photo, "sea", seed=9)  # another photo under the same name: a new episode
+    (outcome,) = _file(processor, settings, classifier, photo)
+    assert not outcome.repeat and len(journal.history()) == 2
+    monkeypatch.undo()
+    (outcome,) = _file(processor, settings, classifier, photo)
+    assert outcome.fate == Fate.MOVED
+    assert [e.state for e in journal.history()] == ["failed", "failed", "done"]
 
 
 def test_take_back_never_removes_what_is_not_ours(tmp_path: Path) -> None:
