@@ -1,19 +1,17 @@
 """Moves that cannot finish, and names that barely fit: one copy of each photo, always, under NAME_MAX.
 
-A read-only inbox is made for real: as root, whom permissions do not stop,
-with ``chattr +i`` on the folder (link and copy succeed, the unlink fails, on
-one filesystem) or a read-only bind mount of it (the link fails across mounts,
-so the bytes are copied, and the unlink fails); as anyone else with mode 555.
+A read-only inbox is made for real (see :mod:`fs_helpers`): ``chattr +i`` on
+the folder (link and copy succeed, the unlink fails, on one filesystem) or a
+read-only bind mount of it (the link fails across mounts, so the bytes are
+copied, and the unlink fails).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import write_photo
 from daemon_helpers import RunningDaemon, files_under, wait_until
+from fs_helpers import immutable, read_only_mount
 
 from cened import moving, recovery
 from cened.config import Settings
@@ -30,46 +29,7 @@ from cened.ml.classifying import Classifier
 from cened.ml.modelpack import sha256_file
 from cened.pipeline import Fate, Outcome, Processor, prepare
 
-
-@contextlib.contextmanager
-def _immutable(folder: Path) -> Iterator[None]:
-    """Nobody, root included, can remove a file from ``folder``; links and copies out still work."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    result = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"chattr +i does not work here: {result.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-
-
-@contextlib.contextmanager
-def _read_only_mount(folder: Path) -> Iterator[None]:
-    """``folder`` as a read-only bind mount of itself: another mount, so a move out copies."""
-    if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root")
-    result = subprocess.run(
-        ["sh", "-c", f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}'"],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        subprocess.run(["umount", str(folder)], capture_output=True)
-        pytest.skip(f"cannot bind-mount read-only here: {result.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
-READ_ONLY = {"immutable": _immutable, "read-only-mount": _read_only_mount}
+READ_ONLY = {"immutable": immutable, "read-only-mount": read_only_mount}
 
 
 @pytest.fixture
@@ -109,7 +69,7 @@ def test_a_read_only_inbox_keeps_the_photo_and_files_one_copy_later(
 def test_a_read_only_inbox_under_the_daemon_ends_with_one_copy_of_each_photo(settings: Settings) -> None:
     photos = [write_photo(settings.inbox / f"{i}.jpg", "forest", seed=i) for i in range(6)]
     hashes = sorted(sha256_file(p) for p in photos)
-    with _immutable(settings.inbox), RunningDaemon(settings.model_copy(update={"retry_max_s": 1.0})):
+    with immutable(settings.inbox), RunningDaemon(settings.model_copy(update={"retry_max_s": 1.0})):
         time.sleep(3.5)  # several tries for each photo
         assert files_under(settings.library) == []
         assert all(p.exists() for p in photos)
@@ -124,7 +84,7 @@ def test_a_read_only_inbox_while_the_daemon_runs_makes_no_duplicates(settings: S
     """The daemon already running when the inbox turns read-only, as in the report (mode 555 for 15 s)."""
     photos = [write_photo(settings.inbox / f"{i}.jpg", "sea", seed=i) for i in range(4)]
     with RunningDaemon(settings.model_copy(update={"retry_max_s": 1.0, "stable_seconds": 2.0})):
-        with _immutable(settings.inbox):
+        with immutable(settings.inbox):
             time.sleep(4.5)  # the photos settle after 2 s, then are tried and retried
             assert files_under(settings.library) == []
         assert wait_until(lambda: not files_under(settings.inbox), timeout=30)
@@ -142,7 +102,7 @@ def test_recovery_takes_back_the_link_when_the_source_cannot_be_removed(tmp_path
         (entry,) = journal.add(
             [Entry(action="moved", source=src, destination=dst, sha256=sha256_file(src), state="pending")]
         )
-        with _immutable(src.parent):
+        with immutable(src.parent):
             recovery.reconcile(journal)
         row = journal.get(entry.id)
     assert row.state == "failed" and "kept in the inbox" in row.reason
