@@ -23,6 +23,9 @@ Four threads of our own, each with one job, connected by bounded queues:
 
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
+
+A journal that cannot be written stops the daemon (exit code 4): filing
+without it would fail every batch forever.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import structlog
 
 from cened import logsetup, recovery
 from cened.config import Settings, load_settings
-from cened.errors import ConfigError
+from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
@@ -77,6 +80,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
 EVENT_GAP = 0.01
+#: Consecutive batches whose journal was busy or locked before the daemon gives
+#: up; SQLite has already waited its busy timeout (10 s) for each.
+JOURNAL_FAILURES_MAX = 3
 
 
 class Daemon:
@@ -112,6 +118,8 @@ class Daemon:
         self.serving = threading.Event()  # set once READY has been sent
         self.counters: dict[str, int] = {}  # outcomes by action, shared with the Processor
         self.filed = 0
+        self._journal_failures = 0  # consecutive batches the journal refused
+        self._fatal: JournalError | None = None  # why the daemon is stopping on its own
 
     def settings(self) -> Settings:
         return self._settings
@@ -130,6 +138,7 @@ class Daemon:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
+            journal.check_writable()
             resolved = recovery.reconcile(journal)
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
@@ -165,8 +174,10 @@ class Daemon:
         finally:
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
-        log.info("stopped", filed=self.filed)
         self.notifier.close()
+        if self._fatal is not None:
+            raise self._fatal
+        log.info("stopped", filed=self.filed)
         return 0
 
     def stop(self) -> None:
@@ -328,14 +339,34 @@ class Daemon:
     def _handle(self, scored: _Scored, processor: Processor) -> None:
         prepared = scored.prepared
         outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
-        if not scored.failed:
+        if not scored.failed and self._fatal is None:
             try:
                 outcomes = processor.file(prepared, scored.probabilities)
+                self._journal_failures = 0
+            except JournalError as exc:
+                self._journal_failed(exc, len(prepared))
             except Exception:
                 log.exception("batch-failed", files=len(prepared))
         for outcome in outcomes:
             self._settle(outcome)
         self.notifier.status(self._status())
+
+    def _journal_failed(self, exc: JournalError, files: int) -> None:
+        """A batch the journal refused: wait out a busy database a little, stop for anything else.
+
+        Without its journal the daemon can move nothing safely, and would
+        fail every batch forever while looking alive.
+        """
+        self._journal_failures += 1
+        cause = getattr(exc.__cause__, "sqlite_errorname", "") or ""
+        busy = cause.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+        if busy and self._journal_failures < JOURNAL_FAILURES_MAX:
+            log.error("batch-failed", files=files, error=str(exc), consecutive=self._journal_failures)
+            return
+        log.error("journal-failed", files=files, error=str(exc), action="stopping")
+        self._fatal = exc
+        self.notifier.status(f"stopping: {exc}")
+        self.stopping.set()
 
     def _settle(self, outcome: Outcome) -> None:
         path = outcome.path

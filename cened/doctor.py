@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cened import moving, recovery
 from cened.config import load_settings
+from cened.errors import JournalError
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
@@ -166,6 +167,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if not os.path.lexists(settings.database):
+        # Opening would create an empty database, which is "all consistent" with any library.
+        raise JournalError(f"no database at {settings.database}: has cened run with this configuration?")
     with Journal(settings.database) as journal:
         report = examine(journal, settings.library, settings.quarantine_dir)
         for e in report.pending:
