@@ -24,12 +24,18 @@ Four threads of our own, each with one job, connected by bounded queues:
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
 
-A journal that cannot be written stops the daemon (exit code 4): filing
-without it would fail every batch forever.
+One daemon per database: an exclusive ``flock`` on a lock file beside it is
+held for the daemon's life, so a second one exits (code 4) instead of
+recovering, or racing for, the first one's intents.  A journal that cannot
+be written stops the daemon the same way: filing without it would fail
+every batch forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import queue
 import signal
@@ -134,6 +140,13 @@ class Daemon:
         imaging.set_pixel_limit(s.max_pixels)
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
+        lock = hold_lock(s.database)  # before recovery, which must never touch a live daemon's intents
+        try:
+            return self._run(s, started)
+        finally:
+            os.close(lock)
+
+    def _run(self, s: Settings, started: float) -> int:
         journal = Journal(s.database)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -414,6 +427,46 @@ class _Scored:
     prepared: list[Prepared]
     probabilities: np.ndarray | None
     failed: bool = False
+
+
+def lock_path(database: Path) -> Path:
+    """The file a daemon holds locked for as long as it uses ``database``."""
+    return database.with_name(database.name + ".lock")
+
+
+def hold_lock(database: Path) -> int:
+    """Lock ``database`` for this daemon; returns the lock's descriptor, to close at the end.
+
+    ``flock`` is released by the kernel however the process ends, so a
+    crashed daemon never leaves a stale lock; the PID inside is only for the
+    message the next daemon gives.
+    """
+    path = lock_path(database)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(
+            f"{database} is in use by another cened daemon (pid {holder}); "
+            "one daemon per database: stop the other one first"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            os.close(fd)
+            raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
+        # A filesystem without flock (some network ones) must not keep cened from running.
+        log.warning("database-not-locked", lock=str(path), error=exc.strerror)
+        return fd
+    with contextlib.suppress(OSError):  # the PID is for the message only
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:

@@ -177,3 +177,26 @@ def test_a_busy_database_is_waited_out_a_little_anything_else_stops_at_once(sett
     daemon = Daemon(settings)
     daemon._journal_failed(error, files=1)
     assert daemon.stopping.is_set() and daemon._fatal is error
+
+
+# -- 10: one daemon per database ----------------------------------------------------
+
+
+def test_a_second_daemon_on_the_same_database_exits_with_code_4(tmp_path: Path, settings: Settings) -> None:
+    config = write_config(tmp_path / "cened.toml", settings)
+    first = DaemonProcess(config)
+    try:
+        first.wait_for("started", timeout=90)
+        second = _run_daemon(config)
+        _refused(second, "in use by another cened daemon", f"pid {first.proc.pid}")
+        assert "started" not in second.stdout
+        photo = write_photo(settings.inbox / "after.jpg", "sea")  # the first one is unharmed
+        assert wait_until(lambda: not photo.exists(), timeout=20)
+    finally:
+        assert first.stop() == 0
+    # The lock goes with the daemon that held it: the next one starts.
+    third = DaemonProcess(config)
+    try:
+        third.wait_for("started", timeout=90)
+    finally:
+        assert third.stop() == 0
