@@ -86,6 +86,9 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
 EVENT_GAP = 0.01
+#: How often the pump checks that the inbox is still the folder being watched
+#: (one stat): a folder removed and made again is noticed within this.
+INBOX_CHECK_S = 1.0
 #: Consecutive batches whose journal was busy or locked before the daemon gives
 #: up; SQLite has already waited its busy timeout (10 s) for each.
 JOURNAL_FAILURES_MAX = 3
@@ -124,6 +127,8 @@ class Daemon:
         self.serving = threading.Event()  # set once READY has been sent
         self.counters: dict[str, int] = {}  # outcomes by action, shared with the Processor
         self.filed = 0
+        self._watcher: InboxWatcher | None = None
+        self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder watched
         self._journal_failures = 0  # consecutive batches the journal refused
         self._fatal: JournalError | None = None  # why the daemon is stopping on its own
 
@@ -156,8 +161,7 @@ class Daemon:
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
-            watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
-            watcher.start()
+            self._watch()
             self._scan()  # before READY: every file already waiting is known to the tracker
             with (
                 ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool,
@@ -182,9 +186,11 @@ class Daemon:
                 self.notifier.ready(self._status())
                 self.serving.set()
                 self._serve(processor, collector)
-                watcher.stop()
-                pump.join(timeout=5)
+                pump.join(timeout=5)  # first: the pump may re-arm the watch
         finally:
+            self.stopping.set()  # on an error too: the pump must not watch the inbox again
+            if self._watcher is not None:
+                self._watcher.stop()
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
         self.notifier.close()
@@ -220,9 +226,58 @@ class Daemon:
             self.tracker.touch(path, closed=closed)
             self._activity.set()
 
+    def _watch(self) -> None:
+        """Start watching the inbox folder that is there now, remembering which one it is."""
+        inbox = self._settings.inbox
+        st = os.stat(inbox)
+        watcher = InboxWatcher(inbox, self._on_event, self._rescan.set)
+        watcher.start()
+        self._watcher, self._inbox_id = watcher, (st.st_dev, st.st_ino)
+
+    def _check_inbox(self) -> None:
+        """Watch the inbox again if it was removed and made again, or came back.
+
+        The kernel's watch dies with the folder it was on, and watchdog then
+        ends its thread; without this, new photos would wait for the periodic
+        rescan.  Both signs are checked: a new folder often gets the inode
+        number the old one freed, and a folder moved away keeps its watch.
+        """
+        inbox = self._settings.inbox
+        try:
+            st = os.stat(inbox)
+        except OSError as exc:
+            if self._inbox_id is not None:
+                log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+                self._inbox_id = None
+            return
+        watcher = self._watcher
+        same = (st.st_dev, st.st_ino) == self._inbox_id
+        if same and watcher is not None and watcher.alive:
+            return
+        log.warning(
+            "inbox-replaced",
+            inbox=str(inbox),
+            sign="the watch ended" if same else "another folder",
+            action="watching it again and rescanning",
+        )
+        if watcher is not None:
+            watcher.stop()
+            self._watcher = None
+        try:
+            self._watch()
+        except OSError as exc:  # gone again already: the next check tries again
+            log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+            self._inbox_id = None
+            return
+        self._rescan.set()
+
     def _pump(self) -> None:
         last_scan = time.monotonic()  # run() scanned just before starting us
+        last_check = last_scan
         while not self.stopping.is_set():
+            if time.monotonic() >= last_check + INBOX_CHECK_S:
+                self._check_inbox()
+                last_check = time.monotonic()
             # Read the interval each time, so a reload that changes it applies at once.
             interval = self._settings.rescan_interval_s or float("inf")
             if self._rescan.is_set() or time.monotonic() >= last_scan + interval:

@@ -375,3 +375,31 @@ def test_a_full_disk_leaves_one_failed_row_and_one_warning_per_photo(
         assert len(files_under(library / "sea")) == 4
     finally:
         subprocess.run(["umount", "-l", str(library)], check=False)
+
+
+@pytest.mark.parametrize("how", ["removed", "moved-away"])
+def test_an_inbox_removed_and_made_again_is_watched_again_within_seconds(
+    settings: Settings, tmp_path: Path, how: str
+) -> None:
+    """``rm -rf inbox; mkdir inbox``, or ``mv``: the watch went with the old folder (rescans: 300 s)."""
+    import shutil
+
+    import structlog
+
+    with structlog.testing.capture_logs() as logs, RunningDaemon(settings) as daemon:
+        first = write_photo(settings.inbox / "before.jpg", "sea")
+        assert wait_until(lambda: not first.exists(), timeout=20)
+        if how == "removed":
+            shutil.rmtree(settings.inbox)  # the new folder often gets the old one's inode number
+        else:
+            settings.inbox.rename(tmp_path / "old-inbox")  # the old watch lives on, on the old folder
+        settings.inbox.mkdir()
+        early = write_photo(settings.inbox / "early.jpg", "forest")  # before the watch is back: the rescan
+        assert wait_until(lambda: any(e["event"] == "inbox-replaced" for e in logs), timeout=10)
+        assert wait_until(lambda: not early.exists(), timeout=10)
+        late = write_photo(settings.inbox / "late.jpg", "glacier")  # after: the new watch's events
+        assert wait_until(lambda: not late.exists(), timeout=10)
+        assert daemon.settings().rescan_interval_s == 300  # neither came from the periodic rescan
+    (warning,) = [e for e in logs if e["event"] == "inbox-replaced"]
+    assert warning["log_level"] == "warning"
+    assert sorted(p.name for p in files_under(settings.library)) == ["before.jpg", "early.jpg", "late.jpg"]
