@@ -83,10 +83,13 @@ def test_a_read_only_inbox_under_the_daemon_ends_with_one_copy_of_each_photo(set
 def test_a_read_only_inbox_while_the_daemon_runs_makes_no_duplicates(settings: Settings) -> None:
     """The daemon already running when the inbox turns read-only, as in the report (mode 555 for 15 s)."""
     photos = [write_photo(settings.inbox / f"{i}.jpg", "sea", seed=i) for i in range(4)]
-    with RunningDaemon(settings.model_copy(update={"retry_max_s": 1.0, "stable_seconds": 2.0})):
+    for photo in photos:  # new to the start-up scan, so taken stable_seconds after it, not at once
+        os.utime(photo, (time.time() + 60, time.time() + 60))
+    with RunningDaemon(settings.model_copy(update={"retry_max_s": 1.0, "stable_seconds": 3.0})) as daemon:
         with immutable(settings.inbox):
-            time.sleep(4.5)  # the photos settle after 2 s, then are tried and retried
+            time.sleep(5.5)  # the photos are taken within 3 s of READY, then retried
             assert files_under(settings.library) == []
+            assert daemon.counters.get("retry", 0) >= 2 * len(photos)
         assert wait_until(lambda: not files_under(settings.inbox), timeout=30)
     assert sorted(p.name for p in files_under(settings.library)) == sorted(p.name for p in photos)
 
