@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from cened.errors import ConfigError
+from cened.errors import ConfigError, JournalError
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -193,8 +193,9 @@ def check_folders(settings: Settings) -> None:
     wrong owner, or under systemd a folder outside the unit's
     ``ReadWritePaths=`` after the config moved it) would otherwise fail every
     batch while the service looks healthy, or crash it into a restart loop.  A
-    :class:`ConfigError` instead stops it with exit code 2, which the units'
-    ``RestartPreventExitStatus=`` does not restart.
+    :class:`ConfigError` (exit 2; :class:`JournalError`, 4, for the database's
+    folder) instead stops it, and the units' ``RestartPreventExitStatus=`` does
+    not restart it.
     """
     folders = {
         "inbox": settings.inbox,
@@ -209,11 +210,15 @@ def check_folders(settings: Settings) -> None:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
         except OSError as exc:
-            what = f"{key} folder" if key == "database" else key
+            what = (
+                f"database folder {folder} of {settings.database}" if key == "database" else f"{key} {folder}"
+            )
             hint = (
                 "the service may only write inside its unit's ReadWritePaths=: after moving a folder in the "
                 "config, run `cened install-service` again, then daemon-reload and restart"
                 if os.environ.get("INVOCATION_ID")  # set by systemd for every unit it starts
                 else "check that it exists on a writable disk and that this user may write to it"
             )
-            raise ConfigError(f"{what} {folder} is not writable ({exc.strerror or exc}); {hint}") from exc
+            # The database's folder is the database's problem (exit 4), the others the config's (2).
+            error = JournalError if key == "database" else ConfigError
+            raise error(f"{what} is not writable ({exc.strerror or exc}); {hint}") from exc

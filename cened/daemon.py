@@ -23,10 +23,19 @@ Four threads of our own, each with one job, connected by bounded queues:
 
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
+
+One daemon per database: an exclusive ``flock`` on a lock file beside it is
+held for the daemon's life, so a second one exits (code 4) instead of
+recovering, or racing for, the first one's intents.  A journal that cannot
+be written stops the daemon the same way: filing without it would fail
+every batch forever.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import queue
 import signal
@@ -43,7 +52,7 @@ import structlog
 
 from cened import logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
-from cened.errors import ConfigError
+from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
@@ -82,6 +91,12 @@ STATUS_EVERY_S = 2.0
 #: A batch the main thread has waited on for longer than this is named in
 #: STATUS, so `systemctl status` tells a stuck daemon from an idle one.
 STUCK_AFTER_S = 10.0
+#: How often the pump checks that the inbox is still the folder being watched
+#: (one stat): a folder removed and made again is noticed within this.
+INBOX_CHECK_S = 1.0
+#: Consecutive batches whose journal was busy or locked before the daemon gives
+#: up; SQLite has already waited its busy timeout (10 s) for each.
+JOURNAL_FAILURES_MAX = 3
 
 
 class Daemon:
@@ -119,6 +134,10 @@ class Daemon:
         self.filed = 0
         self._waiting_since: float | None = None  # the main thread waits on one batch since then
         self._last_status = ""
+        self._watcher: InboxWatcher | None = None
+        self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder watched
+        self._journal_failures = 0  # consecutive batches the journal refused
+        self._fatal: JournalError | None = None  # why the daemon is stopping on its own
 
     def settings(self) -> Settings:
         return self._settings
@@ -132,16 +151,23 @@ class Daemon:
         imaging.set_pixel_limit(s.max_pixels)
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
+        lock = hold_lock(s.database)  # before recovery, which must never touch a live daemon's intents
+        try:
+            return self._run(s, started)
+        finally:
+            os.close(lock)
+
+    def _run(self, s: Settings, started: float) -> int:
         journal = Journal(s.database)
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
+            journal.check_writable()
             resolved = recovery.reconcile(journal)
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
-            watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
-            watcher.start()
+            self._watch()
             self._scan()  # before READY: every file already waiting is known to the tracker
             with (
                 ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool,
@@ -166,13 +192,17 @@ class Daemon:
                 self.notifier.ready(self._status())
                 self.serving.set()
                 self._serve(processor, collector)
-                watcher.stop()
-                pump.join(timeout=5)
+                pump.join(timeout=5)  # first: the pump may re-arm the watch
         finally:
+            self.stopping.set()  # on an error too: the pump must not watch the inbox again
+            if self._watcher is not None:
+                self._watcher.stop()
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
-        log.info("stopped", filed=self.filed)
         self.notifier.close()
+        if self._fatal is not None:
+            raise self._fatal
+        log.info("stopped", filed=self.filed)
         return 0
 
     def stop(self) -> None:
@@ -202,10 +232,59 @@ class Daemon:
             self.tracker.touch(path, closed=closed)
             self._activity.set()
 
+    def _watch(self) -> None:
+        """Start watching the inbox folder that is there now, remembering which one it is."""
+        inbox = self._settings.inbox
+        st = os.stat(inbox)
+        watcher = InboxWatcher(inbox, self._on_event, self._rescan.set)
+        watcher.start()
+        self._watcher, self._inbox_id = watcher, (st.st_dev, st.st_ino)
+
+    def _check_inbox(self) -> None:
+        """Watch the inbox again if it was removed and made again, or came back.
+
+        The kernel's watch dies with the folder it was on, and watchdog then
+        ends its thread; without this, new photos would wait for the periodic
+        rescan.  Both signs are checked: a new folder often gets the inode
+        number the old one freed, and a folder moved away keeps its watch.
+        """
+        inbox = self._settings.inbox
+        try:
+            st = os.stat(inbox)
+        except OSError as exc:
+            if self._inbox_id is not None:
+                log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+                self._inbox_id = None
+            return
+        watcher = self._watcher
+        same = (st.st_dev, st.st_ino) == self._inbox_id
+        if same and watcher is not None and watcher.alive:
+            return
+        log.warning(
+            "inbox-replaced",
+            inbox=str(inbox),
+            sign="the watch ended" if same else "another folder",
+            action="watching it again and rescanning",
+        )
+        if watcher is not None:
+            watcher.stop()
+            self._watcher = None
+        try:
+            self._watch()
+        except OSError as exc:  # gone again already: the next check tries again
+            log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+            self._inbox_id = None
+            return
+        self._rescan.set()
+
     def _pump(self) -> None:
         last_scan = time.monotonic()  # run() scanned just before starting us
         next_status = last_scan
+        last_check = last_scan
         while not self.stopping.is_set():
+            if time.monotonic() >= last_check + INBOX_CHECK_S:
+                self._check_inbox()
+                last_check = time.monotonic()
             # Read the interval each time, so a reload that changes it applies at once.
             interval = self._settings.rescan_interval_s or float("inf")
             if self._rescan.is_set() or time.monotonic() >= last_scan + interval:
@@ -340,14 +419,34 @@ class Daemon:
     def _handle(self, scored: _Scored, processor: Processor) -> None:
         prepared = scored.prepared
         outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
-        if not scored.failed:
+        if not scored.failed and self._fatal is None:
             try:
                 outcomes = processor.file(prepared, scored.scores)
+                self._journal_failures = 0
+            except JournalError as exc:
+                self._journal_failed(exc, len(prepared))
             except Exception:
                 log.exception("batch-failed", files=len(prepared))
         for outcome in outcomes:
             self._settle(outcome)
         self.notifier.status(self._status())
+
+    def _journal_failed(self, exc: JournalError, files: int) -> None:
+        """A batch the journal refused: wait out a busy database a little, stop for anything else.
+
+        Without its journal the daemon can move nothing safely, and would
+        fail every batch forever while looking alive.
+        """
+        self._journal_failures += 1
+        cause = getattr(exc.__cause__, "sqlite_errorname", "") or ""
+        busy = cause.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+        if busy and self._journal_failures < JOURNAL_FAILURES_MAX:
+            log.error("batch-failed", files=files, error=str(exc), consecutive=self._journal_failures)
+            return
+        log.error("journal-failed", files=files, error=str(exc), action="stopping")
+        self._fatal = exc
+        self.notifier.status(f"stopping: {exc}")
+        self.stopping.set()
 
     def _settle(self, outcome: Outcome) -> None:
         path = outcome.path
@@ -410,6 +509,46 @@ class _Scored:
     prepared: list[Prepared]
     scores: Scores | None
     failed: bool = False
+
+
+def lock_path(database: Path) -> Path:
+    """The file a daemon holds locked for as long as it uses ``database``."""
+    return database.with_name(database.name + ".lock")
+
+
+def hold_lock(database: Path) -> int:
+    """Lock ``database`` for this daemon; returns the lock's descriptor, to close at the end.
+
+    ``flock`` is released by the kernel however the process ends, so a
+    crashed daemon never leaves a stale lock; the PID inside is only for the
+    message the next daemon gives.
+    """
+    path = lock_path(database)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(
+            f"{database} is in use by another cened daemon (pid {holder}); "
+            "one daemon per database: stop the other one first"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            os.close(fd)
+            raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
+        # A filesystem without flock (some network ones) must not keep cened from running.
+        log.warning("database-not-locked", lock=str(path), error=exc.strerror)
+        return fd
+    with contextlib.suppress(OSError):  # the PID is for the message only
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cened import moving, recovery
 from cened.config import load_settings
+from cened.errors import JournalError
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
@@ -63,12 +64,13 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
         known.add(row.destination)
         if not os.path.lexists(row.destination):
             report.missing.append(row)
-    pending_dst = {e.destination for e in report.pending}
+    # Compared forwards: a shortened temporary's name does not give back its destination's.
+    pending_partials = {moving.partial_path(e.destination) for e in report.pending if e.destination}
     roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
     for root in roots:
         for path in _files(root):
             if path.name.endswith(moving.PARTIAL_SUFFIX):
-                if moving.completed_path(path) not in pending_dst:
+                if path not in pending_partials:
                     report.partials.append(path)
             elif path not in known:
                 report.unlogged.append(path)
@@ -165,6 +167,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if not os.path.lexists(settings.database):
+        # Opening would create an empty database, which is "all consistent" with any library.
+        raise JournalError(f"no database at {settings.database}: has cened run with this configuration?")
     with Journal(settings.database) as journal:
         report = examine(journal, settings.library, settings.quarantine_dir)
         for e in report.pending:

@@ -9,8 +9,11 @@ is always either where it was or where it was going.
 
 Rows are never rewritten except for their ``state`` (and ``reason`` on
 failure): undo and correct add new rows that point back at the one they
-reverse via ``ref_id``.  Paths are stored as text when they are valid UTF-8
-and as the raw bytes (a BLOB) when they are not, so any file name round-trips.
+reverse via ``ref_id``.  The one row ever deleted is an intent that failed
+exactly as its photo's last try did (a full disk, a read-only inbox): the
+first failed row stands for the whole episode.  Paths are stored as text
+when they are valid UTF-8 and as the raw bytes (a BLOB) when they are not,
+so any file name round-trips.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from cened.errors import JournalError
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
 SCHEMA_VERSION = 3
+#: What to do about a database SQLite finds damaged; cened never deletes or rebuilds one itself.
+DAMAGED = "the database is damaged: move it aside to start a new one, or restore it from a backup"
 
 
 class Action(StrEnum):
@@ -219,6 +224,34 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path} is not a usable cened database: {exc}") from exc
 
+    @contextmanager
+    def _guard(self, *, reading: bool = False) -> Iterator[None]:
+        """SQLite's errors as :class:`JournalError` (exit code 4), the sqlite3 error kept as the cause.
+
+        A database damaged or made read-only while in use fails at any query,
+        not only at opening; every command then ends with one clear line.
+        While ``reading`` rows, a value no row of ours can hold (a NULL action,
+        broken JSON) is damage too.
+        """
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            damaged = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            raise JournalError(f"{self.path}: {exc}" + (f"; {DAMAGED}" if damaged else "")) from exc
+        except (ValueError, TypeError) as exc:
+            if not reading:
+                raise
+            raise JournalError(f"{self.path}: a row cannot be read ({exc}); {DAMAGED}") from exc
+
+    def check_writable(self) -> None:
+        """Fail now, not at the first photo, if the database can be read but not written.
+
+        SQLite opens a file it cannot write read-only without a word; setting
+        the schema version to itself is a real write, of one page.
+        """
+        with self.transaction() as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def _check_and_migrate(self, readonly: bool) -> None:
         app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -251,13 +284,17 @@ class Journal:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._guard():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                # SQLite rolls back by itself after some errors (a full disk); a
+                # second ROLLBACK would then hide the error that mattered.
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     # -- writing -----------------------------------------------------------
 
@@ -270,19 +307,29 @@ class Journal:
                 entry.id = conn.execute(sql, _to_row(entry)).lastrowid
         return list(entries)
 
-    def set_state(self, updates: Iterable[tuple[int, State, str | None]]) -> None:
-        """Mark rows done or failed (id, state, reason) in one transaction."""
+    def set_state(
+        self, updates: Iterable[tuple[int, State, str | None]], *, discard: Iterable[int] = ()
+    ) -> None:
+        """Mark rows done or failed (id, state, reason), and drop the ``discard`` intents, in one transaction.
+
+        Only pending rows are ever dropped: a completed row is history.
+        """
         with self.transaction() as conn:
             conn.executemany(
                 "UPDATE decisions SET state = ?, reason = coalesce(?, reason) WHERE id = ?",
                 [(state, reason, row_id) for row_id, state, reason in updates],
+            )
+            conn.executemany(
+                "DELETE FROM decisions WHERE id = ? AND state = ?",
+                [(row_id, State.PENDING) for row_id in discard],
             )
 
     # -- reading -----------------------------------------------------------
 
     def _select(self, where: str = "1", params: Sequence[Any] = (), tail: str = "ORDER BY id") -> list[Entry]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM decisions WHERE {where} {tail}"
-        return [_from_row(row) for row in self.conn.execute(sql, tuple(params))]
+        with self._guard(reading=True):
+            return [_from_row(row) for row in self.conn.execute(sql, tuple(params))]
 
     def get(self, row_id: int) -> Entry | None:
         rows = self._select("id = ?", (row_id,))
@@ -332,8 +379,17 @@ class Journal:
         )
         return rows[0] if rows else None
 
+    def last_from(self, source: Path, *, before: int) -> Entry | None:
+        """The latest row about ``source`` older than row ``before``: what happened to it last time."""
+        rows = self._select("source = ? AND id < ?", (path_to_db(source), before), "ORDER BY id DESC LIMIT 1")
+        return rows[0] if rows else None
+
     def stats(self) -> Stats:
         """What ``cened stats`` shows: completed rows per album and per action."""
+        with self._guard(reading=True):
+            return self._stats()
+
+    def _stats(self) -> Stats:
         done = (State.DONE,)
         filing = ", ".join("?" * len(FILING_ACTIONS))
         per_album = self.conn.execute(

@@ -8,12 +8,21 @@ and only then linked into place, so the destination name never shows a
 partial file.  Either way a crash leaves at worst the source plus a complete
 destination (or a hidden temporary), which :mod:`cened.recovery` resolves
 using the intent journal.
+
+When the source cannot be removed (a read-only inbox) the link or copy just
+made is taken back, so a move either happens or leaves exactly the source:
+never two copies, however often it is retried.
+
+Every name made here fits the filesystem's NAME_MAX, in bytes: a long stem is
+shortened to make room for a collision suffix (``-1``) or for the hidden
+temporary's prefix and suffix.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Collection, Iterable
@@ -23,15 +32,47 @@ from cened.faults import crash_point
 
 PARTIAL_PREFIX = "."
 PARTIAL_SUFFIX = ".cened-part"
+#: NAME_MAX of ext4, XFS, btrfs and tmpfs; used where the filesystem cannot be asked.
+NAME_MAX = 255
+#: Names up to this many bytes fit every Linux filesystem (eCryptfs allows the fewest,
+#: 143), so only longer ones cost a ``pathconf`` to learn the real limit.
+PORTABLE_NAME_MAX = 143
+#: A longer "extension" is part of the name, not a type to keep intact when shortening.
+EXTENSION_MAX = 16
+
+
+class SourceKept(OSError):
+    """The source could not be removed once its link or copy was made, so it was kept.
+
+    ``undone`` says whether the link or copy was taken back: if not, the photo
+    is in both places (the destination could not be removed either).
+    """
+
+    undone: bool = True
 
 
 def partial_path(dst: Path) -> Path:
-    """Where a cross-device copy is assembled; fixed, so recovery can find it."""
-    return dst.with_name(f"{PARTIAL_PREFIX}{dst.name}{PARTIAL_SUFFIX}")
+    """Where a cross-device copy is assembled; fixed, so recovery can find it.
+
+    A destination name too long to take the prefix and suffix is shortened,
+    with a hash of the full name so two long names never share a temporary.
+    """
+    extra = len(PARTIAL_PREFIX) + len(PARTIAL_SUFFIX)
+    name = dst.name
+    size = len(os.fsencode(name)) + extra
+    if size > PORTABLE_NAME_MAX and size > name_max(dst.parent):
+        stem, ext = _split(name)
+        tag = "~" + hashlib.blake2s(os.fsencode(name), digest_size=4).hexdigest()
+        name = _fit(dst.parent, stem, tag + ext, extra)
+    return dst.with_name(f"{PARTIAL_PREFIX}{name}{PARTIAL_SUFFIX}")
 
 
 def completed_path(partial: Path) -> Path:
-    """The destination a partial copy was assembled for: the inverse of :func:`partial_path`."""
+    """The destination a partial copy was assembled for, as far as its name tells.
+
+    The inverse of :func:`partial_path` except for names it had to shorten;
+    to ask whether a partial belongs to a destination, compare ``partial_path(dst)``.
+    """
     return partial.with_name(partial.name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)])
 
 
@@ -39,15 +80,53 @@ def free_name(directory: Path, name: str, reserved: Collection[Path] = ()) -> Pa
     """``directory/name``, or ``stem-1.ext``, ``stem-2.ext``… if taken on disk or reserved.
 
     Deterministic for a given state of the disk, so re-planning after a crash
-    picks the same name as before unless that name was meanwhile used.
+    picks the same name as before unless that name was meanwhile used.  The
+    stem is shortened where the name would not fit NAME_MAX.
     """
-    candidate = directory / name
-    stem, suffix = os.path.splitext(name)
+    stem, suffix = _split(name)
+    candidate = directory / _fit(directory, stem, suffix)
     n = 0
     while candidate in reserved or os.path.lexists(candidate) or os.path.lexists(partial_path(candidate)):
         n += 1
-        candidate = directory / f"{stem}-{n}{suffix}"
+        candidate = directory / _fit(directory, stem, f"-{n}{suffix}")
     return candidate
+
+
+def name_max(directory: Path) -> int:
+    """The longest name, in bytes, that the filesystem holding ``directory`` (or its nearest parent) takes."""
+    for folder in (directory, *directory.parents):
+        try:
+            return os.pathconf(folder, "PC_NAME_MAX")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            break
+    return NAME_MAX
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``os.path.splitext``, except that an implausibly long extension stays with the stem."""
+    stem, ext = os.path.splitext(name)
+    if len(os.fsencode(ext)) > EXTENSION_MAX:
+        return name, ""
+    return stem, ext
+
+
+def _fit(directory: Path, stem: str, tail: str, extra: int = 0) -> str:
+    """``stem + tail``, the stem shortened until the name plus ``extra`` bytes fits in ``directory``.
+
+    Whole characters are dropped, never bytes, so a UTF-8 name stays valid
+    UTF-8 (an undecodable byte, held as a surrogate escape, is one character).
+    """
+    name = stem + tail
+    size = len(os.fsencode(name)) + extra
+    if size <= PORTABLE_NAME_MAX:
+        return name
+    limit = name_max(directory)
+    while size > limit and len(stem) > 1:
+        stem = stem[:-1]
+        size = len(os.fsencode(stem + tail)) + extra
+    return stem + tail
 
 
 def fsync_dirs(dirs: Iterable[Path]) -> None:
@@ -67,13 +146,15 @@ def move(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``; raises ``FileExistsError`` rather than replace anything.
 
     Modification time and permissions are kept (they travel with the inode,
-    or are copied by ``copy2``).
+    or are copied by ``copy2``).  A source that cannot be removed raises
+    :class:`SourceKept`, the destination having been taken back.
     """
+    made: tuple[int, int] | None = None  # the copy's inode; a link's is the source's
     try:
         _link(src, dst)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
-            _copy_across(src, dst)
+            made = _copy_across(src, dst)
         elif exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK) and not isinstance(
             exc, FileExistsError
         ):
@@ -86,7 +167,42 @@ def move(src: Path, dst: Path) -> None:
         else:
             raise
     crash_point("after-link")
-    os.unlink(src)
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        return  # someone else removed the inbox copy: ours, complete, is the one left
+    except OSError as exc:
+        kept = SourceKept(exc.errno, exc.strerror, os.fsdecode(src))
+        kept.undone = take_back(src, dst, made)
+        raise kept from exc
+
+
+def take_back(src: Path, dst: Path, made: tuple[int, int] | None = None) -> bool:
+    """Remove ``dst``, the copy of ``src`` we made as inode ``made`` (st_dev, st_ino), or its link.
+
+    Only while ``dst`` is still that inode (for a link: ``src``'s inode) and
+    ``src`` is still there, so the removal can never lose the last copy of a
+    photo.  True when nothing of ours is left at ``dst``.
+    """
+    try:
+        there = os.lstat(src)
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return not os.path.lexists(dst)  # with the source gone, dst is the one copy: it stays
+    except OSError:
+        return False
+    if made is None:
+        made = (there.st_dev, there.st_ino)
+    if (st.st_dev, st.st_ino) != made:
+        return True  # replaced since: what is there is not ours to remove
+    try:
+        os.unlink(dst)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    fsync_dirs([dst.parent])  # the removal must last, or a power cut brings the duplicate back
+    return True
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -103,14 +219,17 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst, follow_symlinks=False)
 
 
-def _copy_across(src: Path, dst: Path) -> None:
+def _copy_across(src: Path, dst: Path) -> tuple[int, int]:
+    """Copy ``src`` to ``dst`` on another filesystem; returns the copy's inode."""
     tmp = partial_path(dst)
     try:
         shutil.copy2(src, tmp, follow_symlinks=False)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+            st = os.fstat(fh.fileno())
         crash_point("after-copy")
         os.link(tmp, dst)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    return st.st_dev, st.st_ino

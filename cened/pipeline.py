@@ -102,6 +102,7 @@ class Outcome:
     entry: Entry | None = None
     keep: tuple[int, int] | None = None  # left in the inbox on purpose: ignore until changed
     reason: str | None = None
+    repeat: bool = False  # failed as at its last try, whose row (entry.id) stands for this one too
 
 
 def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prepared:
@@ -318,35 +319,54 @@ class Processor:
         assert self.journal is not None
         outcomes: list[Outcome] = []
         updates: list[tuple[int, State, str | None]] = []
+        failed: list[Outcome] = []
         touched: set[Path] = set()
         for prep, entry in intents:
             assert entry.destination is not None and entry.id is not None
             try:
                 moving.move(prep.path, entry.destination)
-            except FileNotFoundError:
-                if os.path.lexists(prep.path):
-                    reason = "destination folder vanished"
-                    updates.append((entry.id, State.FAILED, reason))
-                    outcomes.append(Outcome(prep.path, Fate.RETRY, entry=entry, reason=reason))
-                else:
-                    updates.append((entry.id, State.FAILED, "vanished"))
-                    outcomes.append(Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished"))
-                continue
             except OSError as exc:
-                reason = f"move failed: {exc.strerror or exc}"
-                updates.append((entry.id, State.FAILED, reason))
-                fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-                outcomes.append(Outcome(prep.path, fate, entry=entry, reason=reason))
+                failed.append(_not_moved(prep, entry, exc))
+                outcomes.append(failed[-1])
                 continue
             entry.state = State.DONE
             updates.append((entry.id, State.DONE, None))
             touched.update((prep.path.parent, entry.destination.parent))
             outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
+        discard = self._repeats(failed)
+        updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry and not o.repeat]
         moving.fsync_dirs(touched)
         crash_point("before-done")
-        if updates:
-            self.journal.set_state(updates)
+        if updates or discard:
+            self.journal.set_state(updates, discard=discard)
         return outcomes
+
+    def _repeats(self, failed: list[Outcome]) -> list[int]:
+        """The intents of failures that repeat their photo's last one, to be dropped rather than kept.
+
+        A photo retried on a full disk or a read-only inbox would otherwise
+        leave a failed row (and a warning) at every try: the row of the first
+        failure stands for them all until something else happens to the photo.
+        Each intent is still journaled before its try, so a crash mid-move is
+        recovered as always.
+        """
+        assert self.journal is not None
+        drop: list[int] = []
+        for outcome in failed:
+            entry = outcome.entry
+            assert entry is not None and entry.id is not None
+            entry.state, entry.reason = State.FAILED, outcome.reason
+            last = self.journal.last_from(entry.source, before=entry.id)
+            if (
+                last is not None
+                and last.state == State.FAILED
+                and last.reason == outcome.reason
+                and last.sha256 == entry.sha256
+            ):
+                drop.append(entry.id)
+                entry.id = last.id
+                outcome.repeat = True
+        return drop
 
     def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
         """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads."""
@@ -379,6 +399,26 @@ def prepared_batches(
         yield [f.result() for f in current]
 
 
+def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
+    """What a failed move leaves: the photo in the inbox, to retry or not, and why."""
+    if isinstance(exc, moving.SourceKept):
+        # A read-only inbox: the link or copy was taken back, so the photo is
+        # still in one place only, and a retry can file it.
+        if exc.undone:
+            reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); kept there"
+            fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
+            return Outcome(prep.path, fate, entry=entry, reason=reason)
+        # In both places: a retry would only make a third copy.
+        reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
+        return Outcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+    if isinstance(exc, FileNotFoundError):
+        if os.path.lexists(prep.path):
+            return Outcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
+        return Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
+    fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
+    return Outcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
+
+
 def _log_outcome(outcome: Outcome) -> None:
     entry = outcome.entry
     fields: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
@@ -402,6 +442,8 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("filed", **fields)
     elif outcome.fate == Fate.QUARANTINED:
         log.warning("quarantined", **fields)
+    elif outcome.repeat:
+        log.debug("not-moved", repeat=True, **fields)  # warned at the first try of this episode
     elif outcome.fate in (Fate.RETRY, Fate.FAILED):
         log.warning("not-moved", **fields)
     else:

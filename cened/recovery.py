@@ -16,7 +16,9 @@ present    someone else's leave both, mark failed
 ========================  =====================================================
 
 "Our file" means the destination's sha256 equals the hash in the intent; a
-source is only ever removed once a byte-identical destination exists.
+source is only ever removed once a byte-identical destination exists.  A
+source that cannot be removed (a read-only inbox) keeps the photo: the
+destination is taken back and the intent fails, to be retried.
 """
 
 from __future__ import annotations
@@ -51,12 +53,11 @@ def resolve(entry: Entry) -> Resolution:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(moving.partial_path(dst))
     if dst_there and src_there and _same_file(src, dst):
-        os.unlink(src)
-        return Resolution(entry.id, State.DONE, None)
+        return _drop_source(entry.id, src, dst)
     if dst_there and sha256_or_none(dst) == entry.sha256:
         if src_there and sha256_or_none(src) == entry.sha256:
-            os.unlink(src)
-        elif src_there:
+            return _drop_source(entry.id, src, dst, copy=True)
+        if src_there:
             return Resolution(entry.id, State.FAILED, "recovery: source changed after the copy; both kept")
         return Resolution(entry.id, State.DONE, None)
     if dst_there:
@@ -78,6 +79,24 @@ def reconcile(journal: Journal) -> list[Resolution]:
         for r in resolutions:
             log.warning("recovered-intent", id=r.id, state=r.state, reason=r.reason)
     return resolutions
+
+
+def _drop_source(row_id: int, src: Path, dst: Path, *, copy: bool = False) -> Resolution:
+    """Finish a move whose destination is complete: remove the source, or else take the destination back."""
+    made = None  # a link is the source's inode; a copy is its own
+    if copy:
+        st = os.lstat(dst)
+        made = (st.st_dev, st.st_ino)
+    try:
+        os.unlink(src)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        kept = "kept in the inbox" if moving.take_back(src, dst, made) else "the copy too: both kept"
+        return Resolution(
+            row_id, State.FAILED, f"recovery: cannot remove the source ({exc.strerror}); {kept}"
+        )
+    return Resolution(row_id, State.DONE, None)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -249,6 +249,11 @@ class InboxWatcher:
             logger.setLevel(logging.WARNING)
         self._observer.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the watch still reports: watchdog ends it when the watched folder itself is deleted."""
+        return self._observer.is_alive() and all(e.is_alive() for e in self._observer.emitters)
+
     def stop(self) -> None:
         for name in self._OVERFLOW_LOGGERS:
             logging.getLogger(name).removeHandler(self._listener)

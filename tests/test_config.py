@@ -13,7 +13,7 @@ from conftest import write_config
 from daemon_helpers import run_cli
 
 from cened.config import Settings, check_folders, load_settings
-from cened.errors import ConfigError
+from cened.errors import ConfigError, JournalError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 
@@ -139,11 +139,11 @@ def test_every_folder_is_probed_and_systemd_gets_a_hint(
     monkeypatch.setattr(os, "open", read_only_state)
     monkeypatch.delenv("INVOCATION_ID", raising=False)
     with pytest.raises(
-        ConfigError, match=r"database folder .* is not writable \(Read-only file system\); check"
+        JournalError, match=r"database folder .* is not writable \(Read-only file system\); check"
     ):
         check_folders(settings)
     monkeypatch.setenv("INVOCATION_ID", "0123")
-    with pytest.raises(ConfigError, match=r"ReadWritePaths=.*cened install-service"):
+    with pytest.raises(JournalError, match=r"ReadWritePaths=.*cened install-service"):
         check_folders(settings)
     # The probes leave nothing behind.
     assert [p for folder in (settings.inbox, settings.library) for p in folder.iterdir()] == [

@@ -426,3 +426,71 @@ def test_full_disk_keeps_photos_in_the_inbox_and_retries_with_backoff(
         assert len(files_under(library / "sea")) == 4
     finally:
         subprocess.run(["umount", "-l", str(library)], check=False)
+
+
+def test_a_full_disk_leaves_one_failed_row_and_one_warning_per_photo(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Retries of the same failure are one episode: one row and one warning, not one per try."""
+    from collections import Counter
+
+    import structlog
+
+    library = tmp_path / "small-disk"
+    _mount_tmpfs(library, "48k")
+    try:
+        tight = settings.model_copy(update={"library": library, "retry_max_s": 1.0})
+        photos = [
+            write_photo(settings.inbox / f"{i}.png", "sea", fmt="PNG", size=(200, 150), seed=i)
+            for i in range(4)
+        ]
+        with structlog.testing.capture_logs() as logs, RunningDaemon(tight) as daemon:
+            # Every photo that does not fit is tried several times (a try a second at most).
+            assert wait_until(lambda: daemon.counters.get("retry", 0) >= 8, timeout=20)
+            waiting = [p for p in photos if p.exists()]
+            assert waiting, "the small disk should have filled up"
+            with sqlite3.connect(settings.database) as db:
+                failed = Counter(
+                    source for (source,) in db.execute("SELECT source FROM decisions WHERE state = 'failed'")
+                )
+            assert failed == Counter(str(p) for p in waiting), failed
+            warned = Counter(
+                e["file"] for e in logs if e["event"] == "not-moved" and e["log_level"] == "warning"
+            )
+            assert warned == Counter(str(p) for p in waiting), warned
+            subprocess.run(["mount", "-o", "remount,size=4m", str(library)], check=True)
+            assert wait_until(lambda: not any(p.exists() for p in photos), timeout=20)
+        with sqlite3.connect(settings.database) as db:
+            rows = db.execute("SELECT source, state FROM decisions ORDER BY id").fetchall()
+        assert Counter(state for _, state in rows) == {"done": 4, "failed": len(waiting)}
+        assert len(files_under(library / "sea")) == 4
+    finally:
+        subprocess.run(["umount", "-l", str(library)], check=False)
+
+
+@pytest.mark.parametrize("how", ["removed", "moved-away"])
+def test_an_inbox_removed_and_made_again_is_watched_again_within_seconds(
+    settings: Settings, tmp_path: Path, how: str
+) -> None:
+    """``rm -rf inbox; mkdir inbox``, or ``mv``: the watch went with the old folder (rescans: 300 s)."""
+    import shutil
+
+    import structlog
+
+    with structlog.testing.capture_logs() as logs, RunningDaemon(settings) as daemon:
+        first = write_photo(settings.inbox / "before.jpg", "sea")
+        assert wait_until(lambda: not first.exists(), timeout=20)
+        if how == "removed":
+            shutil.rmtree(settings.inbox)  # the new folder often gets the old one's inode number
+        else:
+            settings.inbox.rename(tmp_path / "old-inbox")  # the old watch lives on, on the old folder
+        settings.inbox.mkdir()
+        early = write_photo(settings.inbox / "early.jpg", "forest")  # before the watch is back: the rescan
+        assert wait_until(lambda: any(e["event"] == "inbox-replaced" for e in logs), timeout=10)
+        assert wait_until(lambda: not early.exists(), timeout=10)
+        late = write_photo(settings.inbox / "late.jpg", "glacier")  # after: the new watch's events
+        assert wait_until(lambda: not late.exists(), timeout=10)
+        assert daemon.settings().rescan_interval_s == 300  # neither came from the periodic rescan
+    (warning,) = [e for e in logs if e["event"] == "inbox-replaced"]
+    assert warning["log_level"] == "warning"
+    assert sorted(p.name for p in files_under(settings.library)) == ["before.jpg", "early.jpg", "late.jpg"]
