@@ -76,7 +76,7 @@ def set_pixel_limit(max_pixels: int) -> None:
 #: Where the pixels a model saw came from; recorded in the log for each photo.
 FROM_PHOTO = "photo"
 FROM_PREVIEW = "exif-preview"
-#: A HEIF's own thumbnail item (phones write one beside every photo).
+#: A HEIF's own thumbnail item (iPhones store one beside every photo).
 FROM_HEIF_THUMBNAIL = "heif-thumbnail"
 #: The preview a camera embeds in its RAW file (a RAW is never demosaiced here).
 FROM_RAW_PREVIEW = "raw-preview"
@@ -323,8 +323,8 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
     """The pixels of a camera RAW file's embedded preview, or None when the file is no RAW.
 
     Every camera embeds a JPEG (sometimes a bitmap) preview in its RAW files, made
-    by the camera from the same exposure; LibRaw finds the largest.  Demosaicing
-    the sensor data instead would cost seconds per photo.  The sensor data is still
+    by the camera from the same exposure; LibRaw finds the largest.  Developing the
+    sensor data instead would cost many times more.  The sensor data is still
     unpacked once, without developing it: that is what proves the file whole, since
     the preview usually comes before it and would survive a truncated copy.
 
