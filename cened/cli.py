@@ -237,6 +237,14 @@ def _short(path: Path | None, settings: Settings) -> str:
     return os.fsdecode(path)
 
 
+#: The history's note on pixels that were not the photo's own (imaging.FROM_*; cened.ml is not imported here).
+_PIXEL_SOURCES = {
+    "exif-preview": "from the EXIF preview",
+    "heif-thumbnail": "from the HEIF thumbnail",
+    "raw-preview": "from the RAW preview",
+}
+
+
 def _history_table(rows: list[Entry], settings: Settings) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -250,8 +258,9 @@ def _history_table(rows: list[Entry], settings: Settings) -> None:
         note = r.reason or (f"undoes #{r.ref_id}" if r.ref_id else "")
         if r.human_label:
             note = f"human: {r.human_label}; {note}"
-        if r.pixel_source == "exif-preview":
-            note = f"from the EXIF preview; {note}" if note else "from the EXIF preview"
+        seen = _PIXEL_SOURCES.get(r.pixel_source or "")
+        if seen:
+            note = f"{seen}; {note}" if note else seen
         table.add_row(
             str(r.id),
             r.time[5:16].replace("T", " "),

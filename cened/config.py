@@ -24,7 +24,15 @@ from pydantic_settings import (
 
 from cened.errors import ConfigError, JournalError
 
-DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Photos as phones and cameras write them.  HEIF/HEIC (iPhones) and AVIF are decoded like
+# any photo; camera RAW files are classified from their embedded preview and moved whole.
+RAW_EXTENSIONS = (".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw")
+HEIF_AVIF_EXTENSIONS = (".heic", ".heif", ".hif", ".avif")
+DEFAULT_EXTENSIONS = (
+    *(".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
+    *HEIF_AVIF_EXTENSIONS,
+    *RAW_EXTENSIONS,
+)
 
 
 def _home() -> Path:

@@ -1,7 +1,8 @@
 """Photos and a running daemon, as the benchmark and the tests need them.
 
 :func:`image_set` makes (once, then keeps) deterministic JPEGs that cost what
-camera photos cost to decode, optionally with the EXIF preview phones embed.
+camera photos cost to decode, optionally with the EXIF preview phones embed, or
+the same pictures as HEIC files, optionally with the thumbnail iPhones embed.
 :class:`DaemonProcess` runs ``cened run`` in a subprocess and follows its
 JSON log lines.
 """
@@ -19,9 +20,12 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Bump when :func:`synthetic_photo` changes, so cached images are regenerated.
 GENERATOR = 2
@@ -31,15 +35,14 @@ LARGE = (4000, 3000)
 #: The EXIF preview written into the large photos, as phones embed one
 #: (cameras that store only 160x120 get the full decode: see ``thumbnail_min_side``).
 PREVIEW = (320, 240)
+#: HEIC quality: about the bytes per 12 megapixels that iPhones write (2-3 MB).
+HEIC_QUALITY = 50
+#: HEIC grid tile side: iPhones store a 12 MP photo as a grid of 512 px tiles.
+HEIC_TILE = 512
 
 
-def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] | None = None) -> bytes:
-    """A JPEG that costs what a camera photo costs to decode.
-
-    Flat colour would compress to almost nothing and decode unrealistically
-    fast; a sky-like gradient, a wavy texture and sensor-like noise give the
-    3-6 MB per 12 megapixels that phones produce at quality 90.
-    """
+def synthetic_picture(seed: int, size: tuple[int, int]) -> Image.Image:
+    """The pixels of :func:`synthetic_photo`: a sky-like gradient, a wavy texture and sensor-like noise."""
     from PIL import Image
 
     width, height = size
@@ -61,7 +64,19 @@ def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] |
         channel = top[c] + (bottom[c] - top[c]) * y + 25 * texture + (x - 0.5) * rng.uniform(-40, 40)
         channel = channel + rng.standard_normal((height, width), dtype=np.float32) * 10
         pixels[..., c] = np.clip(channel, 0, 255)
-    photo = Image.fromarray(pixels, "RGB")
+    return Image.fromarray(pixels, "RGB")
+
+
+def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] | None = None) -> bytes:
+    """A JPEG that costs what a camera photo costs to decode.
+
+    Flat colour would compress to almost nothing and decode unrealistically
+    fast; a sky-like gradient, a wavy texture and sensor-like noise give the
+    3-6 MB per 12 megapixels that phones produce at quality 90.
+    """
+    from PIL import Image
+
+    photo = synthetic_picture(seed, size)
     exif = b""
     if preview is not None:
         small = io.BytesIO()
@@ -69,6 +84,29 @@ def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] |
         exif = exif_with_preview(small.getvalue())
     out = io.BytesIO()
     photo.save(out, "JPEG", quality=JPEG_QUALITY, exif=exif)
+    return out.getvalue()
+
+
+def synthetic_heic(seed: int, size: tuple[int, int], thumbnail: tuple[int, int] | None = None) -> bytes:
+    """:func:`synthetic_photo`'s picture as an iPhone writes it: HEIC, a grid of tiles, maybe a thumbnail.
+
+    ``thumbnail`` is the size of the HEIF thumbnail item (iPhones store 320x240).
+    x265's fastest preset keeps making a few dozen 12 MP files bearable.
+    """
+    import io
+
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # for saving; it leaves the options cened.ml.imaging chose
+    out = io.BytesIO()
+    synthetic_picture(seed, size).save(
+        out,
+        "HEIF",
+        quality=HEIC_QUALITY,
+        tile_size=HEIC_TILE,
+        thumbnails=[max(thumbnail)] if thumbnail else [],
+        enc_params={"preset": "ultrafast"},
+    )
     return out.getvalue()
 
 
@@ -96,21 +134,26 @@ def image_set(
     count: int,
     preview: tuple[int, int] | None = None,
     say: Callable[[str], None] | None = None,
+    heic: bool = False,
 ) -> list[Path]:
     """``count`` deterministic photos of ``size``, generated once and kept in ``cache``.
 
-    ``say`` hears, once, that photos are being made (it can take a while).
+    JPEGs with ``preview`` in their EXIF block, or with ``heic`` HEIC files with a
+    thumbnail item of that size.  ``say`` hears, once, that photos are being made
+    (it can take a while, HEIC files above all).
     """
     tag = f"-p{preview[0]}x{preview[1]}" if preview else ""
-    folder = cache / f"{size[0]}x{size[1]}-q{JPEG_QUALITY}-g{GENERATOR}{tag}"
+    kind = f"heic-q{HEIC_QUALITY}" if heic else f"q{JPEG_QUALITY}"
+    folder = cache / f"{size[0]}x{size[1]}-{kind}-g{GENERATOR}{tag}"
     folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / f"{seed:04d}.jpg" for seed in range(count)]
+    files = [folder / f"{seed:04d}.{'heic' if heic else 'jpg'}" for seed in range(count)]
     missing = [f for f in files if not f.is_file()]
     if missing and say is not None:
         say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
     for path in missing:
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(synthetic_photo(int(path.stem), size, preview))
+        make = synthetic_heic if heic else synthetic_photo
+        tmp.write_bytes(make(int(path.stem), size, preview))
         tmp.replace(path)
     return files
 

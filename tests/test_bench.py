@@ -54,7 +54,8 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     assert raw["limit_ips"] == best == max(r for b in litert for r in raw["by_backend"][b].values())
 
     sets = list(result["sets"])
-    assert sets == ["150px", sets[1], f"{sets[1]}-no-preview"]
+    large = sets[1]
+    assert sets == ["150px", large, f"{large}-no-preview", f"{large}-heic", f"{large}-heic-no-thumbnail"]
     for name in sets:
         e2e_set = result["e2e"][name]
         assert e2e_set["ips"] > 0 and len(e2e_set["runs"]) == 1 and e2e_set["first_filed_s"] > 0
@@ -73,6 +74,11 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
         ratios["e2e_150px_vs_naive"], e2e["150px"] / result["naive"]["150px"]["ips"], abs_tol=1e-3
     )
     assert math.isclose(ratios["e2e_12mp_vs_150px"], e2e[sets[1]] / e2e["150px"], abs_tol=1e-3)
+    for heic, ratio in (
+        ("heic", "e2e_12mp_heic_vs_150px"),
+        ("heic-no-thumbnail", "e2e_12mp_heic_no_thumbnail_vs_150px"),
+    ):
+        assert math.isclose(ratios[ratio], e2e[f"{large}-{heic}"] / e2e["150px"], abs_tol=1e-3)
     # CPU accounting: the model alone in this process, the daemon from /proc (Linux), whose
     # clock ticks (10 ms) can round a dozen photos of a tiny model down to nothing.
     assert raw["cpu_ms_per_image"] > 0
@@ -123,6 +129,22 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
     full = decode(data, (64, 64)).astype(int)
     preview = decode(data, (64, 64), thumbnail_min_side=240).astype(int)
     assert (full != preview).any() and np.abs(full - preview).mean() < 12
+
+
+def test_heic_photos_are_made_with_and_without_their_thumbnail(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cened.ml.imaging import FROM_HEIF_THUMBNAIL, FROM_PHOTO, decode_with_source
+    from cened.testing import PREVIEW, image_set
+
+    (with_thumbnail,) = image_set(tmp_path, (1200, 900), 1, PREVIEW, heic=True)
+    (without,) = image_set(tmp_path, (1200, 900), 1, heic=True)
+    assert with_thumbnail.suffix == without.suffix == ".heic" and with_thumbnail.parent != without.parent
+    for path, thumbnails, source in ((with_thumbnail, 1, FROM_HEIF_THUMBNAIL), (without, 0, FROM_PHOTO)):
+        with Image.open(path) as im:
+            assert im.format == "HEIF" and im.size == (1200, 900)
+            assert len(im.info["thumbnails"]) == thumbnails
+        assert decode_with_source(path.read_bytes(), (64, 64), thumbnail_min_side=240)[1] == source
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ something side by side:
   appear in the inbox, and the clock stops at the last ``filed`` log line;
   once for small (150 px) JPEGs, once for realistic 12-megapixel ones (with
   the EXIF preview a phone embeds), and once for 12-megapixel ones without it;
+  then for 12-megapixel HEIC photos, with the thumbnail an iPhone embeds and without;
 * the **naive baseline** -- one file at a time, full decode, ``model.predict``
   -- the way the original notebook sorted photos;
 * idle **latency** from one drop to ``filed``, **peak memory** and **cold start**.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -51,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, help="repeats per figure; the median is reported (3)")
     parser.add_argument("--count", type=int, help=f"150 px photos per throughput run ({SMALL_BURST})")
     parser.add_argument("--large-count", type=int, help="12-megapixel photos per throughput run (48)")
+    parser.add_argument("--heic-count", type=int, help="12-megapixel HEIC photos per throughput run (16)")
     parser.add_argument("--latency-drops", type=int, help="single drops timed while idle (20)")
     parser.add_argument("--batch-sizes", help="batch sizes for the model limit, e.g. 1,4,8,16,32")
     parser.add_argument("--cache", type=Path, help="where generated photos are kept between runs")
@@ -123,10 +126,14 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
         "backend": daemon_backend(settings, model),
     }
     large_label = "12MP" if plan.large_size == LARGE else f"{plan.large_size[0]}x{plan.large_size[1]}"
+    heic = functools.partial(image_set, cache, plan.large_size, plan.heic_count, say=say, heic=True)
     sets = {
         "150px": image_set(cache, SMALL, plan.small_count, say=say),
         large_label: image_set(cache, plan.large_size, plan.large_count, PREVIEW, say=say),
         f"{large_label}-no-preview": image_set(cache, plan.large_size, plan.large_count, say=say),
+        # HEIC as iPhones write it: with its thumbnail item (PREVIEW's size), and without one.
+        f"{large_label}-heic": heic(PREVIEW),
+        f"{large_label}-heic-no-thumbnail": heic(None),
     }
     if images is not None:
         sets["yours"] = user_images(images)
@@ -197,6 +204,8 @@ def machine_info() -> dict[str, Any]:
         "keras",
         "ai-edge-litert",
         "pillow",
+        "pillow-heif",
+        "rawpy",
         "simplejpeg",
         "opencv-python-headless",
         "numpy",

@@ -181,7 +181,7 @@ def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str
     import keras
     from PIL import Image
 
-    from cened.ml import modelpack
+    from cened.ml import imaging, modelpack  # noqa: F401 - importing imaging registers the HEIF opener
 
     meta = modelpack.read_meta(model)
     if modelpack.KERAS_FILE not in meta.files:

@@ -22,6 +22,8 @@ class Plan:
     small_count: int
     large_count: int
     large_size: tuple[int, int]
+    #: Large HEIC photos per set: each costs the daemon a HEVC decode without its thumbnail.
+    heic_count: int
     batch_sizes: tuple[int, ...]
     naive_count: int
     latency_drops: int
@@ -31,13 +33,14 @@ class Plan:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
         if args.quick:
-            plan = cls(1, 12, 3, (1600, 1200), (1, 4), 4, 3, 0.2, 8)
+            plan = cls(1, 12, 3, (1600, 1200), 2, (1, 4), 4, 3, 0.2, 8)
         else:
-            plan = cls(3, SMALL_BURST, 48, LARGE, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
+            plan = cls(3, SMALL_BURST, 48, LARGE, 16, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
         overrides = {
             "repeats": args.repeats,
             "small_count": args.count,
             "large_count": args.large_count,
+            "heic_count": args.heic_count,
             "latency_drops": args.latency_drops,
         }
         kept = {k: v for k, v in overrides.items() if v is not None}

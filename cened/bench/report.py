@@ -28,6 +28,8 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         "e2e_150px_vs_naive": div(e2e["150px"], naive["150px"]),
         "e2e_12mp_vs_150px": div(e2e[large], e2e["150px"]),
         "e2e_12mp_no_preview_vs_150px": div(e2e[f"{large}-no-preview"], e2e["150px"]),
+        "e2e_12mp_heic_vs_150px": div(e2e[f"{large}-heic"], e2e["150px"]),
+        "e2e_12mp_heic_no_thumbnail_vs_150px": div(e2e[f"{large}-heic-no-thumbnail"], e2e["150px"]),
         "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
         # CPU the model costs per photo, over what the daemon spends per photo in all:
         # the most that end to end ÷ limit can reach when every core is busy.

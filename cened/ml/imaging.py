@@ -4,6 +4,10 @@ Training, evaluation and the daemon all call :func:`decode`, so a model sees
 exactly the same pixels in production as it did when it was measured.  Every
 way an image can be unusable ends in :class:`Rejected` with a short, stable
 reason code that the journal records and users can filter on.
+
+Pillow reads the common formats and AVIF; the ``pillow-heif`` plugin, registered
+here, adds HEIF/HEIC.  Camera RAW files go through LibRaw (``rawpy``) instead and
+are classified from the preview the camera embedded (:func:`_raw_preview`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import warnings
 
 import cv2
 import numpy as np
+import pillow_heif
+import rawpy
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -36,6 +42,17 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own size check below is the limit; Pillow's warning between its limit and
 # twice that would only be noise in the logs.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+# HEIF/HEIC through Pillow from here on.  One libheif thread per photo, as for OpenCV:
+# the daemon already decodes several photos at once.  Depth maps and other auxiliary
+# images are never looked at, so they are not even listed.
+pillow_heif.register_heif_opener(decode_threads=1, depth_images=False, aux_images=False)
+
+#: How RAW formats that are not TIFF files begin: Fujifilm RAF, Olympus ORF, Panasonic RW2.
+_RAW_MAGIC = (b"FUJIFILMCCD-RAW", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
+#: TIFF, as DNG, CR2, NEF, ARW, PEF and most other RAW formats are at heart (and plain TIFFs too).
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+#: EXIF orientation for each of LibRaw's ``sizes.flip`` values (dcraw's, the other way round).
+_FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
 
 
 class Rejected(Exception):
@@ -59,6 +76,10 @@ def set_pixel_limit(max_pixels: int) -> None:
 #: Where the pixels a model saw came from; recorded in the log for each photo.
 FROM_PHOTO = "photo"
 FROM_PREVIEW = "exif-preview"
+#: A HEIF's own thumbnail item (iPhones store one beside every photo).
+FROM_HEIF_THUMBNAIL = "heif-thumbnail"
+#: The preview a camera embeds in its RAW file (a RAW is never demosaiced here).
+FROM_RAW_PREVIEW = "raw-preview"
 
 
 def decode(
@@ -89,10 +110,18 @@ def decode_with_source(
     thumbnail is at least that many pixels on its short side is classified
     from the thumbnail instead (see :func:`_exif_thumbnail` for the checks);
     the second value says which (:data:`FROM_PHOTO` or :data:`FROM_PREVIEW`).
+    A large HEIF is classified from its own thumbnail by the same rule
+    (:data:`FROM_HEIF_THUMBNAIL`), a camera RAW always from its embedded preview
+    (:data:`FROM_RAW_PREVIEW`, :func:`_raw_preview`).
     """
     if not data:
         raise Rejected("empty", "the file has zero bytes")
+    raw = _raw_preview(data, size, max_pixels)
+    if raw is not None:
+        return raw
+    _check_boxes(data)
     height, width = size
+    heif_thumbnail = False
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
@@ -109,6 +138,8 @@ def decode_with_source(
                 # larger side leaves enough pixels after EXIF rotation and the crop.
                 side = max(height, width)
                 im.draft("RGB", (side, side))
+            if im.format == "HEIF" and thumbnail_min_side > 0:
+                heif_thumbnail = _use_heif_thumbnail(im, size, thumbnail_min_side)
             source = im if preview is None else preview
             source.load()
             rgb = upright_rgb(source)
@@ -120,6 +151,8 @@ def decode_with_source(
         raise Rejected("not-an-image", "Pillow does not recognise this file as an image") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
         raise Rejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
+    if heif_thumbnail:
+        return fit(rgb, width, height), FROM_HEIF_THUMBNAIL
     return fit(rgb, width, height), FROM_PHOTO if preview is None else FROM_PREVIEW
 
 
@@ -236,6 +269,150 @@ def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_sid
         return thumb
     except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
         return None
+
+
+def _use_heif_thumbnail(im: Image.Image, size: tuple[int, int], min_side: int) -> bool:
+    """Make ``im`` (a HEIF) load its own thumbnail instead of the photo, where one can stand for it.
+
+    A 12 MP HEIC costs far more to decode than a JPEG (HEVC, and no reduced-scale
+    decode), and phones store a thumbnail item beside the photo.  The same rules
+    as for a JPEG's EXIF preview (:func:`_exif_thumbnail`): a large photo, a
+    thumbnail at least ``min_side`` on its short side.  pillow-heif's ``draft()``
+    takes only a scaled copy of the photo (the same shape, rotation, crop and
+    colour profile), and the smallest one that is large enough.  Truncated files
+    never get here (:func:`_check_boxes`).
+    """
+    w, h = im.size
+    if w * h < THUMBNAIL_MIN_RATIO * size[0] * size[1]:
+        return False
+    try:
+        return im.draft(im.mode, (min_side, min_side)) is not None
+    except Exception:  # noqa: BLE001 - a broken thumbnail only means "decode the photo"
+        return False
+
+
+def _check_boxes(data: bytes) -> None:
+    """Reject an ISO media file (HEIF, AVIF) whose boxes run past its end: it was cut short.
+
+    libheif decodes a grid image (every iPhone photo is one) with tiles missing
+    and no error, and the thumbnail may survive a cut that the photo does not,
+    so a truncated HEIC would be classified and filed.  Every box states its
+    length, which makes the check cheap; bytes after the last box that are no box
+    (appended by some other tool) are left alone, as after a JPEG's end.
+    """
+    if data[4:8] != b"ftyp":
+        return
+    at, end = 0, len(data)
+    while at + 8 <= end:
+        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if not (kind.isascii() and kind.decode("ascii").isprintable()):
+            return
+        if length == 1 and at + 16 <= end:  # a 64-bit length follows the type
+            length = int.from_bytes(data[at + 8 : at + 16], "big")
+        elif length == 0:  # the last box, running to the end of the file
+            return
+        if length < 8:
+            return
+        if at + length > end:
+            box = kind.decode("ascii")
+            raise Rejected("corrupt", f"truncated: its '{box}' box ends at byte {at + length} of {end}")
+        at += length
+
+
+def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str] | None:
+    """The pixels of a camera RAW file's embedded preview, or None when the file is no RAW.
+
+    Every camera embeds a JPEG (sometimes a bitmap) preview in its RAW files, made
+    by the camera from the same exposure; LibRaw finds the largest.  Developing the
+    sensor data instead would cost many times more.  The sensor data is still
+    unpacked once, without developing it: that is what proves the file whole, since
+    the preview usually comes before it and would survive a truncated copy.
+
+    None for data LibRaw does not take as RAW.  A TIFF may be both, such as a 16-bit
+    scan, which LibRaw reads as a raw image with no preview: that is None too when
+    Pillow can open it, and Pillow decodes it as before.  A RAW with no preview
+    that Pillow can read either is ``raw-without-preview``.
+    """
+    if not (data.startswith(_RAW_MAGIC + _TIFF_MAGIC) or data[4:12] == b"ftypcrx "):  # CR3 is ISO media
+        return None
+    with rawpy.RawPy() as raw:
+        try:
+            raw.open_buffer(io.BytesIO(data))
+        except rawpy.LibRawFileUnsupportedError:
+            if data.startswith(_TIFF_MAGIC):
+                return None  # an ordinary TIFF: Pillow's
+            raise Rejected("corrupt", "LibRaw does not recognise this RAW file") from None
+        except rawpy.LibRawError as exc:
+            raise Rejected("corrupt", f"LibRaw cannot open it: {_libraw_message(exc)}") from exc
+        sizes = raw.sizes
+        if sizes.raw_width * sizes.raw_height > max_pixels:
+            raise Rejected(
+                "decompression-bomb",
+                f"{sizes.raw_width}x{sizes.raw_height} sensor pixels exceeds the limit of {max_pixels}",
+            )
+        try:
+            thumb = raw.extract_thumb()
+        except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError) as exc:
+            thumb = None
+            missing = _libraw_message(exc)
+        except rawpy.LibRawError as exc:
+            raise Rejected("corrupt", f"reading its preview: {_libraw_message(exc)}") from exc
+        try:
+            raw.unpack()
+        except rawpy.LibRawError as exc:
+            raise Rejected("corrupt", f"its sensor data: {_libraw_message(exc)}") from exc
+        orientation = _FLIP_TO_ORIENTATION.get(sizes.flip, 1)
+    if thumb is None:
+        if data.startswith(_TIFF_MAGIC) and _pillow_opens(data):
+            return None
+        raise Rejected("raw-without-preview", f"the RAW file embeds no preview we can read ({missing})")
+    try:
+        preview = _raw_thumbnail_image(thumb, orientation)
+        rgb = upright_rgb(preview)
+    except Image.DecompressionBombError as exc:
+        raise Rejected("decompression-bomb", f"its preview: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        detail = f"its preview does not decode: {type(exc).__name__}: {exc}"
+        raise Rejected("raw-without-preview", detail) from exc
+    return fit(rgb, size[1], size[0]), FROM_RAW_PREVIEW
+
+
+def _raw_thumbnail_image(thumb: rawpy.Thumbnail, orientation: int) -> Image.Image:
+    """A RAW's preview as a loaded Pillow image carrying the orientation it is to be shown in.
+
+    A JPEG preview's own EXIF orientation wins (LibRaw writes the RAW's into
+    previews that have no EXIF block); a preview stored without one, or with
+    "as stored", takes the RAW's (``sizes.flip``).
+    """
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        im = Image.open(io.BytesIO(thumb.data))
+        im.load()
+    else:
+        pixels = np.asarray(thumb.data)
+        if pixels.dtype != np.uint8:  # 16-bit bitmap previews
+            pixels = (pixels.astype(np.uint32) >> 8).astype(np.uint8)
+        if pixels.ndim == 3 and pixels.shape[2] == 1:
+            pixels = pixels[..., 0]
+        im = Image.fromarray(np.ascontiguousarray(pixels))
+    exif = im.getexif()
+    if exif.get(ExifTags.Base.Orientation, 1) == 1:
+        exif[ExifTags.Base.Orientation] = orientation
+    return im
+
+
+def _pillow_opens(data: bytes) -> bool:
+    """Whether Pillow recognises ``data`` as an image (it decodes nothing yet)."""
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except Exception:  # noqa: BLE001 - whatever Pillow objects to, it is not its image
+        return False
+
+
+def _libraw_message(exc: Exception) -> str:
+    """LibRaw's errors carry its message as bytes."""
+    text = exc.args[0] if exc.args else type(exc).__name__
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
 
 
 def upright_rgb(im: Image.Image) -> Image.Image:
