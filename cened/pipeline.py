@@ -434,7 +434,7 @@ def _log_outcome(outcome: Outcome) -> None:
             confidence=entry.confidence,
             model=entry.model_version,
             sha256=entry.sha256,
-            pixels=entry.pixel_source if entry.pixel_source == imaging.FROM_PREVIEW else None,
+            pixels=entry.pixel_source if entry.pixel_source != imaging.FROM_PHOTO else None,
             novelty=entry.novelty,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
