@@ -253,8 +253,8 @@ def other_report(
             "n": len(kind),
             "to_other": float((~kept).mean()),
             "to_review": float((kind == AlbumKind.REVIEW).mean()),
-            "accuracy_not_other": float((predicted[kept] == inlier_labels[kept]).mean()),
-            "accuracy_filed": float((predicted[filed] == inlier_labels[filed]).mean()),
+            "accuracy_not_other": _accuracy(predicted[kept], inlier_labels[kept]),
+            "accuracy_filed": _accuracy(predicted[filed], inlier_labels[filed]),
         },
         "outliers": {},
     }
@@ -277,6 +277,11 @@ def other_report(
             "auroc": auroc(inlier_novelty, together),
         }
     return result
+
+
+def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Share of right answers; NaN, without numpy's warning, when there are none to count."""
+    return float((predicted == labels).mean()) if len(labels) else float("nan")
 
 
 def load_outliers(folder: Path, input_size: tuple[int, int]) -> dict[str, np.ndarray]:
