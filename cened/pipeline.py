@@ -33,7 +33,7 @@ from cened.config import Settings
 from cened.faults import crash_point
 from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
-from cened.ml.classifying import AlbumKind, Classifier, Scores, decide
+from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_all
 from cened.ml.modelpack import sha256_or_none
 from cened.watching import signature
 
@@ -270,18 +270,16 @@ class Processor:
     def _entries(self, items: Sequence[Prepared], scores: Scores | None, settings: Settings) -> list[Entry]:
         if not items or scores is None:
             return []
+        decisions = decide_all(
+            scores,
+            self.classifier.classes,
+            threshold=settings.confidence_threshold,
+            albums=settings.albums,
+            review_album=settings.review_album,
+            other_album=settings.other_album,
+        )
         entries = []
-        for i, prep in enumerate(items):
-            decision = decide(
-                scores.probabilities[i],
-                self.classifier.classes,
-                threshold=settings.confidence_threshold,
-                albums=settings.albums,
-                review_album=settings.review_album,
-                novelty=float(scores.novelty[i]) if scores.novelty is not None else None,
-                novelty_threshold=scores.novelty_threshold,
-                other_album=settings.other_album,
-            )
+        for prep, decision in zip(items, decisions, strict=True):
             entries.append(
                 Entry(
                     action=_ACTIONS[decision.kind],

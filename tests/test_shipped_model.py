@@ -14,7 +14,7 @@ from conftest import CLASSES
 
 from cened.config import shipped_model_dir
 from cened.ml import modelpack
-from cened.ml.classifying import AlbumKind, Classifier, decide
+from cened.ml.classifying import AlbumKind, Classifier, decide_all
 from cened.ml.dataset import list_images, split_indices
 from cened.ml.imaging import decode
 from cened.testing import unlike_photos
@@ -67,18 +67,8 @@ def _kinds(pixels: np.ndarray, classifier: Classifier) -> list[AlbumKind]:
     """Where the daemon's decision (default thresholds) would send each photo."""
     scores = classifier.score(list(pixels))
     assert scores.novelty is not None
-    return [
-        decide(
-            probs,
-            classifier.classes,
-            threshold=0.6,
-            albums={},
-            review_album="review",
-            novelty=float(novelty),
-            novelty_threshold=scores.novelty_threshold,
-        ).kind
-        for probs, novelty in zip(scores.probabilities, scores.novelty, strict=True)
-    ]
+    decided = decide_all(scores, classifier.classes, threshold=0.6, albums={}, review_album="review")
+    return [d.kind for d in decided]
 
 
 @pytest.mark.slow

@@ -123,6 +123,32 @@ def decide(
     )
 
 
+def decide_all(
+    scores: Scores,
+    classes: tuple[str, ...],
+    *,
+    threshold: float,
+    albums: dict[str, str],
+    review_album: str,
+    other_album: str = "other",
+) -> list[Decision]:
+    """:func:`decide` for every photo of a scored batch, with the model's own novelty threshold."""
+    novelty = scores.novelty if scores.novelty is not None else [None] * len(scores.probabilities)
+    return [
+        decide(
+            probabilities,
+            classes,
+            threshold=threshold,
+            albums=albums,
+            review_album=review_album,
+            novelty=float(n) if n is not None else None,
+            novelty_threshold=scores.novelty_threshold,
+            other_album=other_album,
+        )
+        for probabilities, n in zip(scores.probabilities, novelty, strict=True)
+    ]
+
+
 def usable_cores() -> int:
     """The cores this process may run on: fewer than the machine's under a CPU affinity
     (``taskset``, systemd's ``CPUAffinity=``), where more threads would only queue."""

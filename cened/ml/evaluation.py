@@ -27,7 +27,7 @@ from cened.errors import ConfigError
 from cened.testing import unlike_photos
 
 from . import dataset, modelpack
-from .classifying import AlbumKind, Backend, Classifier, decide, softmax
+from .classifying import AlbumKind, Backend, Classifier, decide_all, softmax
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "landscapes"
 #: The confidence threshold the daemon files with unless configured otherwise.
@@ -229,19 +229,10 @@ def other_report(
     def kinds(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores = classifier.score(list(pixels))
         assert scores.novelty is not None, "the model has no novelty detector"
-        picked = [
-            decide(
-                row,
-                classifier.classes,
-                threshold=confidence_threshold,
-                albums={},
-                review_album="review",
-                novelty=float(novelty),
-                novelty_threshold=scores.novelty_threshold,
-            ).kind
-            for row, novelty in zip(scores.probabilities, scores.novelty, strict=True)
-        ]
-        return np.array(picked), scores.probabilities.argmax(1), scores.novelty
+        decided = decide_all(
+            scores, classifier.classes, threshold=confidence_threshold, albums={}, review_album="review"
+        )
+        return np.array([d.kind for d in decided]), scores.probabilities.argmax(1), scores.novelty
 
     kind, predicted, inlier_novelty = kinds(inlier_pixels)
     kept = kind != AlbumKind.OTHER
