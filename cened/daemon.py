@@ -63,6 +63,7 @@ RESTART_ONLY = (
     "model",
     "backend",
     "decode_threads",
+    "decode_memory_mb",
     "model_threads",
     "model_workers",
     "model_batch_size",
@@ -95,6 +96,8 @@ class Daemon:
         self._reload = threading.Event()
         self._activity = threading.Event()  # an inbox event: the pump looks now, not at the next tick
         self.tracker = StabilityTracker(settings.stable_seconds)
+        # Shared by the decoding threads, so the images they hold together stay bounded.
+        self._budget = imaging.MemoryBudget(settings.decode_memory_bytes)
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
         # Batches in the order formed, each being (or waiting to be) scored.
         self._batches: queue.Queue[Future[_Scored]] = queue.Queue(maxsize=1)
@@ -124,6 +127,7 @@ class Daemon:
         for directory in (s.inbox, s.library, s.quarantine_dir):
             directory.mkdir(parents=True, exist_ok=True)
         imaging.set_pixel_limit(s.max_pixels)
+        imaging.release_freed_images()
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
         journal = Journal(s.database)
@@ -243,7 +247,7 @@ class Daemon:
             # Batches formed while every copy is busy may wait to fill up.
             idle_copy = self._in_flight < processor.classifier.workers
             limit = min(s.batch_size, s.model_batch_size) if idle_copy else s.batch_size
-            batch = [pool.submit(prepare, first, s, size)]
+            batch = [pool.submit(self._prepare, first, s, size)]
             deadline = time.monotonic() + (0 if idle_copy else s.batch_max_wait_ms / 1000)
             while len(batch) < limit and not self.stopping.is_set():
                 left = deadline - time.monotonic()
@@ -254,11 +258,15 @@ class Daemon:
                     if left <= TICK:
                         break
                     continue
-                batch.append(pool.submit(prepare, path, s, size))
+                batch.append(pool.submit(self._prepare, path, s, size))
             with self._in_flight_lock:
                 self._in_flight += 1
             self._batches.put(scorer.submit(self._score, batch, processor))
         self._drain_paths()
+
+    def _prepare(self, path: Path, settings: Settings, size: tuple[int, int]) -> Prepared:
+        """A decoding thread's work: read and decode one file, within the shared memory budget."""
+        return prepare(path, settings, size, self._budget)
 
     def _drain_paths(self) -> None:
         """Paths queued but not read stay in the inbox; forget them so a restart rescans."""
