@@ -74,6 +74,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [".part", ".partial", ".crdownload", ".download", ".tmp", ".swp", "~"]
     )
     stable_seconds: float = Field(1.0, ge=0.0, le=3600)
+    unfinished_grace_s: float = Field(10.0, ge=0.0, le=86_400)
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)

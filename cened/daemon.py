@@ -49,7 +49,7 @@ from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Fate, Outcome, Prepared, Processor, prepare
+from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, prepare, unless_unfinished
 from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
 
 log = structlog.get_logger("cened.daemon")
@@ -265,8 +265,9 @@ class Daemon:
         self._drain_paths()
 
     def _prepare(self, path: Path, settings: Settings, size: tuple[int, int]) -> Prepared:
-        """A decoding thread's work: read and decode one file, within the shared memory budget."""
-        return prepare(path, settings, size, self._budget)
+        """A decoding thread's work: read and decode one file, leaving one still being written for later."""
+        prepared = prepare(path, settings, size, self._budget)
+        return unless_unfinished(prepared, settings.unfinished_grace_s, time.time())
 
     def _drain_paths(self) -> None:
         """Paths queued but not read stay in the inbox; forget them so a restart rescans."""
@@ -347,6 +348,10 @@ class Daemon:
 
     def _settle(self, outcome: Outcome) -> None:
         path = outcome.path
+        if outcome.fate == Fate.RETRY and outcome.reason in set(Pending):
+            # Still being written: no failure, it is taken again once it holds still.
+            self.tracker.unfinished(path)
+            return
         if outcome.fate == Fate.RETRY:
             failures = self._failures.get(path, 0) + 1
             self._failures[path] = failures

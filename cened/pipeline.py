@@ -104,6 +104,13 @@ class Outcome:
     reason: str | None = None
 
 
+class Pending(StrEnum):
+    """Why a file was handed back unread: it is, or may still be, being written."""
+
+    CHANGED = "changed while being read"
+    UNFINISHED = "looks unfinished"  # cut short or no image yet, and changed only moments ago
+
+
 def prepare(
     path: Path,
     settings: Settings,
@@ -193,7 +200,7 @@ def _read_and_decode(
     except OSError as exc:
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
     if signature(after) != base.sig or len(data) != base.size:
-        return Prepared(base.path, Verdict.RETRY, reason="changed while being read")
+        return Prepared(base.path, Verdict.RETRY, reason=Pending.CHANGED)
     base.sha256 = hashlib.sha256(data).hexdigest()
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
@@ -214,6 +221,23 @@ def _sha256_of(fh: BinaryIO) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def unless_unfinished(prep: Prepared, grace_s: float, now: float) -> Prepared:
+    """``prep``, or a retry if it was refused for what a file still being written looks like.
+
+    A writer that pauses between chunks leaves a file that reads as cut short
+    (or empty, or not yet an image); while its mtime is recent it is left to
+    be finished rather than quarantined.  Only the daemon waits like this:
+    ``cened classify`` is given files that are already there.
+    """
+    if prep.verdict != Verdict.REJECTED or prep.reason not in imaging.MAYBE_UNFINISHED or prep.sig is None:
+        return prep
+    if abs(now - prep.sig[1] / 1e9) >= grace_s:
+        return prep
+    return Prepared(
+        prep.path, Verdict.RETRY, sig=prep.sig, size=prep.size, reason=Pending.UNFINISHED, detail=prep.detail
+    )
 
 
 @dataclass
