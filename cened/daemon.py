@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -42,15 +43,16 @@ from types import FrameType
 import numpy as np
 import structlog
 
-from cened import logsetup, recovery
+from cened import inflight, logsetup, recovery
 from cened.config import Settings, load_settings
 from cened.errors import ConfigError
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
+from cened.ml.modelpack import sha256_or_none
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, prepare, unless_unfinished
-from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
+from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict, prepare, unless_unfinished
+from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan, signature
 
 log = structlog.get_logger("cened.daemon")
 
@@ -98,6 +100,8 @@ class Daemon:
         self.tracker = StabilityTracker(settings.stable_seconds)
         # Shared by the decoding threads, so the images they hold together stay bounded.
         self._budget = imaging.MemoryBudget(settings.decode_memory_bytes)
+        # Photos being read, decoded or scored, remembered across a death of the daemon.
+        self._flights = inflight.InFlight(inflight.file_for(settings.database))
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
         # Batches in the order formed, each being (or waiting to be) scored.
         self._batches: queue.Queue[Future[_Scored]] = queue.Queue(maxsize=1)
@@ -138,6 +142,7 @@ class Daemon:
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
+            self._flights.begin()
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
             self._scan()  # before READY: every file already waiting is known to the tracker
@@ -149,8 +154,6 @@ class Daemon:
                 collector = threading.Thread(
                     target=self._collect, args=(pool, scorer, processor), name="collect", daemon=True
                 )
-                pump.start()
-                collector.start()
                 log.info(
                     "started",
                     pid=os.getpid(),
@@ -163,9 +166,14 @@ class Daemon:
                 )
                 self.notifier.ready(self._status())
                 self.serving.set()
+                # After READY, so that a photo hanging again stops the watchdog's pings.
+                self._retry_suspects(processor)
+                pump.start()
+                collector.start()
                 self._serve(processor, collector)
                 watcher.stop()
                 pump.join(timeout=5)
+            self._flights.close()
         finally:
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
@@ -266,6 +274,7 @@ class Daemon:
 
     def _prepare(self, path: Path, settings: Settings, size: tuple[int, int]) -> Prepared:
         """A decoding thread's work: read and decode one file, leaving one still being written for later."""
+        self._flights.start(path)  # until scored: see _score
         prepared = prepare(path, settings, size, self._budget)
         return unless_unfinished(prepared, settings.unfinished_grace_s, time.time())
 
@@ -313,6 +322,47 @@ class Daemon:
         except Exception:
             log.exception("batch-failed", files=len(prepared))
             return _Scored(prepared, None, failed=True)
+        finally:
+            self._flights.end(p.path for p in prepared)
+
+    def _retry_suspects(self, processor: Processor) -> None:
+        """Deal with the photos in flight when the daemon last died, one at a time, before any other.
+
+        Alone, a photo that kills the daemon again is the only one in flight
+        at that death, so it alone reaches DEATHS_TO_QUARANTINE and is
+        quarantined at the next start; the photos that shared its batch are
+        filed here, one by one.
+        """
+        size = processor.classifier.meta.input_size
+        for path, deaths in sorted(self._flights.deaths.items()):
+            if self.stopping.is_set():
+                break
+            try:
+                st = os.lstat(path)
+            except OSError:  # filed, moved or deleted since
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                self._flights.forget(path)
+                continue
+            try:
+                if deaths >= inflight.DEATHS_TO_QUARANTINE:
+                    log.error("crashed-the-daemon", file=os.fsdecode(path), deaths=deaths)
+                    outcomes = processor.process([_crashed(path, st, deaths)])
+                else:
+                    log.warning("retrying-alone", file=os.fsdecode(path), deaths=deaths)
+                    prepared = self._prepare(path, self._settings, size)
+                    try:
+                        probabilities = processor.score([prepared])
+                    finally:
+                        self._flights.end([path])
+                    outcomes = processor.file([prepared], probabilities)
+            except Exception:
+                log.exception("batch-failed", files=1)
+                outcomes = []
+            for outcome in outcomes:
+                self._settle(outcome)
+            self._flights.forget(path)
+        self._flights.settled()
 
     def _hand_over(self, scored: _Scored | None, filer: threading.Thread) -> None:
         """Queue a scored batch for the filer; waits while it files the previous one.
@@ -396,6 +446,19 @@ class _Scored:
     prepared: list[Prepared]
     probabilities: np.ndarray | None
     failed: bool = False
+
+
+def _crashed(path: Path, st: os.stat_result, deaths: int) -> Prepared:
+    """A photo to quarantine, unread, for having been in flight at ``deaths`` deaths of the daemon."""
+    return Prepared(
+        path,
+        Verdict.REJECTED,
+        sig=signature(st),
+        sha256=sha256_or_none(path),
+        size=st.st_size,
+        reason="crashed-the-daemon",
+        detail=f"it was being read, decoded or classified when the daemon died, {deaths} times",
+    )
 
 
 def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:

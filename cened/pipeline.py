@@ -31,7 +31,7 @@ import structlog
 
 from cened import moving
 from cened.config import Settings
-from cened.faults import crash_point
+from cened.faults import crash_point, hang_point
 from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, decide
@@ -202,6 +202,7 @@ def _read_and_decode(
     if signature(after) != base.sig or len(data) != base.size:
         return Prepared(base.path, Verdict.RETRY, reason=Pending.CHANGED)
     base.sha256 = hashlib.sha256(data).hexdigest()
+    hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
             data, input_size, settings.max_pixels, settings.thumbnail_min_side, max_bytes=cost
