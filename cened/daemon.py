@@ -77,6 +77,8 @@ TICK = 0.1
 #: stat or SQLite step, so a model copy wanting it around its call could wait
 #: the whole interval with its core idle (README, Benchmarks).
 GIL_SWITCH_INTERVAL_S = 0.0005
+#: The end of the stacks a fatal signal left that goes into the log (the stuck thread is among them).
+MAX_LOGGED_STACKS = 16_000
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
 EVENT_GAP = 0.01
@@ -142,7 +144,14 @@ class Daemon:
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
-            self._flights.begin()
+            if self._flights.fault.strip():
+                log.error(
+                    "died-of-a-fault",
+                    stacks=self._flights.fault[-MAX_LOGGED_STACKS:],
+                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.deaths)],
+                )
+            # Only the daemon's own process catches fatal signals: faulthandler is process-wide.
+            self._flights.begin(catch_faults=threading.current_thread() is threading.main_thread())
             watcher = InboxWatcher(s.inbox, self._on_event, self._rescan.set)
             watcher.start()
             self._scan()  # before READY: every file already waiting is known to the tracker
@@ -326,7 +335,7 @@ class Daemon:
             self._flights.end(p.path for p in prepared)
 
     def _retry_suspects(self, processor: Processor) -> None:
-        """Deal with the photos in flight when the daemon last died, one at a time, before any other.
+        """Deal with the photos in flight at deaths by a fatal signal, one at a time, before any other.
 
         Alone, a photo that kills the daemon again is the only one in flight
         at that death, so it alone reaches DEATHS_TO_QUARANTINE and is

@@ -8,10 +8,14 @@ not in the journal, whose schema is the log's, and not fsynced, because
 only the daemon's own death has to be survived, and the kernel keeps what
 was written through that.
 
-At start, the photos left in flight are the suspects of the last death,
-each with one more death to its name.  The daemon retries each suspect
-alone, before taking anything else, so that a second death names the photo
-that caused it and not the ones that shared its batch; a photo in flight at
+Only a death by a fatal signal counts: the watchdog's SIGABRT, or a
+decoder's SIGSEGV.  Python's faulthandler writes the stacks of every thread
+to a second file when one arrives, which at the next start both tells such a
+death from a SIGKILL (an operator, the OOM killer, a test) and shows where
+the daemon was stuck.  The photos then left in flight are the suspects, each
+with one more death to its name.  The daemon retries each suspect alone,
+before taking anything else, so that a second death names the photo that
+caused it and not the ones that shared its batch; a photo in flight at
 :data:`DEATHS_TO_QUARANTINE` deaths is quarantined as having crashed the
 daemon.
 
@@ -21,11 +25,13 @@ File format, one JSON object per line: ``{"deaths": {path: n, ...}}`` first
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -42,8 +48,13 @@ def file_for(database: Path) -> Path:
     return database.with_name(database.name + ".in-flight")
 
 
-def deaths_recorded(file: Path) -> dict[Path, int]:
-    """Deaths per photo, counting one more for each photo that was still in flight at the end of ``file``."""
+def fault_file_for(record: Path) -> Path:
+    """Where the stacks go when the daemon is killed by a fatal signal."""
+    return record.with_name(record.name.removesuffix(".in-flight") + ".fault")
+
+
+def deaths_recorded(file: Path, *, count_in_flight: bool = True) -> dict[Path, int]:
+    """Deaths per photo; with ``count_in_flight``, one more for each photo still in flight at the end."""
     deaths: dict[Path, int] = {}
     flying: set[Path] = set()
     try:
@@ -63,7 +74,7 @@ def deaths_recorded(file: Path) -> dict[Path, int]:
             flying.add(Path(record["start"]))
         elif isinstance(record.get("end"), str):
             flying.discard(Path(record["end"]))
-    for path in flying:
+    for path in flying if count_in_flight else ():
         deaths[path] = deaths.get(path, 0) + 1
     return deaths
 
@@ -71,26 +82,47 @@ def deaths_recorded(file: Path) -> dict[Path, int]:
 class InFlight:
     """The record of photos in flight, shared by the daemon's threads.
 
-    :attr:`deaths` holds what the last run left: photos and how many deaths
-    each was in flight for.  :meth:`begin` writes it back as the new record's
-    first line, so a death while a suspect is retried counts against it too.
-    A record that cannot be written (a full or read-only disk) is given up
-    with a warning; it is a safeguard, never a reason to stop.
+    :attr:`fault` holds the stacks the last run wrote as it died of a fatal
+    signal ("" when it did not), and :attr:`deaths` the photos and how many
+    such deaths each was in flight for.  :meth:`begin` writes the deaths back
+    as the new record's first line, so a death while a suspect is retried
+    counts against it too.  A record that cannot be written (a full or
+    read-only disk) is given up with a warning; it is a safeguard, never a
+    reason to stop.
     """
 
     def __init__(self, file: Path) -> None:
         self.file = file
-        self.deaths = deaths_recorded(file)
+        self.fault_file = fault_file_for(file)
+        try:
+            self.fault = self.fault_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            self.fault = ""
+        self.deaths = deaths_recorded(file, count_in_flight=bool(self.fault.strip()))
+        self._fault_out: TextIO | None = None  # the open file faulthandler writes to
         self._lock = threading.Lock()
         self._flying: set[Path] = set()
         self._fd = -1
         self._size = 0
         self._broken = False
 
-    def begin(self) -> None:
-        """Start a new record holding the carried-over deaths."""
+    def begin(self, *, catch_faults: bool) -> None:
+        """Start a new record holding the carried-over deaths.
+
+        With ``catch_faults`` a fatal signal writes every thread's stack to
+        :attr:`fault_file` (faulthandler is process-wide, so only the daemon's
+        own process should ask for it, not one that embeds it).
+        """
         with self._lock:
             self._rewrite()
+        if catch_faults:
+            try:
+                out = self.fault_file.open("w", encoding="utf-8")
+            except OSError as exc:
+                log.warning("fault-record-failed", file=os.fsdecode(self.fault_file), error=str(exc))
+                return
+            faulthandler.enable(file=out, all_threads=True)
+            self._fault_out = out
 
     def forget(self, path: Path) -> None:
         """``path`` is dealt with: no more a suspect (written at the next rewrite)."""
@@ -126,6 +158,10 @@ class InFlight:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+        if self._fault_out is not None:
+            faulthandler.disable()
+            self._fault_out.close()
+            self._fault_out = None
 
     def _lines(self, records: list[dict[str, object]]) -> bytes:
         return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8", "surrogateescape")

@@ -6,6 +6,7 @@ in flight, the photo would be taken again after every restart, forever.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -19,20 +20,23 @@ from cened.config import Settings
 HANG = {"CENED_HANG_AT": "decode:poison.jpg"}
 
 
-def test_deaths_are_counted_for_the_photos_left_in_flight(tmp_path: Path) -> None:
+def test_deaths_by_a_fatal_signal_are_counted_for_the_photos_left_in_flight(tmp_path: Path) -> None:
     file = tmp_path / "db.sqlite3.in-flight"
+    fault = inflight.fault_file_for(file)
     a, b, c = (tmp_path / n for n in ("a.jpg", "b.jpg", "c\nd.jpg"))
     record = inflight.InFlight(file)
-    record.begin()
+    record.begin(catch_faults=False)
     for path in (a, b, c):
         record.start(path)
     record.end([b])  # b was scored; a and c were still in flight at the death
-    assert inflight.deaths_recorded(file) == {a: 1, c: 1}
-
+    # A SIGKILL (an operator, the OOM killer) leaves no stacks: nobody is blamed.
+    assert inflight.InFlight(file).deaths == {}
+    # The watchdog's SIGABRT does: faulthandler wrote them.
+    fault.write_text("Fatal Python error: Aborted\n\nThread 0x01 (most recent call first):\n")
     again = inflight.InFlight(file)  # the restart
-    assert again.deaths == {a: 1, c: 1}
-    again.begin()
-    again.start(a)  # a, retried alone, kills the daemon again
+    assert again.deaths == {a: 1, c: 1} and again.fault.startswith("Fatal Python error")
+    again.begin(catch_faults=False)
+    again.start(a)  # a, retried alone, gets the daemon killed again
     with file.open("a") as fh:
         fh.write('{"end": "cut short by the de')  # the death may cut the last line
     assert inflight.deaths_recorded(file) == {a: 2, c: 1}
@@ -44,19 +48,26 @@ def test_a_clean_stop_leaves_no_suspects(settings: Settings) -> None:
     with RunningDaemon(settings):
         assert wait_until(lambda: not files_under(settings.inbox), timeout=30)
     file = inflight.file_for(settings.database)
-    assert file.exists() and inflight.deaths_recorded(file) == {}
+    assert file.exists() and inflight.deaths_recorded(file, count_in_flight=True) == {}
 
 
-def _kill_when(daemon: DaemonProcess, event: str, file: Path) -> None:
-    """Wait until the daemon says ``event`` about ``file`` and then stays stuck, as the watchdog would."""
+def _abort(daemon: DaemonProcess) -> None:
+    """What systemd's watchdog does to a daemon that stopped pinging: SIGABRT (WatchdogSignal=)."""
+    assert daemon.proc.poll() is None  # stuck, not ended
+    daemon.proc.send_signal(signal.SIGABRT)
+    assert daemon.proc.wait(timeout=10) == -signal.SIGABRT
+    daemon.stop()
+
+
+def _abort_when(daemon: DaemonProcess, event: str, file: Path) -> None:
+    """Once the daemon says ``event`` about ``file`` and then stays stuck, abort it as the watchdog would."""
     daemon.wait(
         lambda: any(e.get("event") == event and e.get("file") == str(file) for e in daemon.events),
         timeout=60,
         what=f"{event} for {file.name}",
     )
     time.sleep(1.0)
-    assert daemon.proc.poll() is None  # stuck, not ended
-    daemon.kill()
+    _abort(daemon)
 
 
 def test_a_photo_that_hangs_the_decoder_is_quarantined_after_two_deaths(
@@ -67,16 +78,18 @@ def test_a_photo_that_hangs_the_decoder_is_quarantined_after_two_deaths(
     good = [write_photo(inbox / f"{name}.jpg", CLASSES[i % 6], seed=i) for i, name in enumerate("abcpqxyz")]
     config = write_config(tmp_path / "cened.toml", settings, batch_size=4, model_batch_size=4)
 
-    # 1: the poison hangs its batch; the daemon is killed as the watchdog would.
+    # 1: the poison hangs its batch; the daemon is aborted as the watchdog would.
     daemon = DaemonProcess(config, env=HANG)
     daemon.wait_for("started", timeout=60)
     time.sleep(3.0)
     assert poison.exists()
-    daemon.kill()
+    _abort(daemon)
 
     # 2: the photos of that batch are retried alone, before anything else; the poison hangs again.
     daemon = DaemonProcess(config, env=HANG)
-    _kill_when(daemon, "retrying-alone", poison)
+    died = daemon.wait_for("died-of-a-fault", timeout=60)
+    assert str(poison) in died["in_flight"] and "hang_point" in died["stacks"]  # where it was stuck
+    _abort_when(daemon, "retrying-alone", poison)
 
     # 3: in flight at two deaths, it is quarantined unread, and named; the rest are filed.
     daemon = DaemonProcess(config, env=HANG)
