@@ -155,6 +155,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logsetup.configure("json" if args.json else settings.log_format, "warning", stream=sys.stderr)
     imaging.set_pixel_limit(settings.max_pixels)
+    imaging.release_freed_images()
     classifier = Classifier.from_settings(settings)
     files = list(_expand(args.paths, settings))
     # Without --apply the same Processor simulates: no database is created, nothing moves.

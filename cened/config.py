@@ -84,10 +84,12 @@ class Settings(BaseSettings):
         default_factory=lambda: [".part", ".partial", ".crdownload", ".download", ".tmp", ".swp", "~"]
     )
     stable_seconds: float = Field(1.0, ge=0.0, le=3600)
+    unfinished_grace_s: float = Field(10.0, ge=0.0, le=86_400)
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)
     max_megapixels: float = Field(100.0, gt=0)
+    decode_memory_mb: float = Field(512.0, ge=16)
     retry_max_s: float = Field(300.0, ge=1.0)
 
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -134,6 +136,10 @@ class Settings(BaseSettings):
     @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1024 * 1024)
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return int(self.decode_memory_mb * 1024 * 1024)
 
     @property
     def max_pixels(self) -> int:

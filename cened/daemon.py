@@ -39,6 +39,7 @@ import fcntl
 import os
 import queue
 import signal
+import stat
 import sys
 import threading
 import time
@@ -50,15 +51,16 @@ from types import FrameType
 
 import structlog
 
-from cened import logsetup, recovery, reloading
+from cened import inflight, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
+from cened.ml.modelpack import sha256_or_none
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Fate, Outcome, Prepared, Processor, prepare
-from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan
+from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict, prepare, unless_unfinished
+from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan, signature
 
 log = structlog.get_logger("cened.daemon")
 
@@ -71,6 +73,7 @@ RESTART_ONLY = (
     "model",
     "backend",
     "decode_threads",
+    "decode_memory_mb",
     "model_threads",
     "model_workers",
     "model_batch_size",
@@ -82,6 +85,8 @@ TICK = 0.1
 #: stat or SQLite step, so a model copy wanting it around its call could wait
 #: the whole interval with its core idle (README, Benchmarks).
 GIL_SWITCH_INTERVAL_S = 0.0005
+#: The end of the stacks a fatal signal left that goes into the log (the stuck thread is among them).
+MAX_LOGGED_STACKS = 16_000
 #: Shortest pause between two looks at the tracker, so a flood of write events
 #: from a slow copy cannot turn the pump into a busy loop.
 EVENT_GAP = 0.01
@@ -115,6 +120,10 @@ class Daemon:
         self._reload = threading.Event()
         self._activity = threading.Event()  # an inbox event: the pump looks now, not at the next tick
         self.tracker = StabilityTracker(settings.stable_seconds)
+        # Shared by the decoding threads, so the images they hold together stay bounded.
+        self._budget = imaging.MemoryBudget(settings.decode_memory_bytes)
+        # Photos being read, decoded or scored, remembered across a death of the daemon.
+        self._flights = inflight.InFlight(inflight.file_for(settings.database))
         self.paths: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_max)
         # Batches in the order formed, each being (or waiting to be) scored.
         self._batches: queue.Queue[Future[_Scored]] = queue.Queue(maxsize=1)
@@ -149,6 +158,7 @@ class Daemon:
         s = self._settings
         check_folders(s)  # creates them too; an unwritable one stops the start with a clear error
         imaging.set_pixel_limit(s.max_pixels)
+        imaging.release_freed_images()
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
         lock = hold_lock(s.database)  # before recovery, which must never touch a live daemon's intents
@@ -167,6 +177,14 @@ class Daemon:
             classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
+            if self._flights.fault.strip():
+                log.error(
+                    "died-of-a-fault",
+                    stacks=self._flights.fault[-MAX_LOGGED_STACKS:],
+                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.deaths)],
+                )
+            # Only the daemon's own process catches fatal signals: faulthandler is process-wide.
+            self._flights.begin(catch_faults=threading.current_thread() is threading.main_thread())
             self._watch()
             self._scan()  # before READY: every file already waiting is known to the tracker
             with (
@@ -177,8 +195,6 @@ class Daemon:
                 collector = threading.Thread(
                     target=self._collect, args=(pool, scorer, processor), name="collect", daemon=True
                 )
-                pump.start()
-                collector.start()
                 log.info(
                     "started",
                     pid=os.getpid(),
@@ -191,8 +207,13 @@ class Daemon:
                 )
                 self.notifier.ready(self._status())
                 self.serving.set()
+                # After READY, so that a photo hanging again stops the watchdog's pings.
+                self._retry_suspects(processor)
+                pump.start()
+                collector.start()
                 self._serve(processor, collector)
                 pump.join(timeout=5)  # first: the pump may re-arm the watch
+            self._flights.close()  # a clean stop: no photo was in flight at a death
         finally:
             self.stopping.set()  # on an error too: the pump must not watch the inbox again
             if self._watcher is not None:
@@ -332,7 +353,7 @@ class Daemon:
             # Batches formed while every copy is busy may wait to fill up.
             idle_copy = self._in_flight < processor.classifier.workers
             limit = min(s.batch_size, s.model_batch_size) if idle_copy else s.batch_size
-            batch = [pool.submit(prepare, first, s, size)]
+            batch = [pool.submit(self._prepare, first, s, size)]
             deadline = time.monotonic() + (0 if idle_copy else s.batch_max_wait_ms / 1000)
             while len(batch) < limit and not self.stopping.is_set():
                 left = deadline - time.monotonic()
@@ -343,11 +364,17 @@ class Daemon:
                     if left <= TICK:
                         break
                     continue
-                batch.append(pool.submit(prepare, path, s, size))
+                batch.append(pool.submit(self._prepare, path, s, size))
             with self._in_flight_lock:
                 self._in_flight += 1
             self._batches.put(scorer.submit(self._score, batch, processor))
         self._drain_paths()
+
+    def _prepare(self, path: Path, settings: Settings, size: tuple[int, int]) -> Prepared:
+        """A decoding thread's work: read and decode one file, leaving one still being written for later."""
+        self._flights.start(path)  # until scored: see _score
+        prepared = prepare(path, settings, size, self._budget)
+        return unless_unfinished(prepared, settings.unfinished_grace_s, time.time())
 
     def _drain_paths(self) -> None:
         """Paths queued but not read stay in the inbox; forget them so a restart rescans."""
@@ -395,6 +422,47 @@ class Daemon:
         except Exception:
             log.exception("batch-failed", files=len(prepared))
             return _Scored(prepared, None, failed=True)
+        finally:
+            self._flights.end(p.path for p in prepared)
+
+    def _retry_suspects(self, processor: Processor) -> None:
+        """Deal with the photos in flight at deaths by a fatal signal, one at a time, before any other.
+
+        Alone, a photo that kills the daemon again is the only one in flight
+        at that death, so it alone reaches DEATHS_TO_QUARANTINE and is
+        quarantined at the next start; the photos that shared its batch are
+        filed here, one by one.
+        """
+        size = processor.classifier.meta.input_size
+        for path, deaths in sorted(self._flights.deaths.items()):
+            if self.stopping.is_set():
+                break
+            try:
+                st = os.lstat(path)
+            except OSError:  # filed, moved or deleted since
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                self._flights.forget(path)
+                continue
+            try:
+                if deaths >= inflight.DEATHS_TO_QUARANTINE:
+                    log.error("crashed-the-daemon", file=os.fsdecode(path), deaths=deaths)
+                    outcomes = processor.process([_crashed(path, st, deaths)])
+                else:
+                    log.warning("retrying-alone", file=os.fsdecode(path), deaths=deaths)
+                    prepared = self._prepare(path, self._settings, size)
+                    try:
+                        probabilities = processor.score([prepared])
+                    finally:
+                        self._flights.end([path])
+                    outcomes = processor.file([prepared], probabilities)
+            except Exception:
+                log.exception("batch-failed", files=1)
+                outcomes = []
+            for outcome in outcomes:
+                self._settle(outcome)
+            self._flights.forget(path)
+        self._flights.settled()
 
     def _hand_over(self, scored: _Scored | None, filer: threading.Thread) -> None:
         """Queue a scored batch for the filer; waits while it files the previous one.
@@ -450,6 +518,10 @@ class Daemon:
 
     def _settle(self, outcome: Outcome) -> None:
         path = outcome.path
+        if outcome.fate == Fate.RETRY and outcome.reason in set(Pending):
+            # Still being written: no failure, it is taken again once it holds still.
+            self.tracker.unfinished(path)
+            return
         if outcome.fate == Fate.RETRY:
             failures = self._failures.get(path, 0) + 1
             self._failures[path] = failures
@@ -549,6 +621,19 @@ def hold_lock(database: Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _crashed(path: Path, st: os.stat_result, deaths: int) -> Prepared:
+    """A photo to quarantine, unread, for having been in flight at ``deaths`` deaths of the daemon."""
+    return Prepared(
+        path,
+        Verdict.REJECTED,
+        sig=signature(st),
+        sha256=sha256_or_none(path),
+        size=st.st_size,
+        reason="crashed-the-daemon",
+        detail=f"it was being read, decoded or classified when the daemon died, {deaths} times",
+    )
 
 
 def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:

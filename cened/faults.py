@@ -1,4 +1,4 @@
-"""Crash points for fault-injection tests: a real SIGKILL at a chosen step.
+"""Crash and hang points for fault-injection tests: a real SIGKILL at a chosen step.
 
 Random ``kill -9`` from outside rarely lands inside the few milliseconds
 between journaling an intent and finishing a move; these points let the
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 
 
 def crash_point(name: str) -> None:
@@ -21,3 +22,9 @@ def crash_point(name: str) -> None:
     point, _, chance = spec.partition(":")
     if point == name and random.random() < float(chance or 1.0):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hang_point(name: str, subject: str) -> None:
+    """Block for good where ``CENED_HANG_AT`` is ``name:subject``, as a decoder stuck on one photo does."""
+    if os.environ.get("CENED_HANG_AT") == f"{name}:{subject}":
+        threading.Event().wait()

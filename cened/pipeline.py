@@ -24,13 +24,14 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import structlog
 
 from cened import moving
 from cened.config import Settings
-from cened.faults import crash_point
+from cened.faults import crash_point, hang_point
 from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
 from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_all
@@ -105,14 +106,42 @@ class Outcome:
     repeat: bool = False  # failed as at its last try, whose row (entry.id) stands for this one too
 
 
-def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prepared:
-    """Read, hash and decode one file; never raises for anything a file can do.
+class Pending(StrEnum):
+    """Why a file was handed back unread: it is, or may still be, being written."""
+
+    CHANGED = "changed while being read"
+    UNFINISHED = "looks unfinished"  # cut short or no image yet, and changed only moments ago
+
+
+def prepare(
+    path: Path,
+    settings: Settings,
+    input_size: tuple[int, int],
+    budget: imaging.MemoryBudget | None = None,
+) -> Prepared:
+    """Read, hash and decode one file; never raises, whatever the file holds.
 
     The file is read once into memory (bounded by ``max_file_mb``) and both
     hashed and decoded from that copy, so the hash describes exactly the bytes
     that were classified.  A size or mtime change during the read means the
     file is still being written: it is handed back for a later try.
+
+    The file's bytes and what decoding it will hold (from its header) are
+    held in ``budget``, shared by every thread that decodes, before it is read;
+    without one the file gets a budget of its own of ``decode_memory_mb``.
     """
+    if budget is None:
+        budget = imaging.MemoryBudget(settings.decode_memory_bytes)
+    try:
+        return _prepare(path, settings, input_size, budget)
+    except Exception as exc:  # not the file's content (decoding raises only Rejected): retry it
+        log.exception("prepare-failed", file=os.fsdecode(path))
+        return Prepared(path, Verdict.RETRY, reason=f"prepare failed: {type(exc).__name__}: {exc}")
+
+
+def _prepare(
+    path: Path, settings: Settings, input_size: tuple[int, int], budget: imaging.MemoryBudget
+) -> Prepared:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -128,7 +157,7 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
     if st.st_size > settings.max_file_bytes:
         base.sha256 = sha256_or_none(path)
         return Prepared.rejected(
-            base, imaging.Rejected("too-large", f"{st.st_size} bytes exceeds max_file_mb")
+            base, imaging.Rejected(imaging.Reason.TOO_LARGE, f"{st.st_size} bytes exceeds max_file_mb")
         )
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
@@ -147,24 +176,71 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
             )
     except OSError as exc:
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            cost = imaging.decode_cost(fh, input_size, settings.max_pixels)
+            fh.seek(0)
+        except OSError as exc:
+            return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
+        try:
+            with budget.hold(st.st_size + (cost or 0)):
+                return _read_and_decode(fh, base, settings, input_size, cost or 0)
+        except imaging.Rejected as exc:  # too large for the whole budget: never read
+            base.sha256 = _sha256_of(fh)
+            return Prepared.rejected(base, exc)
+
+
+def _read_and_decode(
+    fh: BinaryIO, base: Prepared, settings: Settings, input_size: tuple[int, int], cost: int
+) -> Prepared:
+    assert base.size is not None
     try:
-        with os.fdopen(fd, "rb") as fh:
-            # One byte more than stat said, to see growth; not max_file_bytes + 1,
-            # which makes Python allocate (and page-fault) that whole buffer per file.
-            data = fh.read(st.st_size + 1)
-            after = os.fstat(fh.fileno())
+        # One byte more than stat said, to see growth; not max_file_bytes + 1,
+        # which makes Python allocate (and page-fault) that whole buffer per file.
+        data = fh.read(base.size + 1)
+        after = os.fstat(fh.fileno())
     except OSError as exc:
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
-    if signature(after) != sig or len(data) != st.st_size:
-        return Prepared(path, Verdict.RETRY, reason="changed while being read")
+    if signature(after) != base.sig or len(data) != base.size:
+        return Prepared(base.path, Verdict.RETRY, reason=Pending.CHANGED)
     base.sha256 = hashlib.sha256(data).hexdigest()
+    hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
-            data, input_size, settings.max_pixels, settings.thumbnail_min_side
+            data, input_size, settings.max_pixels, settings.thumbnail_min_side, max_bytes=cost
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)
     return base
+
+
+def _sha256_of(fh: BinaryIO) -> str | None:
+    """The hash of a file not read into memory, a block at a time."""
+    digest = hashlib.sha256()
+    try:
+        fh.seek(0)
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def unless_unfinished(prep: Prepared, grace_s: float, now: float) -> Prepared:
+    """``prep``, or a retry if it was refused for what a file still being written looks like.
+
+    A writer that pauses between chunks leaves a file that reads as cut short
+    (or empty, or not yet an image); while its mtime is recent it is left to
+    be finished rather than quarantined.  Only the daemon waits like this:
+    ``cened classify`` is given files that are already there.
+    """
+    if prep.verdict != Verdict.REJECTED or prep.reason not in imaging.MAYBE_UNFINISHED or prep.sig is None:
+        return prep
+    if abs(now - prep.sig[1] / 1e9) >= grace_s:
+        return prep
+    return Prepared(
+        prep.path, Verdict.RETRY, sig=prep.sig, size=prep.size, reason=Pending.UNFINISHED, detail=prep.detail
+    )
 
 
 @dataclass
@@ -378,18 +454,24 @@ _ACTIONS = {AlbumKind.FILE: Action.MOVED, AlbumKind.REVIEW: Action.REVIEW, Album
 
 
 def prepared_batches(
-    files: Sequence[Path], settings: Settings, input_size: tuple[int, int], pool: Executor
+    files: Sequence[Path],
+    settings: Settings,
+    input_size: tuple[int, int],
+    pool: Executor,
+    budget: imaging.MemoryBudget | None = None,
 ) -> Iterator[list[Prepared]]:
     """``batch_size`` files at a time, read and decoded by ``pool``, one batch ahead.
 
     As in the daemon, the next batch decodes while the model scores this one,
     and decoded pixels exist for two batches at most, however many files there are.
+    The decodes in flight share ``budget`` (by default one of ``decode_memory_mb``).
     """
     size = settings.batch_size
     chunks = [files[i : i + size] for i in range(0, len(files), size)]
+    shared = budget or imaging.MemoryBudget(settings.decode_memory_bytes)
 
     def submit(chunk: Sequence[Path]) -> list[Future[Prepared]]:
-        return [pool.submit(prepare, f, settings, input_size) for f in chunk]
+        return [pool.submit(prepare, f, settings, input_size, shared) for f in chunk]
 
     ahead = submit(chunks[0]) if chunks else []
     for index in range(len(chunks)):

@@ -3,9 +3,10 @@
 Watchdog tells us *something happened* to a path; it cannot tell us a copy is
 finished.  :class:`StabilityTracker` therefore holds every candidate until its
 size and modification time have stayed the same for ``stable_seconds`` (or
-the writer closed it and nothing changed since), and only then releases it
-for classification.  Each path is held once however many events arrive, which
-is what deduplicates the burst of created/modified/closed events one copy makes.
+the writer closed it and nothing changed since, for a writer that closes
+once), and only then releases it for classification.  Each path is held once
+however many events arrive, which is what deduplicates the burst of
+created/modified/closed events one copy makes.
 
 Events are a hint, not the truth: a full scan runs at start, after the kernel
 reports lost events (inotify queue overflow), and periodically as a safety net.
@@ -75,6 +76,10 @@ class _Seen:
     signature: tuple[int, int] | None = None  # at the last look
     closed_as: tuple[int, int] | None = None  # at the writer's last close
     not_before: float = 0.0  # a deferred retry waits until then
+    # Whether a close means the writer is done.  Not once the file was closed
+    # again after more writes, or came back unfinished: its writer opens it
+    # anew for each chunk, and only holding still says it is done.
+    trust_close: bool = True
 
 
 class StabilityTracker:
@@ -107,8 +112,9 @@ class StabilityTracker:
         """Note activity on ``path``.
 
         ``closed`` means the writer closed it (inotify's close-write), so it
-        may be taken as soon as it is still the same at the next look.  ``old``
-        marks a scan hit, which need not wait: it was already there.
+        may be taken as soon as it is still the same at the next look, unless
+        it was closed before with other content.  ``old`` marks a scan hit,
+        which need not wait: it was already there.
         """
         closed_as = None
         if closed:
@@ -124,6 +130,8 @@ class StabilityTracker:
             if entry is None:
                 entry = self._seen[path] = _Seen(changed_at=now - self.stable_seconds if old else now)
             if closed_as is not None:
+                if entry.closed_as is not None and entry.closed_as != closed_as:
+                    entry.trust_close = False
                 entry.closed_as = closed_as
 
     def defer(self, path: Path, delay: float) -> None:
@@ -132,6 +140,17 @@ class StabilityTracker:
         with self._lock:
             self._busy.discard(path)
             self._seen[path] = _Seen(changed_at=now - self.stable_seconds, not_before=now + delay)
+
+    def unfinished(self, path: Path) -> None:
+        """Put a released path back that is still being written.
+
+        It is taken again once its size and mtime have held for
+        ``stable_seconds`` from now; its writer's closes no longer count.
+        """
+        now = self._clock()
+        with self._lock:
+            self._busy.discard(path)
+            self._seen[path] = _Seen(changed_at=now, trust_close=False)
 
     def done(self, path: Path, *, keep: tuple[int, int] | None = None) -> None:
         """Finished with ``path``; ``keep`` (its signature) means it stays and must be ignored."""
@@ -169,7 +188,8 @@ class StabilityTracker:
                     if entry.signature is not None:
                         entry.changed_at = now
                     entry.signature = current
-                settled = entry.closed_as == current or now - entry.changed_at >= self.stable_seconds
+                closed = entry.trust_close and entry.closed_as == current
+                settled = closed or now - entry.changed_at >= self.stable_seconds
                 if not settled and stat.S_ISREG(st.st_mode):
                     continue
                 del self._seen[path]

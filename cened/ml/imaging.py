@@ -4,26 +4,74 @@ Training, evaluation and the daemon all call :func:`decode`, so a model sees
 exactly the same pixels in production as it did when it was measured.  Every
 way an image can be unusable ends in :class:`Rejected` with a short, stable
 reason code that the journal records and users can filter on.
-
-Pillow reads the common formats and AVIF; the ``pillow-heif`` plugin, registered
-here, adds HEIF/HEIC.  Camera RAW files go through LibRaw (``rawpy``) instead and
-are classified from the preview the camera embedded (:func:`_raw_preview`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
+import math
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import IO
 
 import cv2
 import numpy as np
 import pillow_heif
 import rawpy
 import simplejpeg
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageMode, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 #: Pixels above which we refuse to decode (a 12 MP photo is 12e6; 100 MP is generous).
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Bytes one decode may hold when no shared :class:`MemoryBudget` says otherwise.
+DEFAULT_MAX_DECODE_BYTES = 512 * 2**20
+
+#: The formats decoded, each with the bytes its Pillow decoder holds at its peak
+#: per byte of the image it makes (the image included), measured and rounded up.
+#: Anything else is refused unread: icons, textures and game formats (ICO, ICNS,
+#: BLP, DDS...) are not photos, and some hold a picture far larger than their
+#: header says, so their cost cannot be known before decoding.
+DECODERS: dict[str, float] = {
+    "JPEG": 1.5,
+    "MPO": 1.5,
+    "PNG": 1.25,
+    "GIF": 1.25,
+    "BMP": 1.25,
+    "DIB": 1.25,
+    "TIFF": 1.5,
+    "WEBP": 4.5,
+    "AVIF": 5.0,
+    "HEIF": 5.0,
+    "JPEG2000": 7.0,
+    "PPM": 1.25,
+    "TGA": 1.25,
+    "PCX": 1.25,
+    "SGI": 2.0,
+    "QOI": 2.5,
+}
+#: A progressive JPEG keeps every DCT coefficient of the whole photo, at any
+#: draft scale: two bytes per sample.
+COEFFICIENT_BYTES = 2
+#: Previews larger than this are not used, which bounds what loading one costs.
+PREVIEW_MAX_PIXELS = 2_000_000
+#: Images up to this size (decoded bytes) that need no reduction take the direct
+#: way, which holds a few whole copies (turned, flattened, converted) at once.
+DIRECT_MAX_BYTES = 4 * 2**20
+DIRECT_COPIES = 6
+#: Larger images are converted a strip of rows at a time, each strip about this big.
+STRIP_BYTES = 4 * 2**20
+#: What converting one pixel of a strip holds at most (16-bit samples go through float64).
+STRIP_BYTES_PER_PIXEL = 32
+#: Pillow keeps 2-, 3- and 4-band images in 4 bytes per pixel.
+RGB_PIXEL_BYTES = 4
+#: Allocations from this size up get a mapping of their own, returned to the system when freed.
+MMAP_THRESHOLD = 2**20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
 
 #: The EXIF thumbnail is used only for photos with at least this many times the
 #: model's pixels: below that the full decode is cheap and sharper.
@@ -53,6 +101,26 @@ _RAW_MAGIC = (b"FUJIFILMCCD-RAW", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 #: EXIF orientation for each of LibRaw's ``sizes.flip`` values (dcraw's, the other way round).
 _FLIP_TO_ORIENTATION = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
+# PNG text chunks are decompressed when the header is read, outside any budget;
+# a photo needs none of them, so a small allowance is plenty.
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 2**20
+
+
+class Reason(StrEnum):
+    """Why a file has no pixels: the stable codes the journal records and users filter on."""
+
+    EMPTY = "empty"
+    NOT_AN_IMAGE = "not-an-image"
+    UNSUPPORTED = "unsupported"
+    CORRUPT = "corrupt"
+    DECOMPRESSION_BOMB = "decompression-bomb"
+    TOO_LARGE = "too-large"
+    UNREADABLE = "unreadable"
+    RAW_WITHOUT_PREVIEW = "raw-without-preview"
+
+
+#: What a file still being written can look like: cut short, or no header yet.
+MAYBE_UNFINISHED = frozenset({Reason.EMPTY, Reason.NOT_AN_IMAGE, Reason.CORRUPT})
 
 
 class Rejected(Exception):
@@ -62,6 +130,72 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class MemoryBudget:
+    """Bytes that the decodes in flight may hold together, shared by the decoding threads.
+
+    A decode states what it will hold at most (:func:`decode_cost`) and waits
+    until that much is free, first come first served, so however many threads
+    decode, their images together stay within ``capacity``.  One that could
+    never fit is refused at once as too large.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._next = 0  # ticket of the next arrival
+        self._serving = 0  # ticket whose turn it is
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the body of the ``with``."""
+        if nbytes > self.capacity:
+            raise Rejected(
+                Reason.TOO_LARGE,
+                f"decoding needs about {_mib(nbytes)} MiB, more than the {_mib(self.capacity)} MiB"
+                " allowed (decode_memory_mb)",
+            )
+        with self._cond:
+            ticket = self._next
+            self._next += 1
+            # In turn, so a large image is not starved by a stream of small ones.
+            self._cond.wait_for(lambda: ticket == self._serving and self._used + nbytes <= self.capacity)
+            self._used += nbytes
+            self._serving += 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= nbytes
+                self._cond.notify_all()
+
+
+def release_freed_images() -> bool:
+    """Make the C allocator give every large freed buffer back to the system at once.
+
+    glibc raises its mmap threshold after the first large free, so later images
+    come from per-thread heaps that each keep their own peak: with several
+    decoding threads the process would hold the sum of their peaks, not the
+    peak of their sum that a :class:`MemoryBudget` bounds.  A fixed threshold
+    stops that.  Process-wide; returns whether it applied (glibc only).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def _mib(nbytes: int) -> int:
+    return math.ceil(nbytes / 2**20)
 
 
 def set_pixel_limit(max_pixels: int) -> None:
@@ -87,9 +221,10 @@ def decode(
     size: tuple[int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> np.ndarray:
     """The pixels of :func:`decode_with_source`, for callers that need not know where they came from."""
-    return decode_with_source(data, size, max_pixels, thumbnail_min_side)[0]
+    return decode_with_source(data, size, max_pixels, thumbnail_min_side, max_bytes)[0]
 
 
 def decode_with_source(
@@ -97,6 +232,7 @@ def decode_with_source(
     size: tuple[int, int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
+    max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> tuple[np.ndarray, str]:
     """Decode ``data`` to a ``(height, width, 3)`` uint8 RGB array of ``size``.
 
@@ -113,47 +249,226 @@ def decode_with_source(
     A large HEIF is classified from its own thumbnail by the same rule
     (:data:`FROM_HEIF_THUMBNAIL`), a camera RAW always from its embedded preview
     (:data:`FROM_RAW_PREVIEW`, :func:`_raw_preview`).
+
+    Before any pixel is decoded, what the decode will hold at its peak is
+    worked out from the header (:func:`decode_cost`); more than ``max_bytes``
+    is refused as too large.  Whatever goes wrong with the file's content ends
+    in :class:`Rejected`, never in another exception.
     """
     if not data:
-        raise Rejected("empty", "the file has zero bytes")
+        raise Rejected(Reason.EMPTY, "the file has zero bytes")
     raw = _raw_preview(data, size, max_pixels)
     if raw is not None:
         return raw
     _check_boxes(data)
     height, width = size
-    heif_thumbnail = False
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise Rejected("decompression-bomb", f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+            stored = im.size
+            cost = _plan(im, size, max_pixels)
+            if cost > max_bytes:
+                raise Rejected(
+                    Reason.TOO_LARGE,
+                    f"{stored[0]}x{stored[1]} {im.format} {im.mode}: decoding needs about {_mib(cost)} MiB,"
+                    f" more than the {_mib(max_bytes)} MiB allowed (decode_memory_mb)",
+                )
             small = _small_jpeg_pixels(im, data, size)
             if small is not None:
                 return enlarge(small, width, height), FROM_PHOTO
-            preview = None
             if im.format == "JPEG" and thumbnail_min_side > 0:
-                preview = _exif_thumbnail(im, data, size, thumbnail_min_side)
-            if preview is None and im.format == "JPEG":
-                # draft() keeps both sides >= the request; asking for a square of the
-                # larger side leaves enough pixels after EXIF rotation and the crop.
-                side = max(height, width)
-                im.draft("RGB", (side, side))
-            if im.format == "HEIF" and thumbnail_min_side > 0:
-                heif_thumbnail = _use_heif_thumbnail(im, size, thumbnail_min_side)
-            source = im if preview is None else preview
-            source.load()
-            rgb = upright_rgb(source)
+                preview = _exif_thumbnail(im, data, size, thumbnail_min_side, stored)
+                if preview is not None:
+                    return fit(upright_rgb(preview), width, height), FROM_PREVIEW
+            if (
+                im.format == "HEIF"
+                and thumbnail_min_side > 0
+                and _use_heif_thumbnail(im, size, thumbnail_min_side)
+            ):
+                im.load()
+                return _fit_loaded(im, width, height), FROM_HEIF_THUMBNAIL
+            im.load()
+            return _fit_loaded(im, width, height), FROM_PHOTO
     except Rejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise Rejected("decompression-bomb", str(exc)) from exc
+        raise Rejected(Reason.DECOMPRESSION_BOMB, str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise Rejected("not-an-image", "Pillow does not recognise this file as an image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise Rejected("corrupt", f"{type(exc).__name__}: {exc}") from exc
-    if heif_thumbnail:
-        return fit(rgb, width, height), FROM_HEIF_THUMBNAIL
-    return fit(rgb, width, height), FROM_PHOTO if preview is None else FROM_PREVIEW
+        raise Rejected(Reason.NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from exc
+    except NotImplementedError as exc:
+        raise Rejected(Reason.UNSUPPORTED, f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # whatever a decoder raises is this file's fault, never the daemon's
+        raise Rejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_cost(fp: IO[bytes], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+    """The bytes :func:`decode_with_source` will hold at most for the file open as ``fp``.
+
+    Read from the header alone, so a caller can wait for room in a
+    :class:`MemoryBudget` before reading the whole file.  None when the header
+    says nothing usable: decoding will then say what is wrong.
+    """
+    try:
+        with Image.open(fp) as im:
+            return _plan(im, size, max_pixels)
+    except Exception:  # noqa: BLE001 - the decode itself gives the verdict
+        return None
+
+
+def _plan(im: Image.Image, size: tuple[int, int], max_pixels: int) -> int:
+    """Check an opened image against the limits, set up a reduced decode, and return its cost in bytes.
+
+    The cost is the decoder's peak (its own buffers and the image), plus what
+    turning the image into the model's input holds beside it.  A JPEG's
+    ``draft()`` is applied here, so the decode that follows is the one costed.
+    """
+    fmt = im.format or "unknown"
+    overhead = DECODERS.get(fmt)
+    if overhead is None:
+        raise Rejected(Reason.UNSUPPORTED, f"{fmt} is not a photo format cened decodes")
+    w, h = im.size
+    if w * h > max_pixels:
+        raise Rejected(Reason.DECOMPRESSION_BOMB, f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+    cost = 0
+    if fmt in ("JPEG", "MPO"):
+        if im.info.get("progressive"):
+            cost += math.ceil(COEFFICIENT_BYTES * w * h * _jpeg_samples_per_pixel(im))
+        if fmt == "JPEG":
+            cost += math.ceil(PREVIEW_MAX_PIXELS * RGB_PIXEL_BYTES * overhead)
+        # draft() keeps both sides >= the request; asking for a square of the
+        # larger side leaves enough pixels after EXIF rotation and the crop.
+        side = max(size)
+        im.draft("RGB", (side, side))
+        w, h = im.size
+    cost += math.ceil(_image_bytes(im.mode, w, h) * overhead)
+    # The orientation is not always known before decoding (a PNG may store its
+    # EXIF after the pixels), so the dearer of the two ways to turn it counts.
+    return cost + max(_fit_cost(im.mode, w, h, size, swap) for swap in (False, True))
+
+
+def _jpeg_samples_per_pixel(im: Image.Image) -> float:
+    """Samples a JPEG stores per pixel, all components together (1.5 for the usual 4:2:0 colour)."""
+    layers = getattr(im, "layer", None)
+    if not layers:
+        return 4.0
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    return sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
+
+
+def _image_bytes(mode: str, w: int, h: int) -> int:
+    """What Pillow allocates for a ``w`` x ``h`` image of ``mode``."""
+    try:
+        desc = ImageMode.getmode(mode)
+    except KeyError:
+        return w * h * RGB_PIXEL_BYTES
+    per_pixel = RGB_PIXEL_BYTES if len(desc.bands) > 1 else int(desc.typestr[-1])
+    return w * h * per_pixel
+
+
+@dataclass(frozen=True)
+class _Reduction:
+    """The part of a stored image the model will see, and the whole factor it can be shrunk by first."""
+
+    box: tuple[int, int, int, int]  # left, top, right, bottom in stored (not upright) pixels
+    factor: int
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+def _reduction(w: int, h: int, size: tuple[int, int], swap: bool) -> _Reduction:
+    """The crop :func:`fit` will take, in stored pixels (``swap``: EXIF turns the image a quarter).
+
+    The factor leaves at least twice the model's size, as Pillow's own
+    ``reducing_gap=2`` does, so the final resize still has pixels to average.
+    """
+    height, width = size
+    upright_w, upright_h = (h, w) if swap else (w, h)
+    _, _, crop_w, crop_h = _crop_box(upright_w, upright_h, width, height)
+    factor = max(1, int(min(crop_w / width, crop_h / height) / 2))
+    box_w, box_h = (crop_h, crop_w) if swap else (crop_w, crop_h)
+    left, top = max(0, math.floor((w - box_w) / 2)), max(0, math.floor((h - box_h) / 2))
+    right, bottom = min(w, math.ceil((w + box_w) / 2)), min(h, math.ceil((h + box_h) / 2))
+    return _Reduction((left, top, max(right, left + 1), max(bottom, top + 1)), factor)
+
+
+def _direct(mode: str, w: int, h: int, reduction: _Reduction) -> bool:
+    """Whether an image is small enough, and too small to shrink, for the direct way (:func:`upright_rgb`)."""
+    return reduction.factor < 2 and _image_bytes(mode, w, h) <= DIRECT_MAX_BYTES
+
+
+def _strip_rows(width: int, factor: int) -> int:
+    """Rows per strip: about STRIP_BYTES, and a whole number of reduction blocks."""
+    return max(factor, STRIP_BYTES // (width * STRIP_BYTES_PER_PIXEL) // factor * factor)
+
+
+def _fit_cost(mode: str, w: int, h: int, size: tuple[int, int], swap: bool) -> int:
+    """What :func:`_fit_loaded` holds beside the decoded image."""
+    r = _reduction(w, h, size, swap)
+    if _direct(mode, w, h, r):
+        return DIRECT_COPIES * _image_bytes(mode, w, h)
+    reduced = math.ceil(r.width / r.factor) * math.ceil(r.height / r.factor) * RGB_PIXEL_BYTES
+    # The reduced image, once turned, and one strip in conversion.
+    return 2 * reduced + _strip_rows(r.width, r.factor) * r.width * STRIP_BYTES_PER_PIXEL
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_QUARTER_TURNS = {
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+}
+
+
+def _fit_loaded(im: Image.Image, width: int, height: int) -> np.ndarray:
+    """:func:`fit` of the upright RGB image, holding little beside the decoded one.
+
+    Small images take the direct way.  Others are cropped, converted and
+    shrunk by a whole factor a strip at a time, then turned by their EXIF
+    orientation: the whole image is never copied, converted or turned.
+    """
+    w, h = im.size
+    method = _TRANSPOSE.get(_orientation(im))
+    reduction = _reduction(w, h, (height, width), method in _QUARTER_TURNS)
+    if _direct(im.mode, w, h, reduction):
+        return fit(upright_rgb(im), width, height)
+    reduced = _reduced_rgb(im, reduction)
+    return fit(reduced.transpose(method) if method is not None else reduced, width, height)
+
+
+def _orientation(im: Image.Image) -> object:
+    """The EXIF orientation value; a broken EXIF block means none (as in :func:`_upright`)."""
+    try:
+        return im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - any EXIF parsing failure means "no orientation"
+        return 1
+
+
+def _reduced_rgb(im: Image.Image, reduction: _Reduction) -> Image.Image:
+    """The reduction's box of ``im`` in 8-bit RGB, shrunk by its factor, converted a strip at a time."""
+    left, top, right, bottom = reduction.box
+    k = reduction.factor
+    out = Image.new("RGB", (math.ceil(reduction.width / k), math.ceil(reduction.height / k)))
+    peak = _sample_peak(im)
+    rows = _strip_rows(reduction.width, k)
+    for y in range(top, bottom, rows):
+        strip = _to_rgb(im.crop((left, y, right, min(y + rows, bottom))), peak)
+        out.paste(strip.reduce(k) if k > 1 else strip, (0, (y - top) // k))
+    return out
 
 
 def fit(rgb: Image.Image, width: int, height: int) -> np.ndarray:
@@ -220,7 +535,9 @@ def _small_jpeg_pixels(im: Image.Image, data: bytes, size: tuple[int, int]) -> n
     return pixels if pixels.shape == (h, w, 3) else None
 
 
-def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_side: int) -> Image.Image | None:
+def _exif_thumbnail(
+    im: Image.Image, data: bytes, size: tuple[int, int], min_side: int, stored: tuple[int, int]
+) -> Image.Image | None:
     """The photo's EXIF (IFD1) thumbnail, loaded, or None to decode the photo itself.
 
     The thumbnail carries the photo's EXIF block, so :func:`_upright` turns it
@@ -238,9 +555,12 @@ def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_sid
       appended after the image, such as a motion photo, is simply decoded);
     - the thumbnail is itself a JPEG, at least ``min_side`` pixels on its short
       side, and has the photo's aspect ratio (a letterboxed or stale preview
-      from another crop does not).
+      from another crop does not);
+    - it is no larger than PREVIEW_MAX_PIXELS, which :func:`decode_cost` counts on.
+
+    ``stored`` is the photo's size as stored, before any ``draft()``.
     """
-    w, h = im.size
+    w, h = stored
     if w * h < THUMBNAIL_MIN_RATIO * size[0] * size[1] or not data.endswith(_JPEG_EOI):
         return None
     try:
@@ -260,6 +580,7 @@ def _exif_thumbnail(im: Image.Image, data: bytes, size: tuple[int, int], min_sid
             tw, th = thumb.size
             if (
                 tw * th >= w * h
+                or tw * th > PREVIEW_MAX_PIXELS
                 or min(tw, th) < min_side
                 or abs(tw / th - w / h) > THUMBNAIL_ASPECT_TOLERANCE * (w / h)
             ):
@@ -315,7 +636,7 @@ def _check_boxes(data: bytes) -> None:
             return
         if at + length > end:
             box = kind.decode("ascii")
-            raise Rejected("corrupt", f"truncated: its '{box}' box ends at byte {at + length} of {end}")
+            raise Rejected(Reason.CORRUPT, f"truncated: its '{box}' box ends at byte {at + length} of {end}")
         at += length
 
 
@@ -341,13 +662,13 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
         except rawpy.LibRawFileUnsupportedError:
             if data.startswith(_TIFF_MAGIC):
                 return None  # an ordinary TIFF: Pillow's
-            raise Rejected("corrupt", "LibRaw does not recognise this RAW file") from None
+            raise Rejected(Reason.CORRUPT, "LibRaw does not recognise this RAW file") from None
         except rawpy.LibRawError as exc:
-            raise Rejected("corrupt", f"LibRaw cannot open it: {_libraw_message(exc)}") from exc
+            raise Rejected(Reason.CORRUPT, f"LibRaw cannot open it: {_libraw_message(exc)}") from exc
         sizes = raw.sizes
         if sizes.raw_width * sizes.raw_height > max_pixels:
             raise Rejected(
-                "decompression-bomb",
+                Reason.DECOMPRESSION_BOMB,
                 f"{sizes.raw_width}x{sizes.raw_height} sensor pixels exceeds the limit of {max_pixels}",
             )
         try:
@@ -356,24 +677,24 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
             thumb = None
             missing = _libraw_message(exc)
         except rawpy.LibRawError as exc:
-            raise Rejected("corrupt", f"reading its preview: {_libraw_message(exc)}") from exc
+            raise Rejected(Reason.CORRUPT, f"reading its preview: {_libraw_message(exc)}") from exc
         try:
             raw.unpack()
         except rawpy.LibRawError as exc:
-            raise Rejected("corrupt", f"its sensor data: {_libraw_message(exc)}") from exc
+            raise Rejected(Reason.CORRUPT, f"its sensor data: {_libraw_message(exc)}") from exc
         orientation = _FLIP_TO_ORIENTATION.get(sizes.flip, 1)
     if thumb is None:
         if data.startswith(_TIFF_MAGIC) and _pillow_opens(data):
             return None
-        raise Rejected("raw-without-preview", f"the RAW file embeds no preview we can read ({missing})")
+        raise Rejected(Reason.RAW_WITHOUT_PREVIEW, f"the RAW file embeds no preview we can read ({missing})")
     try:
         preview = _raw_thumbnail_image(thumb, orientation)
         rgb = upright_rgb(preview)
     except Image.DecompressionBombError as exc:
-        raise Rejected("decompression-bomb", f"its preview: {exc}") from exc
+        raise Rejected(Reason.DECOMPRESSION_BOMB, f"its preview: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         detail = f"its preview does not decode: {type(exc).__name__}: {exc}"
-        raise Rejected("raw-without-preview", detail) from exc
+        raise Rejected(Reason.RAW_WITHOUT_PREVIEW, detail) from exc
     return fit(rgb, size[1], size[0]), FROM_RAW_PREVIEW
 
 
@@ -428,11 +749,28 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Bring any Pillow mode to 8-bit RGB without clipping or dropping content."""
-    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def _sample_peak(im: Image.Image) -> float:
+    """The sample value shown as white in a 16- or 32-bit image, judged on the whole image."""
+    if im.mode == "F":
+        extrema = im.getextrema()
+        high = extrema[1] if isinstance(extrema, tuple) else 0
+        return 255.0 if isinstance(high, int | float) and high <= 255 else 65535.0
+    return 65535.0
+
+
+def _to_rgb(im: Image.Image, peak: float | None = None) -> Image.Image:
+    """Bring any Pillow mode to 8-bit RGB without clipping or dropping content.
+
+    ``peak`` (from :func:`_sample_peak` of the whole image) keeps the strips
+    of one image on one scale.
+    """
+    if im.mode in _WIDE_MODES:
         arr = np.asarray(im, dtype=np.float64)
-        peak = 255.0 if im.mode == "F" and arr.max(initial=0) <= 255 else 65535.0
+        if peak is None:
+            peak = 255.0 if im.mode == "F" and arr.max(initial=0) <= 255 else 65535.0
         scaled = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
         return Image.fromarray(scaled, mode="L").convert("RGB")
     if im.mode == "P" and "transparency" in im.info:
