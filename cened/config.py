@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,18 @@ DEFAULT_EXTENSIONS = (
     *HEIF_AVIF_EXTENSIONS,
     *RAW_EXTENSIONS,
 )
+
+
+#: The folder in the library that photos already there go to (duplicates = "separate").
+DUPLICATES_FOLDER = "_duplicates"
+
+
+class Duplicates(StrEnum):
+    """What becomes of a photo whose content is already in the library."""
+
+    SEPARATE = "separate"  # moved to <library>/_duplicates, never deleted
+    KEEP = "keep"  # filed like any photo
+    SKIP = "skip"  # left in the inbox, noted once
 
 
 def _home() -> Path:
@@ -78,6 +91,7 @@ class Settings(BaseSettings):
     # Photos that are none of the model's classes; "" sends them to review_album instead.
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
+    duplicates: Duplicates = Duplicates.SEPARATE
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     ignore_suffixes: list[str] = Field(
@@ -130,6 +144,10 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
+
+    @property
+    def duplicates_dir(self) -> Path:
+        return self.library / DUPLICATES_FOLDER
 
     @property
     def max_file_bytes(self) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cened import moving, recovery
 from cened.config import load_settings
 from cened.errors import JournalError
-from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
+from cened.journal import MOVING_ACTIONS, SUPERSEDING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
 
@@ -50,7 +50,11 @@ def current_rows(journal: Journal) -> list[Entry]:
     business again, and may rightly be gone from there.
     """
     rows = journal.history()
-    superseded = {r.ref_id for r in rows if r.ref_id is not None and r.state != State.FAILED}
+    superseded = {
+        r.ref_id
+        for r in rows
+        if r.ref_id is not None and r.state != State.FAILED and r.action in SUPERSEDING_ACTIONS
+    }
     wanted = (*MOVING_ACTIONS, Action.ADOPTED)
     return [r for r in rows if r.action in wanted and r.state == State.DONE and r.id not in superseded]
 
