@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from cened import layout as layouts
 from cened.errors import ConfigError, JournalError
 
 # Photos as phones and cameras write them.  HEIF/HEIC (iPhones) and AVIF are decoded like
@@ -92,6 +94,8 @@ class Settings(BaseSettings):
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
     duplicates: Duplicates = Duplicates.SEPARATE
+    # Folders below the library; see cened.layout for the fields.
+    layout: str = layouts.DEFAULT
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     ignore_suffixes: list[str] = Field(
@@ -121,6 +125,11 @@ class Settings(BaseSettings):
     @classmethod
     def _plain_name_or_none(cls, value: str) -> str:
         return _album_name(value) if value else value
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        return layouts.check(value)
 
     @field_validator("albums")
     @classmethod
@@ -156,6 +165,10 @@ class Settings(BaseSettings):
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
+
+    def album_folder(self, album: str, taken: datetime | None = None) -> Path:
+        """Where a photo of ``album`` goes, by ``layout``; ``taken`` is needed when the layout has dates."""
+        return self.library / layouts.folder(self.layout, album, taken)
 
     def album_for(self, label: str) -> str:
         """The album a class is filed in; grouping look-alikes is just a shared name."""

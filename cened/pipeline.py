@@ -22,13 +22,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import structlog
 
-from cened import moving
+from cened import layout, moving
 from cened.config import Duplicates, Settings
 from cened.faults import crash_point
 from cened.journal import Action, Entry, Journal, State
@@ -88,6 +89,7 @@ class Prepared:
     pixel_source: str | None = None  # imaging.FROM_PHOTO or FROM_PREVIEW
     reason: str | None = None
     detail: str | None = None  # what was wrong with a rejected file
+    taken: datetime | None = None  # when the photo was taken, read only for a layout with dates
 
     @classmethod
     def rejected(cls, base: Prepared, rejected: imaging.Rejected) -> Prepared:
@@ -166,6 +168,8 @@ def prepare(path: Path, settings: Settings, input_size: tuple[int, int]) -> Prep
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)
+    if layout.uses_date(settings.layout):
+        base.taken = layout.taken(data, st.st_mtime)
     return base
 
 
@@ -241,9 +245,8 @@ class Processor:
                 entry.action, entry.album = Action.DUPLICATE, None
                 entry.destination = reserve(settings.duplicates_dir, prep.path.name)
             else:
-                entry.destination = reserve(
-                    settings.library / (entry.album or settings.review_album), prep.path.name
-                )
+                album = entry.album or settings.review_album
+                entry.destination = reserve(settings.album_folder(album, _taken(prep)), prep.path.name)
             intents.append((prep, entry))
 
         for prep in batch:
@@ -462,6 +465,13 @@ def prepared_batches(
     for index in range(len(chunks)):
         current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
         yield [f.result() for f in current]
+
+
+def _taken(prep: Prepared) -> datetime | None:
+    """When ``prep`` was taken; its mtime if it was read before the layout (reloaded) needed a date."""
+    if prep.taken is None and prep.sig is not None:
+        return datetime.fromtimestamp(prep.sig[1] / 1e9)
+    return prep.taken
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -154,6 +154,7 @@ def _kill_run(
     seed: int,
     cross_device: bool = False,
     duplicates: bool = False,
+    layout: str = "{album}",
 ) -> None:
     rng = random.Random(seed)
     hashes: Counter[str] = Counter()
@@ -193,7 +194,7 @@ def _kill_run(
     for bad in ("bad_0.jpg", "bad_1.jpg"):
         hashes[hashlib.sha256((settings.inbox / bad).read_bytes()).hexdigest()] += 1
     config = write_config(
-        tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0
+        tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0, layout=layout
     )
 
     # Odd rounds: the daemon SIGKILLs itself at one of the crash points inside
@@ -250,11 +251,23 @@ def _kill_run(
         assert hashlib.sha256(Path(destination).read_bytes()).hexdigest() == sha
     actions = Counter(action for *_, action in done)
     assert actions["quarantined"] == 2 and actions["duplicate"] == copies
+    # Filed photos are as deep as the layout says (album and date folders); the rest are flat.
+    for destination, _, action in done:
+        depth = layout.count("/") + 2 if action in ("moved", "review", "other") else 2
+        assert len(Path(destination).relative_to(settings.library).parts) == depth, destination
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, settings: Settings) -> None:
-    _kill_run(tmp_path, settings, n_images=200, kills=20, seed=20261124, duplicates=True)
+    _kill_run(
+        tmp_path,
+        settings,
+        n_images=200,
+        kills=20,
+        seed=20261124,
+        duplicates=True,
+        layout="{album}/{year}/{month}",
+    )
 
 
 @pytest.mark.slow
