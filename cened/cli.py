@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from cened import __version__
 from cened.config import Settings, load_settings
 from cened.errors import CenedError, ExitCode
-from cened.journal import Entry, Journal, State
+from cened.journal import Action, Entry, Journal, State
 
 if TYPE_CHECKING:
     from cened.pipeline import Outcome
@@ -166,7 +166,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode") as pool:
             for outcome in processor.run(files, pool):
                 row = _outcome_row(outcome, applied=args.apply)
-                status = status if outcome.fate.classified else ExitCode.REFUSED
+                status = status if _answered(outcome) else ExitCode.REFUSED
                 _print_result(row, args.json)
     finally:
         if journal is not None:
@@ -180,14 +180,21 @@ def _outcome_row(outcome: Outcome, *, applied: bool) -> dict[str, object]:
     row: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
     if e is not None and e.label is not None:
         row.update(label=e.label, album=e.album, confidence=e.confidence, probabilities=e.probabilities)
-    if not outcome.fate.classified:
+    if not _answered(outcome):
         error, _, detail = (outcome.reason or outcome.fate).partition(": ")
         row.update(error=error, detail=detail or None)
+    elif outcome.fate == Action.DUPLICATE:
+        row["reason"] = outcome.reason
     if e is not None and e.destination is not None:
         row["destination"] = os.fsdecode(e.destination)
     if applied and e is not None:
         row["id"] = e.id
     return row
+
+
+def _answered(outcome: Outcome) -> bool:
+    """The model classified the photo: filed in its album, or apart as a duplicate."""
+    return outcome.fate.classified or outcome.fate == Action.DUPLICATE
 
 
 def _print_result(row: dict[str, object], as_json: bool) -> None:
@@ -276,7 +283,6 @@ def _history_table(rows: list[Entry], settings: Settings) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from cened.journal import Action
 
     settings = _settings(args)
     with _readonly_journal(settings) as journal:
@@ -335,7 +341,6 @@ def cmd_corrections(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from cened.journal import Action
     from cened.undoing import carry_out, plan_undo, select_undo
 
     settings = _settings(args)
@@ -354,7 +359,6 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def cmd_correct(args: argparse.Namespace) -> int:
-    from cened.journal import Action
     from cened.undoing import carry_out, plan_correct
 
     settings = _settings(args)

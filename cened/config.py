@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from cened import layout as layouts
 from cened.errors import ConfigError, JournalError
 
 # Photos as phones and cameras write them.  HEIF/HEIC (iPhones) and AVIF are decoded like
@@ -33,6 +36,18 @@ DEFAULT_EXTENSIONS = (
     *HEIF_AVIF_EXTENSIONS,
     *RAW_EXTENSIONS,
 )
+
+
+#: The folder in the library that photos already there go to (duplicates = "separate").
+DUPLICATES_FOLDER = "_duplicates"
+
+
+class Duplicates(StrEnum):
+    """What becomes of a photo whose content is already in the library."""
+
+    SEPARATE = "separate"  # moved to <library>/_duplicates, never deleted
+    KEEP = "keep"  # filed like any photo
+    SKIP = "skip"  # left in the inbox, noted once
 
 
 def _home() -> Path:
@@ -78,6 +93,9 @@ class Settings(BaseSettings):
     # Photos that are none of the model's classes; "" sends them to review_album instead.
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
+    duplicates: Duplicates = Duplicates.SEPARATE
+    # Folders below the library; see cened.layout for the fields.
+    layout: str = layouts.DEFAULT
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     ignore_suffixes: list[str] = Field(
@@ -110,6 +128,11 @@ class Settings(BaseSettings):
     def _plain_name_or_none(cls, value: str) -> str:
         return _album_name(value) if value else value
 
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value: str) -> str:
+        return layouts.check(value)
+
     @field_validator("albums")
     @classmethod
     def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
@@ -134,6 +157,10 @@ class Settings(BaseSettings):
         return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
 
     @property
+    def duplicates_dir(self) -> Path:
+        return self.library / DUPLICATES_FOLDER
+
+    @property
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1024 * 1024)
 
@@ -144,6 +171,10 @@ class Settings(BaseSettings):
     @property
     def max_pixels(self) -> int:
         return int(self.max_megapixels * 1_000_000)
+
+    def album_folder(self, album: str, taken: datetime | None = None) -> Path:
+        """Where a photo of ``album`` goes, by ``layout``; ``taken`` is needed when the layout has dates."""
+        return self.library / layouts.folder(self.layout, album, taken)
 
     def album_for(self, label: str) -> str:
         """The album a class is filed in; grouping look-alikes is just a shared name."""

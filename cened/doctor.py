@@ -24,10 +24,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cened import moving, recovery
+from cened import layout, moving, recovery
 from cened.config import load_settings
 from cened.errors import JournalError
-from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
+from cened.journal import MOVING_ACTIONS, SUPERSEDING_ACTIONS, Action, Entry, Journal, State
 from cened.ml.modelpack import sha256_file
 
 
@@ -50,7 +50,11 @@ def current_rows(journal: Journal) -> list[Entry]:
     business again, and may rightly be gone from there.
     """
     rows = journal.history()
-    superseded = {r.ref_id for r in rows if r.ref_id is not None and r.state != State.FAILED}
+    superseded = {
+        r.ref_id
+        for r in rows
+        if r.ref_id is not None and r.state != State.FAILED and r.action in SUPERSEDING_ACTIONS
+    }
     wanted = (*MOVING_ACTIONS, Action.ADOPTED)
     return [r for r in rows if r.action in wanted and r.state == State.DONE and r.id not in superseded]
 
@@ -83,8 +87,13 @@ def _files(root: Path) -> list[Path]:
     return sorted(Path(d) / f for d, _, files in os.walk(root) for f in files)
 
 
-def repair(journal: Journal, report: Report, library: Path, quarantine: Path) -> list[str]:
-    """Apply the fixes described in the module docstring; returns what was done."""
+def repair(
+    journal: Journal, report: Report, library: Path, quarantine: Path, template: str = layout.DEFAULT
+) -> list[str]:
+    """Apply the fixes described in the module docstring; returns what was done.
+
+    ``template`` (the ``layout`` setting) tells which folder of a nested path is a file's album.
+    """
     done: list[str] = []
     if report.pending:
         for r in recovery.reconcile(journal):
@@ -101,12 +110,12 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
         found = by_hash.get(row.sha256 or "")
         if found is not None and found not in relocated:
             relocated.add(found)
-            rows.append(_follow_up(row, Action.RELOCATED, found, "found elsewhere in the library by sha256"))
+            why, album = "found elsewhere in the library by sha256", _album(found, library, template)
+            rows.append(_follow_up(row, Action.RELOCATED, found, why, album))
             done.append(f"#{row.id}: found at {os.fsdecode(found)}")
         else:
-            rows.append(
-                _follow_up(row, Action.MISSING, row.destination, "not on disk (found by cened doctor)")
-            )
+            why = "not on disk (found by cened doctor)"
+            rows.append(_follow_up(row, Action.MISSING, row.destination, why, row.album))
             done.append(f"#{row.id}: recorded as missing")
     for path in report.unlogged:
         if path in relocated:
@@ -122,7 +131,7 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
                 destination=path,
                 sha256=sha,
                 size=size,
-                album=path.parent.name,
+                album=_album(path, library, template),
                 reason="in the library without a log row",
             )
         )
@@ -146,7 +155,16 @@ def repair(journal: Journal, report: Report, library: Path, quarantine: Path) ->
     return done
 
 
-def _follow_up(row: Entry, action: Action, where: Path | None, reason: str) -> Entry:
+def _album(path: Path, library: Path, template: str) -> str:
+    """A file's album: where the layout puts it, or else the folder it is in."""
+    if path.is_relative_to(library):
+        album = layout.album_of(template, path.relative_to(library))
+        if album is not None:
+            return album
+    return path.parent.name
+
+
+def _follow_up(row: Entry, action: Action, where: Path | None, reason: str, album: str | None) -> Entry:
     return Entry(
         action=action,
         source=row.destination or row.source,
@@ -154,7 +172,7 @@ def _follow_up(row: Entry, action: Action, where: Path | None, reason: str) -> E
         sha256=row.sha256,
         size=row.size,
         label=row.label,
-        album=where.parent.name if where else None,
+        album=album,
         ref_id=row.id,
         reason=reason,
         model_version=row.model_version,
@@ -186,6 +204,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.fix:
             print("run `cened doctor --fix` to mend these (nothing is deleted)")
             return 1
-        for line in repair(journal, report, settings.library, settings.quarantine_dir):
+        for line in repair(journal, report, settings.library, settings.quarantine_dir, settings.layout):
             print(f"fixed: {line}")
     return 0

@@ -44,6 +44,7 @@ class Action(StrEnum):
     REVIEW = "review"  # filed into the review album: the model was unsure
     OTHER = "other"  # filed into the other album: none of the model's classes
     QUARANTINED = "quarantined"  # not a usable image
+    DUPLICATE = "duplicate"  # filed apart: the same content is in the library already (ref_id)
     CORRECTED = "corrected"  # moved by cened correct, with a human label
     RELOCATED = "relocated"  # found elsewhere in the library by cened doctor
     UNDONE = "undone"  # put back where it came from
@@ -66,11 +67,25 @@ MOVING_ACTIONS = (
     Action.REVIEW,
     Action.OTHER,
     Action.QUARANTINED,
+    Action.DUPLICATE,
     Action.CORRECTED,
     Action.RELOCATED,
 )
 #: Actions of the daemon's own filing, the base of the rates in :meth:`Journal.stats`.
-FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED)
+FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED, Action.DUPLICATE)
+#: Rows whose ``ref_id`` ends the referred row's say over where its photo is. A duplicate
+#: or a skip note also names a row (the photo already filed), and supersedes nothing.
+SUPERSEDING_ACTIONS = (Action.UNDONE, Action.CORRECTED, Action.RELOCATED, Action.MISSING)
+#: Completed rows of these actions leave a photo in the library proper (not quarantine,
+#: not ``_duplicates``): what a new photo's content is compared with.
+LIBRARY_ACTIONS = (
+    Action.MOVED,
+    Action.REVIEW,
+    Action.OTHER,
+    Action.CORRECTED,
+    Action.RELOCATED,
+    Action.ADOPTED,
+)
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -106,6 +121,11 @@ _MIGRATIONS: dict[int, str] = {
     # How unlike the model's training photos a photo is (cened.ml.novelty; NULL without a detector).
     3: "ALTER TABLE decisions ADD COLUMN novelty REAL",
 }
+
+
+def _marks(values: Sequence[object]) -> str:
+    """SQL placeholders for an ``IN`` list of ``values``."""
+    return ", ".join("?" * len(values))
 
 
 def path_to_db(path: Path | str) -> str | bytes:
@@ -369,8 +389,27 @@ class Journal:
 
     def successor(self, row_id: int) -> Entry | None:
         """The undo or correction that superseded a row, if one was completed or is under way."""
-        rows = self._select("ref_id = ? AND state != ?", (row_id, State.FAILED))
+        rows = self._select(
+            f"ref_id = ? AND state != ? AND action IN ({_marks(SUPERSEDING_ACTIONS)})",
+            (row_id, State.FAILED, *SUPERSEDING_ACTIONS),
+        )
         return rows[-1] if rows else None
+
+    def holding(self, sha256: str) -> list[Entry]:
+        """Completed, not superseded rows that left a photo of this content in the library, newest first.
+
+        Whether each file is still there is the caller's to check, on disk.
+        """
+        superseded = (
+            "SELECT 1 FROM decisions AS s WHERE s.ref_id = decisions.id AND s.state != ? "
+            f"AND s.action IN ({_marks(SUPERSEDING_ACTIONS)})"
+        )
+        library = f"action IN ({_marks(LIBRARY_ACTIONS)})"
+        return self._select(
+            f"sha256 = ? AND state = ? AND {library} AND NOT EXISTS ({superseded})",
+            (sha256, State.DONE, *LIBRARY_ACTIONS, State.FAILED, *SUPERSEDING_ACTIONS),
+            "ORDER BY id DESC",
+        )
 
     def last_at(self, path: Path) -> Entry | None:
         """The latest completed row that left a file at ``path``."""

@@ -215,8 +215,25 @@ def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst, follow_symlinks=False)
     except FileNotFoundError:  # the folder, or the source, is missing
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(dst.parent)
         os.link(src, dst, follow_symlinks=False)
+
+
+def make_folder(folder: Path) -> None:
+    """``mkdir -p`` that makes each folder it creates last: its entry in its parent is fsynced.
+
+    The batch fsyncs the folder a photo lands in, not the new ones above it
+    (a month's date folder): a power cut must not take those, and the photo
+    with them, once its inbox copy's removal is on disk.
+    """
+    missing: list[Path] = []
+    while not os.path.isdir(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(new)
+        fsync_dirs([new.parent])
 
 
 def _copy_across(src: Path, dst: Path) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -29,8 +30,8 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from cened import moving
-from cened.config import Settings
+from cened import layout, moving
+from cened.config import Duplicates, Settings
 from cened.faults import crash_point, hang_point
 from cened.journal import Action, Entry, Journal, State
 from cened.ml import imaging
@@ -60,6 +61,7 @@ class Fate(StrEnum):
     REVIEW = Action.REVIEW
     OTHER = Action.OTHER
     QUARANTINED = Action.QUARANTINED
+    DUPLICATE = Action.DUPLICATE
     SKIPPED = Action.SKIPPED
     RETRY = "retry"  # left in the inbox, to be tried again
     FAILED = "failed"  # could not be moved and will not be retried
@@ -67,7 +69,7 @@ class Fate(StrEnum):
     @property
     def filed(self) -> bool:
         """Taken out of the inbox by the daemon's own decision."""
-        return self in (Fate.MOVED, Fate.REVIEW, Fate.OTHER, Fate.QUARANTINED)
+        return self in (Fate.MOVED, Fate.REVIEW, Fate.OTHER, Fate.QUARANTINED, Fate.DUPLICATE)
 
     @property
     def classified(self) -> bool:
@@ -88,6 +90,7 @@ class Prepared:
     pixel_source: str | None = None  # imaging.FROM_PHOTO or FROM_PREVIEW
     reason: str | None = None
     detail: str | None = None  # what was wrong with a rejected file
+    taken: datetime | None = None  # when the photo was taken, read only for a layout with dates
 
     @classmethod
     def rejected(cls, base: Prepared, rejected: imaging.Rejected) -> Prepared:
@@ -104,6 +107,7 @@ class Outcome:
     keep: tuple[int, int] | None = None  # left in the inbox on purpose: ignore until changed
     reason: str | None = None
     repeat: bool = False  # failed as at its last try, whose row (entry.id) stands for this one too
+    twin: bool = False  # waits for a photo of the same content in its batch to be filed first
 
 
 class Pending(StrEnum):
@@ -211,6 +215,8 @@ def _read_and_decode(
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)
+    if layout.uses_date(settings.layout):
+        base.taken = layout.taken(data, after.st_mtime)
     return base
 
 
@@ -289,15 +295,34 @@ class Processor:
             reserved.add(dst)
             return dst
 
+        firsts: dict[str | None, Path] = {}  # content → the photo of this batch that has it
         decoded = [p for p in batch if p.verdict == Verdict.DECODED]
         for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
             if self._restored_by_undo(prep):
                 outcomes.append(Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo"))
                 continue
             entry.batch_id = batch_id
-            entry.destination = reserve(
-                settings.library / (entry.album or settings.review_album), prep.path.name
-            )
+            first = firsts.setdefault(prep.sha256, prep.path)
+            twin_of = first if first != prep.path and settings.duplicates != Duplicates.KEEP else None
+            if twin_of is not None and not self.simulate:
+                # Compared with the library once the first is filed, in a later batch.
+                reason = f"waits for {twin_of.name}, of the same content, to be filed first"
+                outcomes.append(Outcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                continue
+            if self._is_duplicate(prep, entry, twin_of, settings):
+                if settings.duplicates == Duplicates.SKIP:
+                    note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
+                    if self._is_new_note(note):
+                        notes.append(note)
+                    outcomes.append(
+                        Outcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+                    )
+                    continue
+                entry.action, entry.album = Action.DUPLICATE, None
+                entry.destination = reserve(settings.duplicates_dir, prep.path.name)
+            else:
+                album = entry.album or settings.review_album
+                entry.destination = reserve(settings.album_folder(album, _taken(prep)), prep.path.name)
             intents.append((prep, entry))
 
         for prep in batch:
@@ -375,6 +400,39 @@ class Processor:
             )
         return entries
 
+    def _is_duplicate(self, prep: Prepared, entry: Entry, twin_of: Path | None, settings: Settings) -> bool:
+        """Whether ``prep``'s content is in the library already; if so, ``entry`` says where.
+
+        In a dry run, a photo of the same content earlier in the batch counts too.
+        """
+        if twin_of is not None:
+            entry.reason = f"same content as {os.fsdecode(twin_of)}"
+            return True
+        held = self._held(prep, settings)
+        if held is None:
+            return False
+        assert held.destination is not None
+        entry.ref_id = held.id
+        entry.reason = f"duplicate of #{held.id}: {_relative(held.destination, settings.library)}"
+        return True
+
+    def _held(self, prep: Prepared, settings: Settings) -> Entry | None:
+        """The row of a photo of ``prep``'s content that is in the library now, if any and if it matters."""
+        if self.journal is None or settings.duplicates == Duplicates.KEEP or prep.sha256 is None:
+            return None
+        for row in self.journal.holding(prep.sha256):
+            assert row.destination is not None
+            if not row.destination.is_relative_to(settings.library) or row.destination == prep.path:
+                continue
+            try:
+                st = os.lstat(row.destination)
+            except OSError:
+                continue
+            # The size is the cheap proof the file is still that photo; hashing it again is not.
+            if stat.S_ISREG(st.st_mode) and st.st_size == prep.size:
+                return row
+        return None
+
     def _restored_by_undo(self, prep: Prepared) -> bool:
         """A photo put back by ``cened undo`` stays put; re-filing it would undo the undo."""
         if self.journal is None:
@@ -443,10 +501,20 @@ class Processor:
         return drop
 
     def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
-        """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads."""
+        """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads.
+
+        A photo that waited for a twin of its batch is taken again after the rest.
+        """
         input_size = self.classifier.meta.input_size
-        for batch in prepared_batches(files, self.settings(), input_size, pool):
-            yield from self.process(batch)
+        while files:
+            again: list[Path] = []
+            for batch in prepared_batches(files, self.settings(), input_size, pool):
+                for outcome in self.process(batch):
+                    if outcome.twin:
+                        again.append(outcome.path)
+                    else:
+                        yield outcome
+            files = again
 
 
 #: The row each kind of decision writes.
@@ -477,6 +545,17 @@ def prepared_batches(
     for index in range(len(chunks)):
         current, ahead = ahead, submit(chunks[index + 1]) if index + 1 < len(chunks) else []
         yield [f.result() for f in current]
+
+
+def _taken(prep: Prepared) -> datetime | None:
+    """When ``prep`` was taken; its mtime if it was read before the layout (reloaded) needed a date."""
+    if prep.taken is None and prep.sig is not None:
+        return datetime.fromtimestamp(prep.sig[1] / 1e9)
+    return prep.taken
+
+
+def _relative(path: Path, root: Path) -> str:
+    return os.fsdecode(path.relative_to(root)) if path.is_relative_to(root) else os.fsdecode(path)
 
 
 def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
@@ -516,12 +595,17 @@ def _log_outcome(outcome: Outcome) -> None:
             sha256=entry.sha256,
             pixels=entry.pixel_source if entry.pixel_source != imaging.FROM_PHOTO else None,
             novelty=entry.novelty,
+            ref_id=entry.ref_id,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
     if outcome.fate.classified:
         log.info("filed", **fields)
     elif outcome.fate == Fate.QUARANTINED:
         log.warning("quarantined", **fields)
+    elif outcome.fate == Fate.DUPLICATE:
+        log.info("duplicate", **fields)
+    elif outcome.twin:
+        log.debug("not-moved", **fields)  # not a failure: it is taken again in a moment
     elif outcome.repeat:
         log.debug("not-moved", repeat=True, **fields)  # warned at the first try of this episode
     elif outcome.fate in (Fate.RETRY, Fate.FAILED):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cened import moving
+from cened import layout, moving
 from cened.config import Settings
 from cened.errors import ConfigError, Refused
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
@@ -42,6 +42,7 @@ class Planned:
     row: Entry
     source: Path
     destination: Path
+    album: str | None = None  # a correction's new album
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
@@ -175,9 +176,14 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     if not label or "/" in label or label in (".", ".."):
         raise UndoError([f"{label!r} is not a usable album name"])
     assert row.destination is not None
-    if row.destination.parent == settings.library / album:
+    # Dated folders come from the photo itself, so it keeps its date folders in its new album.
+    taken = None
+    if layout.uses_date(settings.layout):
+        taken = layout.taken(row.destination, row.destination.stat().st_mtime)
+    folder = settings.album_folder(album, taken)
+    if row.destination.parent == folder:
         raise UndoError([f"#{row_id} is already in album {album!r}"])
-    return Planned(row, row.destination, moving.free_name(settings.library / album, row.destination.name))
+    return Planned(row, row.destination, moving.free_name(folder, row.destination.name), album)
 
 
 def carry_out(
@@ -192,7 +198,7 @@ def carry_out(
             sha256=p.row.sha256,
             size=p.row.size,
             label=p.row.label,
-            album=p.destination.parent.name if label else None,
+            album=p.album if label else None,
             confidence=p.row.confidence,
             probabilities=p.row.probabilities,
             model_version=p.row.model_version,
@@ -209,7 +215,7 @@ def carry_out(
     for plan, entry in zip(plans, entries, strict=True):
         assert entry.id is not None
         try:
-            plan.destination.parent.mkdir(parents=True, exist_ok=True)
+            moving.make_folder(plan.destination.parent)
             moving.move(plan.source, plan.destination)
         except OSError as exc:
             entry.state = State.FAILED

@@ -147,17 +147,38 @@ def test_move_never_overwrites(tmp_path: Path) -> None:
 
 
 def _kill_run(
-    tmp_path: Path, settings: Settings, n_images: int, kills: int, seed: int, cross_device: bool = False
+    tmp_path: Path,
+    settings: Settings,
+    n_images: int,
+    kills: int,
+    seed: int,
+    cross_device: bool = False,
+    duplicates: bool = False,
+    layout: str = "{album}",
 ) -> None:
     rng = random.Random(seed)
     hashes: Counter[str] = Counter()
+    made: list[tuple[int, str, str]] = []  # (index, extension, format) of each photo dropped
+    copies = 0
+
+    def write(name: str, i: int, ext: str, fmt: str) -> None:
+        cls = CLASSES[i % len(CLASSES)]
+        path = write_photo(settings.inbox / f"{name}.{ext}", cls, fmt=fmt, size=(480, 360), seed=i)
+        hashes[hashlib.sha256(path.read_bytes()).hexdigest()] += 1
 
     def drop(indices: range) -> None:
+        nonlocal copies
         for i in indices:
             ext, fmt = rng.choice([("jpg", "JPEG"), ("png", "PNG")])
-            cls = CLASSES[i % len(CLASSES)]
-            path = write_photo(settings.inbox / f"img_{i:03d}.{ext}", cls, fmt=fmt, size=(480, 360), seed=i)
-            hashes[hashlib.sha256(path.read_bytes()).hexdigest()] += 1
+            write(f"img_{i:03d}", i, ext, fmt)
+            made.append((i, ext, fmt))
+            if duplicates and rng.random() < 0.1:  # a copy beside it: most likely in the same batch
+                write(f"img_{i:03d} copy", i, ext, fmt)
+                copies += 1
+        if duplicates and made:  # a copy of a photo that is filed, or on its way
+            i, ext, fmt = rng.choice(made[: len(made) // 2 + 1])
+            write(f"again_{copies:03d}", i, ext, fmt)
+            copies += 1
 
     # Half the photos wait from the start; the rest arrive between restarts, so
     # every run has work in flight when it is killed.
@@ -173,7 +194,7 @@ def _kill_run(
     for bad in ("bad_0.jpg", "bad_1.jpg"):
         hashes[hashlib.sha256((settings.inbox / bad).read_bytes()).hexdigest()] += 1
     config = write_config(
-        tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0
+        tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0, layout=layout
     )
 
     # Odd rounds: the daemon SIGKILLs itself at one of the crash points inside
@@ -207,12 +228,16 @@ def _kill_run(
     # The kills must have interrupted real moves, or this test proves nothing.
     assert self_killed >= kills // 4 and recovered > 0, (self_killed, recovered)
 
-    # Every original exists exactly once, by content, in an album, review or quarantine.
+    # Every original exists exactly once, by content, in an album, review or quarantine
+    # (a photo dropped twice: once there, once in _duplicates).
     everywhere = files_under(settings.library) + files_under(settings.inbox)
     partials = [p for p in everywhere if p.name.endswith(moving.PARTIAL_SUFFIX)]
     assert partials == []
     found = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in everywhere)
     assert found == hashes
+    apart = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in files_under(settings.duplicates_dir))
+    assert apart == hashes - Counter(hashes.keys())
+    assert apart.total() == copies
     # One final row per photo, each pointing at where the photo really is.
     with sqlite3.connect(settings.database) as db:
         done = db.execute(
@@ -220,16 +245,29 @@ def _kill_run(
         ).fetchall()
         pending = db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0]
     assert pending == 0
-    assert len(done) == n_images + 2
+    assert len(done) == n_images + 2 + copies
     assert Counter(sha for _, sha, _ in done) == hashes
     for destination, sha, _ in done:
         assert hashlib.sha256(Path(destination).read_bytes()).hexdigest() == sha
-    assert Counter(action for *_, action in done)["quarantined"] == 2
+    actions = Counter(action for *_, action in done)
+    assert actions["quarantined"] == 2 and actions["duplicate"] == copies
+    # Filed photos are as deep as the layout says (album and date folders); the rest are flat.
+    for destination, _, action in done:
+        depth = layout.count("/") + 2 if action in ("moved", "review", "other") else 2
+        assert len(Path(destination).relative_to(settings.library).parts) == depth, destination
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, settings: Settings) -> None:
-    _kill_run(tmp_path, settings, n_images=200, kills=20, seed=20261124)
+    _kill_run(
+        tmp_path,
+        settings,
+        n_images=200,
+        kills=20,
+        seed=20261124,
+        duplicates=True,
+        layout="{album}/{year}/{month}",
+    )
 
 
 @pytest.mark.slow
