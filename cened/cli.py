@@ -363,8 +363,8 @@ def cmd_correct(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     with Journal(settings.database) as journal:
-        plan = plan_correct(journal, settings, args.id, args.label)
-        entries = carry_out(journal, [plan], Action.CORRECTED, label=args.label)
+        plans = plan_correct(journal, settings, args.id, args.label)
+        entries = carry_out(journal, plans, Action.CORRECTED, label=args.label)
     return _report_moves(entries, "corrected")
 
 

@@ -36,6 +36,10 @@ DEFAULT_EXTENSIONS = (
     *HEIF_AVIF_EXTENSIONS,
     *RAW_EXTENSIONS,
 )
+# Files that travel with a photo of the same name (cened.companions): sidecars (Lightroom's
+# and darktable's XMP, Apple's AAE edits, Google Takeout's JSON) and a Live Photo's video.
+SIDECAR_EXTENSIONS = (".xmp", ".aae", ".json")
+VIDEO_EXTENSIONS = (".mov", ".mp4", ".m4v")
 
 
 #: The folder in the library that photos already there go to (duplicates = "separate").
@@ -94,6 +98,10 @@ class Settings(BaseSettings):
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
     duplicates: Duplicates = Duplicates.SEPARATE
+    # A video with no photo of its name goes here, unclassified; "" leaves it in the inbox.
+    videos_album: str = ""
+    # How long a sidecar or video with no photo of its name waits for one to arrive.
+    companion_wait_s: float = Field(30.0, ge=0.0, le=86_400)
     # Folders below the library; see cened.layout for the fields.
     layout: str = layouts.DEFAULT
 
@@ -123,7 +131,7 @@ class Settings(BaseSettings):
     def _plain_name(cls, value: str) -> str:
         return _album_name(value)
 
-    @field_validator("other_album")
+    @field_validator("other_album", "videos_album")
     @classmethod
     def _plain_name_or_none(cls, value: str) -> str:
         return _album_name(value) if value else value
@@ -155,6 +163,11 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
+
+    @property
+    def watched_extensions(self) -> list[str]:
+        """What the inbox watcher passes on: photos, and the files that travel with them."""
+        return [*self.extensions, *SIDECAR_EXTENSIONS, *VIDEO_EXTENSIONS]
 
     @property
     def duplicates_dir(self) -> Path:

@@ -249,7 +249,7 @@ class Daemon:
 
     def _on_event(self, path: Path, closed: bool) -> None:
         s = self._settings
-        if is_candidate(path, s.inbox, s.extensions, s.ignore_suffixes):
+        if is_candidate(path, s.inbox, s.watched_extensions, s.ignore_suffixes):
             self.tracker.touch(path, closed=closed)
             self._activity.set()
 
@@ -330,7 +330,7 @@ class Daemon:
         found = 0
         cutoff = time.time() - s.stable_seconds
         for path in scan(s.inbox):
-            if not is_candidate(path, s.inbox, s.extensions, s.ignore_suffixes):
+            if not is_candidate(path, s.inbox, s.watched_extensions, s.ignore_suffixes):
                 continue
             try:
                 old = os.lstat(path).st_mtime < cutoff

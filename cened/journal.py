@@ -32,7 +32,7 @@ from typing import Any
 from cened.errors import JournalError
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What to do about a database SQLite finds damaged; cened never deletes or rebuilds one itself.
 DAMAGED = "the database is damaged: move it aside to start a new one, or restore it from a backup"
 
@@ -120,6 +120,12 @@ _MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE decisions ADD COLUMN pixel_source TEXT",
     # How unlike the model's training photos a photo is (cened.ml.novelty; NULL without a detector).
     3: "ALTER TABLE decisions ADD COLUMN novelty REAL",
+    # A file that travels with a photo (a sidecar, a Live Photo's video, a RAW beside its
+    # JPEG) names the row of the photo it moved with; NULL for the photo itself.
+    4: """
+    ALTER TABLE decisions ADD COLUMN group_id INTEGER REFERENCES decisions(id);
+    CREATE INDEX decisions_group ON decisions(group_id) WHERE group_id IS NOT NULL
+    """,
 }
 
 
@@ -165,10 +171,14 @@ class Entry:
     human_label: str | None = None
     pixel_source: str | None = None
     novelty: float | None = None
+    group_id: int | None = None
     batch_id: str | None = None
     state: State = State.DONE
     time: str = field(default_factory=now_iso)
     id: int | None = None
+    # The photo's row this companion moves with, when both are added together: its id,
+    # known once it is inserted, becomes ``group_id``. Not a column.
+    lead: Entry | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view, as printed by ``cened history --json``."""
@@ -198,6 +208,7 @@ _COLUMNS = (
     "human_label",
     "pixel_source",
     "novelty",
+    "group_id",
 )
 
 
@@ -319,11 +330,17 @@ class Journal:
     # -- writing -----------------------------------------------------------
 
     def add(self, entries: Sequence[Entry]) -> list[Entry]:
-        """Insert rows in one transaction (one fsync for a whole batch) and set their ids."""
+        """Insert rows in one transaction (one fsync for a whole batch) and set their ids.
+
+        A companion's ``lead`` must come before it in ``entries``: a group is one intent.
+        """
         placeholders = ", ".join("?" * (len(_COLUMNS) - 1))
         sql = f"INSERT INTO decisions ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})"
         with self.transaction() as conn:
             for entry in entries:
+                if entry.lead is not None:
+                    assert entry.lead.id is not None, "a companion is added after its photo"
+                    entry.group_id = entry.lead.id
                 entry.id = conn.execute(sql, _to_row(entry)).lastrowid
         return list(entries)
 
@@ -411,6 +428,31 @@ class Journal:
             "ORDER BY id DESC",
         )
 
+    def current(self, row: Entry) -> Entry | None:
+        """Where ``row``'s file is now by the log: ``row`` or the correction or relocation that moved it on.
+
+        None when it was undone or found missing, or a move of it is under way.
+        """
+        while row.id is not None and (later := self.successor(row.id)) is not None:
+            if later.action not in (Action.CORRECTED, Action.RELOCATED) or later.state != State.DONE:
+                return None
+            row = later
+        return row
+
+    def group(self, row_id: int) -> list[Entry]:
+        """The companions that moved with row ``row_id``'s photo and were not moved apart since."""
+        rows = self._select("group_id = ? AND state = ?", (row_id, State.DONE))
+        return [r for r in rows if r.action in MOVING_ACTIONS and self.successor(r.id or 0) is None]
+
+    def filed_from(self, sources: Sequence[Path]) -> Entry | None:
+        """The latest completed filing of a file from any of ``sources`` (the daemon's, not undo's)."""
+        rows = self._select(
+            f"source IN ({_marks(sources)}) AND state = ? AND action IN ({_marks(FILING_ACTIONS)})",
+            (*map(path_to_db, sources), State.DONE, *FILING_ACTIONS),
+            "ORDER BY id DESC LIMIT 1",
+        )
+        return rows[0] if rows else None
+
     def last_at(self, path: Path) -> Entry | None:
         """The latest completed row that left a file at ``path``."""
         rows = self._select(
@@ -431,12 +473,15 @@ class Journal:
     def _stats(self) -> Stats:
         done = (State.DONE,)
         filing = ", ".join("?" * len(FILING_ACTIONS))
+        # Photos, not files: a photo's companions moved with it and share its decision.
         per_album = self.conn.execute(
             "SELECT coalesce(album, action), count(*), avg(confidence) FROM decisions "
-            f"WHERE state = ? AND action IN ({filing}) GROUP BY 1 ORDER BY 2 DESC, 1",
+            f"WHERE state = ? AND group_id IS NULL AND action IN ({filing}) GROUP BY 1 ORDER BY 2 DESC, 1",
             (*done, *FILING_ACTIONS),
         )
-        totals = self.conn.execute("SELECT action, count(*) FROM decisions WHERE state = ? GROUP BY 1", done)
+        totals = self.conn.execute(
+            "SELECT action, count(*) FROM decisions WHERE state = ? AND group_id IS NULL GROUP BY 1", done
+        )
         return Stats(
             albums={album: AlbumStats(n, confidence) for album, n, confidence in per_album},
             actions={Action(action): n for action, n in totals},

@@ -25,7 +25,7 @@ import errno
 import hashlib
 import os
 import shutil
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from cened.faults import crash_point
@@ -90,6 +90,23 @@ def free_name(directory: Path, name: str, reserved: Collection[Path] = ()) -> Pa
         n += 1
         candidate = directory / _fit(directory, stem, f"-{n}{suffix}")
     return candidate
+
+
+def free_names(
+    directory: Path, stem: str, tails: Sequence[str], reserved: Collection[Path] = ()
+) -> list[Path]:
+    """``directory/stem+tail`` for each of ``tails``, or each with ``-1``, ``-2``… after the stem.
+
+    For a photo and the files that travel with it (``IMG_1.HEIC``, ``IMG_1.MOV``):
+    they keep one stem, so a later look still pairs them by name.
+    """
+    n = 0
+    while True:
+        tag = f"-{n}" if n else ""
+        names = [directory / _fit(directory, stem, tag + tail) for tail in tails]
+        if not any(p in reserved or os.path.lexists(p) or os.path.lexists(partial_path(p)) for p in names):
+            return names
+        n += 1
 
 
 def name_max(directory: Path) -> int:

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
@@ -30,10 +31,10 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from cened import layout, moving
-from cened.config import Duplicates, Settings
+from cened import companions, layout, moving
+from cened.config import RAW_EXTENSIONS, Duplicates, Settings
 from cened.faults import crash_point, hang_point
-from cened.journal import Action, Entry, Journal, State
+from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
 from cened.ml import imaging
 from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_all
 from cened.ml.modelpack import sha256_or_none
@@ -52,6 +53,7 @@ class Verdict(StrEnum):
     REJECTED = "rejected"  # unusable content: quarantine
     SKIP = "skip"  # not ours to move: leave in place
     RETRY = "retry"  # not ready yet: try again later
+    COMPANION = "companion"  # travels with a photo of its name: hashed, never decoded
 
 
 class Fate(StrEnum):
@@ -108,6 +110,7 @@ class Outcome:
     reason: str | None = None
     repeat: bool = False  # failed as at its last try, whose row (entry.id) stands for this one too
     twin: bool = False  # waits for a photo of the same content in its batch to be filed first
+    waiting: bool = False  # left for now on purpose, for another file to arrive: no failure
 
 
 class Pending(StrEnum):
@@ -134,6 +137,8 @@ def prepare(
     held in ``budget``, shared by every thread that decodes, before it is read;
     without one the file gets a budget of its own of ``decode_memory_mb``.
     """
+    if companions.kind(path, settings) != companions.Kind.PHOTO:
+        return prepare_companion(path)
     if budget is None:
         budget = imaging.MemoryBudget(settings.decode_memory_bytes)
     try:
@@ -249,6 +254,36 @@ def unless_unfinished(prep: Prepared, grace_s: float, now: float) -> Prepared:
     )
 
 
+def prepare_companion(path: Path) -> Prepared:
+    """Read and hash a file that travels with a photo (a sidecar, a video, a RAW beside its JPEG).
+
+    Never decoded, and never quarantined: it is not a photo.  Read in chunks,
+    since a video may be large; a change during the read hands it back.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return Prepared(path, Verdict.SKIP, reason="vanished")
+    except OSError as exc:
+        return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
+    sig = signature(st)
+    if stat.S_ISLNK(st.st_mode):
+        return Prepared(path, Verdict.SKIP, sig=sig, reason="symlink")
+    if not stat.S_ISREG(st.st_mode):
+        return Prepared(path, Verdict.SKIP, sig=sig, reason="not-a-regular-file")
+    try:
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            after = os.fstat(fh.fileno())
+    except FileNotFoundError:
+        return Prepared(path, Verdict.SKIP, reason="vanished")
+    except OSError as exc:
+        return Prepared(path, Verdict.SKIP, sig=sig, size=st.st_size, reason=f"unreadable: {exc.strerror}")
+    if signature(after) != sig:
+        return Prepared(path, Verdict.RETRY, reason="changed while being read")
+    return Prepared(path, Verdict.COMPANION, sig=sig, sha256=digest, size=st.st_size)
+
+
 @dataclass
 class Processor:
     """Classifies and files prepared batches.
@@ -263,6 +298,7 @@ class Processor:
     settings: Callable[[], Settings]  # read per batch, so a reload applies to the next batch
     counters: dict[str, int] = field(default_factory=dict)
     simulate: bool = False
+    listings: companions.Listings = field(default_factory=companions.Listings)
 
     def __post_init__(self) -> None:
         if self.journal is None and not self.simulate:
@@ -281,19 +317,41 @@ class Processor:
         return self.classifier.score(pixels) if pixels else None
 
     def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[Outcome]:
-        """Decide, journal and move one scored batch (``scores`` from :meth:`score`)."""
+        """Decide, journal and move one scored batch (``scores`` from :meth:`score`).
+
+        A photo's companions (cened.companions) found beside it, in the batch or
+        on disk, are planned with it: one intent, committed before anything moves.
+        """
         settings = self.settings()
         batch_id = uuid.uuid4().hex[:12]
         outcomes: list[Outcome] = []
         intents: list[tuple[Prepared, Entry]] = []
         notes: list[Entry] = []
         reserved: set[Path] = set()
+        riding = {p.path: p for p in batch if p.verdict == Verdict.COMPANION}
+        claimed = {p.path for p in batch if p.verdict != Verdict.COMPANION}  # each file has one plan
 
         def reserve(folder: Path, name: str) -> Path:
             """A free name in ``folder``, not one an earlier photo of this batch will take."""
             dst = moving.free_name(folder, name, reserved)
             reserved.add(dst)
             return dst
+
+        def place(prep: Prepared, entry: Entry, folder: Path) -> None:
+            """Plan ``prep``'s move into ``folder``, with its companions under the same stem."""
+            members = self._companions(prep, settings, riding, claimed)
+            stem = prep.path.stem
+            tails = [p.path.name[len(stem) :] for p in (prep, *members)]
+            names = (
+                moving.free_names(folder, stem, tails, reserved)
+                if members
+                else [reserve(folder, prep.path.name)]
+            )
+            reserved.update(names)
+            entry.destination = names[0]
+            intents.append((prep, entry))
+            for member, dst in zip(members, names[1:], strict=True):
+                intents.append((member, _companion_entry(member, entry, dst, batch_id, lead=entry)))
 
         firsts: dict[str | None, Path] = {}  # content → the photo of this batch that has it
         decoded = [p for p in batch if p.verdict == Verdict.DECODED]
@@ -302,6 +360,10 @@ class Processor:
                 outcomes.append(Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo"))
                 continue
             entry.batch_id = batch_id
+            follow = self._filed_lead(prep.path, settings) if _is_raw(prep.path) else None
+            if follow is not None:  # a RAW whose JPEG was filed before: classified once, from the JPEG
+                intents.append((prep, self._follower(prep, follow, batch_id, reserve)))
+                continue
             first = firsts.setdefault(prep.sha256, prep.path)
             twin_of = first if first != prep.path and settings.duplicates != Duplicates.KEEP else None
             if twin_of is not None and not self.simulate:
@@ -319,16 +381,18 @@ class Processor:
                     )
                     continue
                 entry.action, entry.album = Action.DUPLICATE, None
-                entry.destination = reserve(settings.duplicates_dir, prep.path.name)
+                place(prep, entry, settings.duplicates_dir)
             else:
                 album = entry.album or settings.review_album
-                entry.destination = reserve(settings.album_folder(album, _taken(prep)), prep.path.name)
-            intents.append((prep, entry))
+                place(prep, entry, settings.album_folder(album, _taken(prep)))
 
         for prep in batch:
             if prep.verdict == Verdict.RETRY:
                 outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
             elif prep.verdict == Verdict.SKIP:
+                if prep.reason == "vanished" and self._moved_with_photo(prep.path):
+                    outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
+                    continue
                 entry = Entry(
                     action=Action.SKIPPED,
                     source=prep.path,
@@ -344,14 +408,24 @@ class Processor:
                 entry = Entry(
                     action=Action.QUARANTINED,
                     source=prep.path,
-                    destination=reserve(settings.quarantine_dir, prep.path.name),
                     sha256=prep.sha256,
                     size=prep.size,
                     reason=f"{prep.reason}: {prep.detail}",
                     batch_id=batch_id,
                     state=State.PENDING,
                 )
-                intents.append((prep, entry))
+                place(prep, entry, settings.quarantine_dir)
+
+        for prep in riding.values():
+            if prep.path in claimed:
+                continue
+            planned = self._alone(prep, settings, batch_id, reserve)
+            if isinstance(planned, Entry):
+                intents.append((prep, planned))
+            else:
+                outcomes.append(planned)
+                if planned.entry is not None and self._is_new_note(planned.entry):
+                    notes.append(planned.entry)
 
         if self.simulate:
             outcomes += [
@@ -367,6 +441,111 @@ class Processor:
             self.counters[outcome.fate] = self.counters.get(outcome.fate, 0) + 1
             _log_outcome(outcome)
         return outcomes
+
+    def _companions(
+        self, photo: Prepared, settings: Settings, riding: dict[Path, Prepared], claimed: set[Path]
+    ) -> list[Prepared]:
+        """The files beside ``photo`` that travel with it, read now if not in the batch, and claimed."""
+        members = []
+        for path in companions.find(photo.path, settings, self.listings):
+            if path in claimed:
+                continue
+            member = riding.get(path)
+            if member is None:
+                member = prepare_companion(path)
+                # One still being written (or just arrived) is left: it follows once it settles.
+                if member.verdict != Verdict.COMPANION or not _settled(member, settings):
+                    continue
+            claimed.add(path)
+            members.append(member)
+        return members
+
+    def _alone(
+        self, prep: Prepared, settings: Settings, batch_id: str, reserve: Callable[[Path, str], Path]
+    ) -> Entry | Outcome:
+        """A companion without its photo in the batch: it follows the photo filed, or waits, or stays."""
+        path = prep.path
+        if not os.path.lexists(path):
+            if self._moved_with_photo(path):
+                return Outcome(path, Fate.SKIPPED, reason="moved with its photo")
+            note = Entry(
+                action=Action.SKIPPED, source=path, size=prep.size, reason="vanished", batch_id=batch_id
+            )
+            return Outcome(path, Fate.SKIPPED, entry=note, reason=note.reason)
+        if self._restored_by_undo(prep):
+            return Outcome(path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+        if companions.leads(path, settings):
+            # The photo takes it along when it is filed, or it follows the photo at a later try.
+            return Outcome(path, Fate.RETRY, reason="waits for its photo", waiting=True)
+        follow = self._filed_lead(path, settings)
+        if follow is not None:
+            return self._follower(prep, follow, batch_id, reserve)
+        if _is_raw(path):  # its JPEG went away unfiled: the RAW is a photo of its own after all
+            return Outcome(path, Fate.RETRY, reason="read again as a photo: no JPEG beside it now")
+        try:
+            age = time.time() - os.lstat(path).st_ctime
+        except OSError:
+            age = settings.companion_wait_s
+        if age < settings.companion_wait_s:  # its photo may be on its way
+            return Outcome(path, Fate.RETRY, reason="waits for a photo of its name", waiting=True)
+        what = companions.kind(path, settings)
+        if what == companions.Kind.VIDEO and settings.videos_album:
+            taken = datetime.fromtimestamp(prep.sig[1] / 1e9) if prep.sig else None
+            folder = settings.album_folder(settings.videos_album, taken)
+            return Entry(
+                action=Action.MOVED,
+                source=path,
+                destination=reserve(folder, path.name),
+                sha256=prep.sha256,
+                size=prep.size,
+                album=settings.videos_album,
+                reason="a video without a photo of its name, unclassified",
+                batch_id=batch_id,
+                state=State.PENDING,
+            )
+        note = Entry(
+            action=Action.SKIPPED,
+            source=path,
+            sha256=prep.sha256,
+            size=prep.size,
+            reason=f"a {what} without a photo of its name",
+            batch_id=batch_id,
+        )
+        return Outcome(path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+
+    def _follower(
+        self, prep: Prepared, follow: Entry, batch_id: str, reserve: Callable[[Path, str], Path]
+    ) -> Entry:
+        """The move of a file that arrived after its photo was filed (``follow``), to beside it."""
+        assert follow.destination is not None
+        dst = reserve(follow.destination.parent, companions.renamed(prep.path, follow.destination.name))
+        entry = _companion_entry(prep, follow, dst, batch_id)
+        entry.group_id = follow.group_id or follow.id
+        if entry.action not in FILING_ACTIONS:  # beside a photo a person corrected: filed all the same
+            entry.action = Action.MOVED
+        return entry
+
+    def _filed_lead(self, path: Path, settings: Settings) -> Entry | None:
+        """The row of the photo (or of a file with it) that ``path`` belongs to, filed and still there."""
+        if self.journal is None:
+            return None
+        row = self.journal.filed_from(companions.lead_names(path, settings))
+        row = self.journal.current(row) if row is not None else None
+        if row is None or row.destination is None or not os.path.lexists(row.destination):
+            return None
+        return row
+
+    def _moved_with_photo(self, path: Path) -> bool:
+        """Whether ``path``, gone from the inbox, was moved there by its photo's group."""
+        if self.journal is None:
+            return False
+        last = self.journal.history(file=path, limit=1)
+        return (
+            bool(last)
+            and last[0].source == path
+            and last[0].group_id is not None
+            and last[0].state == State.DONE
+        )
 
     def _entries(self, items: Sequence[Prepared], scores: Scores | None, settings: Settings) -> list[Entry]:
         if not items or scores is None:
@@ -453,8 +632,14 @@ class Processor:
         updates: list[tuple[int, State, str | None]] = []
         failed: list[Outcome] = []
         touched: set[Path] = set()
+        left: list[int] = []  # companions of photos that stayed: no move, no row
         for prep, entry in intents:
             assert entry.destination is not None and entry.id is not None
+            if entry.lead is not None and entry.lead.state != State.DONE:
+                # It goes with its photo's next try, found beside it again.
+                left.append(entry.id)
+                outcomes.append(Outcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True))
+                continue
             try:
                 moving.move(prep.path, entry.destination)
             except OSError as exc:
@@ -465,7 +650,8 @@ class Processor:
             updates.append((entry.id, State.DONE, None))
             touched.update((prep.path.parent, entry.destination.parent))
             outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
-        discard = self._repeats(failed)
+        # Companions first: their rows name their photo's, which may be dropped too.
+        discard = left + self._repeats(failed)
         updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry and not o.repeat]
         moving.fsync_dirs(touched)
         crash_point("before-done")
@@ -547,6 +733,36 @@ def prepared_batches(
         yield [f.result() for f in current]
 
 
+def _companion_entry(
+    prep: Prepared, photo: Entry, destination: Path, batch_id: str, lead: Entry | None = None
+) -> Entry:
+    """The row of a file moving with ``photo``: the photo's decision, its own content and place."""
+    return Entry(
+        action=photo.action,
+        source=prep.path,
+        destination=destination,
+        sha256=prep.sha256,
+        size=prep.size,
+        label=photo.label,
+        album=photo.album,
+        confidence=photo.confidence,
+        model_version=photo.model_version,
+        reason=f"with {photo.source.name}",
+        batch_id=batch_id,
+        state=State.PENDING,
+        lead=lead,
+    )
+
+
+def _is_raw(path: Path) -> bool:
+    return path.suffix.lower() in RAW_EXTENSIONS
+
+
+def _settled(prep: Prepared, settings: Settings) -> bool:
+    """Unchanged for ``stable_seconds``: not a file still being copied in."""
+    return prep.sig is not None and time.time() - prep.sig[1] / 1e9 >= settings.stable_seconds
+
+
 def _taken(prep: Prepared) -> datetime | None:
     """When ``prep`` was taken; its mtime if it was read before the layout (reloaded) needed a date."""
     if prep.taken is None and prep.sig is not None:
@@ -596,6 +812,7 @@ def _log_outcome(outcome: Outcome) -> None:
             pixels=entry.pixel_source if entry.pixel_source != imaging.FROM_PHOTO else None,
             novelty=entry.novelty,
             ref_id=entry.ref_id,
+            group=entry.group_id,
         )
     fields = {k: v for k, v in fields.items() if v is not None}
     if outcome.fate.classified:
@@ -604,7 +821,7 @@ def _log_outcome(outcome: Outcome) -> None:
         log.warning("quarantined", **fields)
     elif outcome.fate == Fate.DUPLICATE:
         log.info("duplicate", **fields)
-    elif outcome.twin:
+    elif outcome.twin or outcome.waiting:
         log.debug("not-moved", **fields)  # not a failure: it is taken again in a moment
     elif outcome.repeat:
         log.debug("not-moved", repeat=True, **fields)  # warned at the first try of this episode

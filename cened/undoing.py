@@ -43,6 +43,7 @@ class Planned:
     source: Path
     destination: Path
     album: str | None = None  # a correction's new album
+    lead: Planned | None = None  # the photo's plan, for a file that travels with it
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
@@ -62,9 +63,16 @@ def parse_since(text: str, now: datetime | None = None) -> str:
 
 
 def undoable(journal: Journal, *, since: str | None = None, batch_id: str | None = None) -> list[Entry]:
-    """Completed moves that no later undo or correction has superseded, oldest first."""
+    """Completed moves that no later undo or correction has superseded, oldest first.
+
+    Files that travel with a photo are left out: they go wherever their photo goes.
+    """
     rows = journal.history(since=since, batch_id=batch_id, actions=MOVING_ACTIONS)
-    return [r for r in rows if r.state == State.DONE and journal.successor(r.id or 0) is None]
+    return [
+        r
+        for r in rows
+        if r.state == State.DONE and r.group_id is None and journal.successor(r.id or 0) is None
+    ]
 
 
 def select_undo(
@@ -141,35 +149,82 @@ def _check_current(journal: Journal, row: Entry) -> list[str]:
     return []
 
 
+def companions_of(journal: Journal, row: Entry) -> list[Entry]:
+    """The files that travel with ``row``'s photo, where they are now.
+
+    They name the row they last moved with, which may be one this row
+    corrects or relocates: doctor relocates a photo alone.
+    """
+    found: list[Entry] = []
+    while row.id is not None:
+        found += journal.group(row.id)
+        if row.ref_id is None or row.action not in (Action.CORRECTED, Action.RELOCATED):
+            break
+        parent = journal.get(row.ref_id)
+        if parent is None:
+            break
+        row = parent
+    return found
+
+
+def _companion_problems(journal: Journal, row: Entry, photo: Entry) -> list[str]:
+    problems = _check_current(journal, row)
+    if problems:
+        hint = f"it travels with #{photo.id}; `cened doctor --fix` records a file that is gone as missing"
+        problems = [f"{problems[0]} ({hint})"]
+    return problems
+
+
 def plan_undo(journal: Journal, ids: Sequence[int]) -> list[Planned]:
+    """Each row's file back where it came from, a photo with the files that travel with it."""
     problems: list[str] = []
     plans: list[Planned] = []
     targets: set[Path] = set()
+    planned: set[int] = set()
+
+    def back(row: Entry, lead: Planned | None) -> Planned | None:
+        home = origin(journal, row).source
+        if os.path.lexists(home) or home in targets:
+            problems.append(f"#{row.id}: {os.fsdecode(home)} is taken; move that file away first")
+            return None
+        targets.add(home)
+        planned.add(row.id or 0)
+        assert row.destination is not None
+        plans.append(Planned(row, row.destination, home, lead=lead))
+        return plans[-1]
+
     for row_id in ids:
         row = journal.get(row_id)
         if row is None:
             problems.append(f"#{row_id} does not exist")
             continue
+        if row_id in planned:
+            continue  # named, and already going with its photo
         found = _check_current(journal, row)
-        if not found:
-            home = origin(journal, row).source
-            if os.path.lexists(home) or home in targets:
-                found = [f"#{row_id}: {os.fsdecode(home)} is taken; move that file away first"]
-            else:
-                targets.add(home)
-                assert row.destination is not None
-                plans.append(Planned(row, row.destination, home))
-        problems += found
+        if found:
+            problems += found
+            continue
+        members = [c for c in companions_of(journal, row) if c.id not in planned]
+        found = [p for c in members for p in _companion_problems(journal, c, row)]
+        if found:
+            problems += found
+            continue
+        lead = back(row, None)
+        for member in members:
+            back(member, lead)
     if problems:
         raise UndoError(problems)
     return plans
 
 
-def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) -> Planned:
+def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) -> list[Planned]:
+    """The photo of row ``row_id`` into ``label``'s album, and the files that travel with it; photo first."""
     row = journal.get(row_id)
     if row is None:
         raise UndoError([f"#{row_id} does not exist"])
     problems = _check_current(journal, row)
+    members = companions_of(journal, row) if not problems else []
+    problems += [p for c in members for p in _companion_problems(journal, c, row)]
     if problems:
         raise UndoError(problems)
     album = settings.album_for(label)
@@ -183,13 +238,35 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     folder = settings.album_folder(album, taken)
     if row.destination.parent == folder:
         raise UndoError([f"#{row_id} is already in album {album!r}"])
-    return Planned(row, row.destination, moving.free_name(folder, row.destination.name), album)
+    # One stem for the group, as the daemon filed it; a file named otherwise keeps its own name.
+    stem = row.destination.stem
+    along = [c for c in members if c.destination and c.destination.name.startswith(stem)]
+    apart = [c for c in members if c not in along]
+    tails = [row.destination.name[len(stem) :]] + [
+        c.destination.name[len(stem) :] for c in along if c.destination
+    ]
+    names = moving.free_names(folder, stem, tails)
+    lead = Planned(row, row.destination, names[0], album)
+    plans = [lead]
+    plans += [
+        Planned(c, c.destination, dst, album, lead)
+        for c, dst in zip(along, names[1:], strict=True)
+        if c.destination
+    ]
+    for c in apart:
+        assert c.destination is not None
+        dst = moving.free_name(folder, c.destination.name, {p.destination for p in plans})
+        plans.append(Planned(c, c.destination, dst, album, lead))
+    return plans
 
 
 def carry_out(
     journal: Journal, plans: Sequence[Planned], action: Action, label: str | None = None
 ) -> list[Entry]:
-    """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`)."""
+    """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`).
+
+    A file that travels with a photo moves only once the photo has.
+    """
     entries = [
         Entry(
             action=action,
@@ -204,16 +281,23 @@ def carry_out(
             model_version=p.row.model_version,
             pixel_source=p.row.pixel_source,
             ref_id=p.row.id,
-            human_label=label,
+            human_label=label if p.lead is None else None,
             state=State.PENDING,
             time=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         for p in plans
     ]
+    for plan, entry in zip(plans, entries, strict=True):
+        if plan.lead is not None:
+            entry.lead = next(e for p, e in zip(plans, entries, strict=True) if p is plan.lead)
     journal.add(entries)
     updates: list[tuple[int, State, str | None]] = []
     for plan, entry in zip(plans, entries, strict=True):
         assert entry.id is not None
+        if entry.lead is not None and entry.lead.state != State.DONE:
+            entry.state, entry.reason = State.FAILED, "not moved: its photo was not"
+            updates.append((entry.id, State.FAILED, entry.reason))
+            continue
         try:
             moving.make_folder(plan.destination.parent)
             moving.move(plan.source, plan.destination)

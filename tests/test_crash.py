@@ -155,11 +155,20 @@ def _kill_run(
     cross_device: bool = False,
     duplicates: bool = False,
     layout: str = "{album}",
+    companions: bool = False,
 ) -> None:
     rng = random.Random(seed)
     hashes: Counter[str] = Counter()
     made: list[tuple[int, str, str]] = []  # (index, extension, format) of each photo dropped
     copies = 0
+    groups: dict[str, list[str]] = {}  # a photo's name: its companions' names
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    def companion(name: str, data: bytes) -> None:
+        (staging / name).write_bytes(data)
+        os.replace(staging / name, settings.inbox / name)  # whole, at once
+        hashes[hashlib.sha256(data).hexdigest()] += 1
 
     def write(name: str, i: int, ext: str, fmt: str) -> None:
         cls = CLASSES[i % len(CLASSES)]
@@ -170,8 +179,16 @@ def _kill_run(
         nonlocal copies
         for i in indices:
             ext, fmt = rng.choice([("jpg", "JPEG"), ("png", "PNG")])
+            group = [f"img_{i:03d}{tail}" for tail in (".xmp", ".MOV") if companions and rng.random() < 0.15]
+            before = rng.random() < 0.5  # a companion may come first: it waits for its photo
+            for name in group if before else ():
+                companion(name, os.urandom(64) + name.encode())
             write(f"img_{i:03d}", i, ext, fmt)
             made.append((i, ext, fmt))
+            for name in group if not before else ():
+                companion(name, os.urandom(64) + name.encode())
+            if group:
+                groups[f"img_{i:03d}.{ext}"] = group
             if duplicates and rng.random() < 0.1:  # a copy beside it: most likely in the same batch
                 write(f"img_{i:03d} copy", i, ext, fmt)
                 copies += 1
@@ -235,7 +252,12 @@ def _kill_run(
     assert partials == []
     found = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in everywhere)
     assert found == hashes
-    apart = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in files_under(settings.duplicates_dir))
+    # (Companions go with their photo: into _duplicates too when that is where it went.)
+    apart = Counter(
+        hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files_under(settings.duplicates_dir)
+        if p.suffix in (".jpg", ".png")
+    )
     assert apart == hashes - Counter(hashes.keys())
     assert apart.total() == copies
     # One final row per photo, each pointing at where the photo really is.
@@ -244,13 +266,20 @@ def _kill_run(
             "SELECT destination, sha256, action FROM decisions WHERE state = 'done' AND action != 'skipped'"
         ).fetchall()
         pending = db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0]
+        moved = dict(db.execute("SELECT source, destination FROM decisions WHERE state = 'done'").fetchall())
     assert pending == 0
-    assert len(done) == n_images + 2 + copies
+    assert len(done) == n_images + 2 + copies + sum(map(len, groups.values()))
     assert Counter(sha for _, sha, _ in done) == hashes
     for destination, sha, _ in done:
         assert hashlib.sha256(Path(destination).read_bytes()).hexdigest() == sha
-    actions = Counter(action for *_, action in done)
+    actions = Counter(action for dst, _, action in done if Path(dst).suffix in (".jpg", ".png"))  # photos
     assert actions["quarantined"] == 2 and actions["duplicate"] == copies
+    # Each companion is beside its photo, wherever that went, under the photo's stem.
+    assert len(groups) >= 5 if companions else not groups
+    for photo, names in groups.items():
+        there = Path(moved[str(settings.inbox / photo)])
+        for name in names:
+            assert Path(moved[str(settings.inbox / name)]) == there.with_name(there.stem + Path(name).suffix)
     # Filed photos are as deep as the layout says (album and date folders); the rest are flat.
     for destination, _, action in done:
         depth = layout.count("/") + 2 if action in ("moved", "review", "other") else 2
@@ -267,6 +296,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, settings: Setti
         seed=20261124,
         duplicates=True,
         layout="{album}/{year}/{month}",
+        companions=True,
     )
 
 

@@ -266,7 +266,7 @@ def test_heic_and_raw_dropped_into_the_inbox_are_filed_whole(settings: Settings,
         "IMG_0003.heic": heif(picture("sea", (80, 60), seed=6)),
     }
     whole_dng = made["DSC_0002.DNG"]
-    made["cut.dng"] = whole_dng[: len(whole_dng) - 100]
+    made["cut-raw.dng"] = whole_dng[: len(whole_dng) - 100]
     whole_heic = made["IMG_0001.HEIC"]
     made["cut.heic"] = whole_heic[: len(whole_heic) // 2]
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in made.items()}
@@ -278,7 +278,7 @@ def test_heic_and_raw_dropped_into_the_inbox_are_filed_whole(settings: Settings,
     filed = {p.name: p for p in files_under(settings.library / "sea")}
     assert sorted(filed) == ["DSC_0002.DNG", "IMG_0001.HEIC", "IMG_0003.heic"]
     quarantined = {p.name: p for p in files_under(settings.quarantine_dir)}
-    assert sorted(quarantined) == ["cut.dng", "cut.heic"]
+    assert sorted(quarantined) == ["cut-raw.dng", "cut.heic"]
     for name, path in {**filed, **quarantined}.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digests[name], f"{name} changed on the way"
     with sqlite3.connect(settings.database) as db:
@@ -287,6 +287,6 @@ def test_heic_and_raw_dropped_into_the_inbox_are_filed_whole(settings: Settings,
     assert logged["IMG_0001.HEIC"][:2] == ("moved", imaging.FROM_HEIF_THUMBNAIL)
     assert logged["DSC_0002.DNG"][:2] == ("moved", imaging.FROM_RAW_PREVIEW)
     assert logged["IMG_0003.heic"][:2] == ("moved", imaging.FROM_PHOTO)
-    for name in ("cut.dng", "cut.heic"):
+    for name in ("cut-raw.dng", "cut.heic"):
         action, _, reason, sha = logged[name]
         assert action == "quarantined" and reason.startswith("corrupt") and sha == digests[name], logged[name]

@@ -142,7 +142,7 @@ def test_correct_keeps_the_date_folders_and_undo_restores(settings: Settings, fi
     (o,) = file(photo)
     s = settings.model_copy(update={"layout": DATED})
     (corrected,) = carry_out(
-        journal, [plan_correct(journal, s, o.entry.id, "forest")], Action.CORRECTED, "forest"
+        journal, plan_correct(journal, s, o.entry.id, "forest"), Action.CORRECTED, "forest"
     )
     assert corrected.destination == settings.library / "forest" / "2019" / "07" / "p.jpg"
     assert corrected.destination.is_file() and journal.get(corrected.id).album == "forest"

@@ -93,7 +93,8 @@ def test_every_file_of_the_corpus_gets_a_verdict(
     for i, (name, data) in enumerate(corpus):
         names = extensions if name.endswith("-intact") else [extensions[i % len(extensions)]]
         for ext in names:
-            path = settings.inbox / f"{i:04d}-{name}{ext}"
+            # A stem of its own for each: one stem as .jpg and .dng would be a RAW+JPEG pair.
+            path = settings.inbox / f"{i:04d}-{name}-{ext[1:]}{ext}"
             path.write_bytes(data)
             paths.append(path)
     assert {p.suffix for p in paths} == set(extensions)
