@@ -381,7 +381,7 @@ class DaemonProcess:
             wake = True
         if name == "started":
             self.started = (now, event)
-        elif name in ("filed", "quarantined"):
+        elif name in ("filed", "quarantined", "duplicate"):  # every way out of the inbox
             self.done_at[event["file"]] = now
             if name == "quarantined":
                 self.problems.append(event)
