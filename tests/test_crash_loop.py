@@ -11,6 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from conftest import CLASSES, write_config, write_photo
 from daemon_helpers import DaemonProcess, RunningDaemon, files_under, wait_until
 
@@ -70,6 +71,7 @@ def _abort_when(daemon: DaemonProcess, event: str, file: Path) -> None:
     _abort(daemon)
 
 
+@pytest.mark.slow
 def test_a_photo_that_hangs_the_decoder_is_quarantined_after_two_deaths(
     tmp_path: Path, settings: Settings
 ) -> None:

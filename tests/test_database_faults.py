@@ -182,6 +182,7 @@ def test_a_busy_database_is_waited_out_a_little_anything_else_stops_at_once(sett
 # -- 10: one daemon per database ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_daemon_on_the_same_database_exits_with_code_4(tmp_path: Path, settings: Settings) -> None:
     config = write_config(tmp_path / "cened.toml", settings)
     first = DaemonProcess(config)

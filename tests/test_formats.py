@@ -256,6 +256,7 @@ def test_new_formats_are_watched() -> None:
         assert is_candidate(inbox / name, inbox, list(DEFAULT_EXTENSIONS), []), name
 
 
+@pytest.mark.slow
 def test_heic_and_raw_dropped_into_the_inbox_are_filed_whole(settings: Settings, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()

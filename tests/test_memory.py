@@ -108,6 +108,7 @@ def _direct(data: bytes, size: tuple[int, int]) -> np.ndarray:
         return imaging.fit(imaging.upright_rgb(im), size[1], size[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "I;16", "P"])
 def test_large_images_give_the_pixels_of_the_direct_way(mode: str) -> None:
     photo = Image.open(io.BytesIO(synthetic_photo(3, (2400, 1600))))

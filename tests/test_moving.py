@@ -81,6 +81,7 @@ def test_a_read_only_inbox_at_start_is_refused_and_each_photo_filed_once_later(s
     assert sorted(sha256_file(p) for p in filed) == hashes
 
 
+@pytest.mark.slow
 def test_a_read_only_inbox_while_the_daemon_runs_makes_no_duplicates(settings: Settings) -> None:
     """The daemon already running when the inbox turns read-only, as in the report (mode 555 for 15 s)."""
     photos = [write_photo(settings.inbox / f"{i}.jpg", "sea", seed=i) for i in range(4)]

@@ -83,6 +83,7 @@ def corpus() -> list[tuple[str, bytes]]:
     return files
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the damaged TIFF tags
 def test_every_file_of_the_corpus_gets_a_verdict(
     settings: Settings, classifier: Classifier, corpus: list[tuple[str, bytes]]

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import picture
 from daemon_helpers import RunningDaemon, files_under, wait_until
 from test_watching import FakeClock
@@ -81,6 +82,7 @@ def _run_writer(settings: Settings, writer, name: str, chunks: int, pause: float
     return counters
 
 
+@pytest.mark.slow
 def test_a_writer_that_pauses_with_the_file_open_gets_its_photo_filed_whole(settings: Settings) -> None:
     counters = _run_writer(settings, write_holding_open, "slow.jpg", chunks=4, pause=2.0)
     # The daemon did take the cut-short file during a pause, and handed it back.
@@ -88,6 +90,7 @@ def test_a_writer_that_pauses_with_the_file_open_gets_its_photo_filed_whole(sett
     assert counters.get(Fate.QUARANTINED, 0) == 0 and counters.get(Fate.MOVED) == 1, counters
 
 
+@pytest.mark.slow
 def test_a_writer_that_reopens_for_each_chunk_gets_its_photo_filed_whole(settings: Settings) -> None:
     counters = _run_writer(settings, write_reopening, "dd.jpg", chunks=8, pause=0.5)
     assert counters.get(Fate.RETRY, 0) >= 1, counters

@@ -428,6 +428,7 @@ def test_full_disk_keeps_photos_in_the_inbox_and_retries_with_backoff(
         subprocess.run(["umount", "-l", str(library)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_one_failed_row_and_one_warning_per_photo(
     settings: Settings, tmp_path: Path
 ) -> None:
