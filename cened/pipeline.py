@@ -148,20 +148,28 @@ def prepare(
         return Prepared(path, Verdict.RETRY, reason=f"prepare failed: {type(exc).__name__}: {exc}")
 
 
-def _prepare(
-    path: Path, settings: Settings, input_size: tuple[int, int], budget: imaging.MemoryBudget
-) -> Prepared:
+def _regular_file(path: Path) -> os.stat_result | Prepared:
+    """The file's stat, or why it is not ours to read: gone, a link, not a regular file."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return Prepared(path, Verdict.SKIP, reason="vanished")
     except OSError as exc:
         return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
-    sig = signature(st)
     if stat.S_ISLNK(st.st_mode):
-        return Prepared(path, Verdict.SKIP, sig=sig, reason="symlink")
+        return Prepared(path, Verdict.SKIP, sig=signature(st), reason="symlink")
     if not stat.S_ISREG(st.st_mode):
-        return Prepared(path, Verdict.SKIP, sig=sig, reason="not-a-regular-file")
+        return Prepared(path, Verdict.SKIP, sig=signature(st), reason="not-a-regular-file")
+    return st
+
+
+def _prepare(
+    path: Path, settings: Settings, input_size: tuple[int, int], budget: imaging.MemoryBudget
+) -> Prepared:
+    st = _regular_file(path)
+    if isinstance(st, Prepared):
+        return st
+    sig = signature(st)
     base = Prepared(path, Verdict.DECODED, sig=sig, size=st.st_size)
     if st.st_size > settings.max_file_bytes:
         base.sha256 = sha256_or_none(path)
@@ -260,17 +268,10 @@ def prepare_companion(path: Path) -> Prepared:
     Never decoded, and never quarantined: it is not a photo.  Read in chunks,
     since a video may be large; a change during the read hands it back.
     """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return Prepared(path, Verdict.SKIP, reason="vanished")
-    except OSError as exc:
-        return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
+    st = _regular_file(path)
+    if isinstance(st, Prepared):
+        return st
     sig = signature(st)
-    if stat.S_ISLNK(st.st_mode):
-        return Prepared(path, Verdict.SKIP, sig=sig, reason="symlink")
-    if not stat.S_ISREG(st.st_mode):
-        return Prepared(path, Verdict.SKIP, sig=sig, reason="not-a-regular-file")
     try:
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
