@@ -70,6 +70,9 @@ def _cannot_boot() -> str | None:
         return "systemd needs Linux"
     if os.geteuid() != 0:
         return "booting systemd-nspawn needs root"
+    if any(ROOT.is_relative_to(tmp) for tmp in ("/tmp", "/var/tmp")):
+        # nspawn gives the container a /tmp of its own, and the unit a private one (PrivateTmp=).
+        return f"the checkout {ROOT} is under a temporary folder, which the container and the unit hide"
     for tool in ("systemd-nspawn", "unshare", "nsenter", "systemctl"):
         if shutil.which(tool) is None:
             hint = " (Debian: apt-get install systemd-container; .ci/run does it)" if "nspawn" in tool else ""
