@@ -20,8 +20,10 @@ import pytest
 from PIL import Image
 
 from cened.config import Settings, load_settings
+from cened.journal import Journal
 from cened.ml.classifying import Classifier
 from cened.ml.modelpack import ModelMeta
+from cened.pipeline import Outcome, Processor, prepare
 
 #: The classes of the shipped model (and of the small test model built here).
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -119,6 +121,20 @@ def other_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def classifier(model_dir: Path) -> Classifier:
     """The test model, loaded once: tests share it as the daemon's threads do."""
     return Classifier(model_dir)
+
+
+@pytest.fixture
+def filing(settings: Settings, classifier: Classifier):
+    """File paths as one batch with the real pipeline, under ``settings`` changed by keyword."""
+    journal = Journal(settings.database)
+
+    def _file(*paths: Path, **changes: object) -> list[Outcome]:
+        s = settings.model_copy(update=changes)
+        processor = Processor(classifier, journal, lambda: s)
+        return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])
+
+    yield _file, journal
+    journal.close()
 
 
 @pytest.fixture

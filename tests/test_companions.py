@@ -16,23 +16,8 @@ from dng import dng
 from cened import doctor
 from cened.config import Settings
 from cened.journal import Action, Journal, State
-from cened.ml.classifying import Classifier
-from cened.pipeline import Fate, Outcome, Processor, prepare
+from cened.pipeline import Fate, Outcome
 from cened.undoing import UndoError, carry_out, plan_correct, plan_undo
-
-
-@pytest.fixture
-def filing(settings: Settings, classifier: Classifier):
-    """File paths as one batch with the real pipeline, under ``settings`` changed by keyword."""
-    journal = Journal(settings.database)
-
-    def _file(*paths: Path, **changes: object) -> list[Outcome]:
-        s = settings.model_copy(update=changes)
-        processor = Processor(classifier, journal, lambda: s)
-        return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])
-
-    yield _file, journal
-    journal.close()
 
 
 def aged(path: Path, seconds: float = 60) -> Path:

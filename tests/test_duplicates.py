@@ -14,24 +14,9 @@ from daemon_helpers import RunningDaemon, files_under, wait_until
 from cened.cli import main
 from cened.config import Duplicates, Settings, load_settings
 from cened.errors import ConfigError
-from cened.journal import Action, Journal, State
-from cened.ml.classifying import Classifier
-from cened.pipeline import Fate, Outcome, Processor, prepare
+from cened.journal import Action, State
+from cened.pipeline import Fate
 from cened.undoing import carry_out, plan_undo, undoable
-
-
-@pytest.fixture
-def filing(settings: Settings, classifier: Classifier):
-    """File paths as one batch with the real pipeline, under ``settings`` changed by keyword."""
-    journal = Journal(settings.database)
-
-    def _file(*paths: Path, **changes: object) -> list[Outcome]:
-        s = settings.model_copy(update=changes)
-        processor = Processor(classifier, journal, lambda: s)
-        return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])
-
-    yield _file, journal
-    journal.close()
 
 
 def _copy(photo: Path, name: str) -> Path:
