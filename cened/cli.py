@@ -24,6 +24,7 @@ from cened.errors import CenedError, ExitCode
 from cened.journal import Action, Entry, Journal, State
 
 if TYPE_CHECKING:
+    from cened import learn
     from cened.pipeline import Outcome
 
 
@@ -101,6 +102,35 @@ def build_parser(load: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="counts per album, confidence, undo and correction rates")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("album", help="albums of your own: teach the model a class from example photos")
+    actions = p.add_subparsers(metavar="ACTION", required=True)
+    q = actions.add_parser("add", help="learn album NAME from the photos in DIR (at least 20)")
+    q.add_argument("name")
+    q.add_argument("folder", type=Path, metavar="DIR")
+    q.set_defaults(func=cmd_album_add)
+    q = actions.add_parser("remove", help="unlearn album NAME (the photos filed in it stay where they are)")
+    q.add_argument("name")
+    q.set_defaults(func=cmd_album_remove)
+    q = actions.add_parser("list", help="your albums, and corrections that may become albums")
+    q.set_defaults(func=cmd_album_list)
+
+    p = sub.add_parser("learn", help="learn from corrections and your albums; use the result if not worse")
+    p.add_argument(
+        "--force", action="store_true", help="put the new version in use even if it measures worse"
+    )
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("model", help="learned versions of the model: list, use one, roll back")
+    actions = p.add_subparsers(metavar="ACTION", required=True)
+    q = actions.add_parser("list", help="the learned versions, and which is in use")
+    q.set_defaults(func=cmd_model_list)
+    q = actions.add_parser("use", help="put VERSION in use (`shipped` for the model as shipped)")
+    q.add_argument("version")
+    q.set_defaults(func=cmd_model_use)
+    q = actions.add_parser("rollback", help="go back to the version in use before this one")
+    q.set_defaults(func=cmd_model_rollback)
 
     for name, (module, text) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=text)
@@ -334,6 +364,120 @@ def cmd_corrections(args: argparse.Namespace) -> int:
         print(f"#{row.id}\t{row.label} -> {row.human_label}\t{_short(row.destination, settings)}")
     if args.export is not None:
         print(f"exported {export_corrections(rows, args.export)} photos to {args.export}")
+    return 0
+
+
+# -- learning from the user -----------------------------------------------
+
+
+def cmd_album_add(args: argparse.Namespace) -> int:
+    from cened import learn
+
+    settings = _settings(args)
+    n = learn.add_album(settings, args.name, args.folder)
+    print(f"album {args.name!r}: {n} example photos read from {args.folder}")
+    _print_learned(learn.learn(settings, say=print))
+    return 0
+
+
+def cmd_album_remove(args: argparse.Namespace) -> int:
+    from cened import learn
+
+    settings = _settings(args)
+    outcome = learn.remove_album(settings, args.name)
+    print(f"album {args.name!r} removed; the photos filed in it stay where they are")
+    if outcome is None:
+        print("nothing else to learn from: the shipped model is in use")
+    else:
+        _print_learned(outcome)
+    return 0
+
+
+def cmd_album_list(args: argparse.Namespace) -> int:
+    from cened import learn
+
+    settings = _settings(args)
+    for row in learn.album_list(settings):
+        print(row)
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from cened import learn
+
+    outcome = learn.learn(_settings(args), force=args.force, say=print if not args.json else lambda _: None)
+    if args.json:
+        print(json.dumps(outcome.as_dict()))
+    else:
+        _print_learned(outcome)
+    return 0
+
+
+def _print_learned(outcome: learn.Outcome) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{outcome.version} against {outcome.previous}", header_style="bold")
+    table.add_column("measured on")
+    table.add_column("in use", justify="right")
+    table.add_column("new", justify="right")
+    yours_old, yours_new = outcome.current["yours"], outcome.new["yours"]
+    val_old, val_new = outcome.current["validation"], outcome.new["validation"]
+    table.add_row(
+        f"your photos held back ({yours_new.n}): filed right", _pct(yours_old.right), _pct(yours_new.right)
+    )
+    table.add_row(f"shipped validation ({val_new.n}): top-1", _pct(val_old.accuracy), _pct(val_new.accuracy))
+    table.add_row("shipped validation: to other", _pct(val_old.to_other), _pct(val_new.to_other))
+    for label in outcome.classes:
+        new = yours_new.per_label.get(label)
+        if new and new["n"]:
+            old = yours_old.per_label.get(label, {"precision": 0.0, "recall": 0.0})
+            table.add_row(
+                f"  {label} ({new['n']}): precision / recall",
+                f"{_pct(old['precision'])} / {_pct(old['recall'])}",
+                f"{_pct(new['precision'])} / {_pct(new['recall'])}",
+            )
+    console = Console()
+    console.print(table)
+    for note in outcome.notes:
+        console.print(f"note: {note}")
+    trained = ", ".join(f"{k} {v}" for k, v in sorted(outcome.examples.items()))
+    console.print(f"learned from: {trained or 'nothing new'} ({outcome.seconds:.1f} s)")
+    if outcome.accepted:
+        forced = " (forced: it measured worse)" if outcome.forced else ""
+        console.print(f"in use now: {outcome.version}{forced}")
+    else:
+        console.print(
+            f"kept, not in use: it measured worse than {outcome.previous}; "
+            f"`cened model use {outcome.version}` or `cened learn --force` to use it anyway"
+        )
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from cened import learn
+
+    for row in learn.version_list(_settings(args)):
+        print(row)
+    return 0
+
+
+def cmd_model_use(args: argparse.Namespace) -> int:
+    from cened.ml.versions import VersionStore
+
+    VersionStore(_settings(args).learned_dir).use(args.version)
+    print(f"in use now: {args.version} (a running daemon switches within seconds)")
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from cened.ml.versions import VersionStore
+
+    version = VersionStore(_settings(args).learned_dir).rollback()
+    print(f"in use now: {version} (a running daemon switches within seconds)")
     return 0
 
 

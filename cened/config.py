@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         return [*self.extensions, *SIDECAR_EXTENSIONS, *VIDEO_EXTENSIONS]
 
     @property
+    def learned_dir(self) -> Path:
+        """Learned versions of the model (``cened learn``): state, so beside the database."""
+        return self.database.parent / "learned"
+
+    @property
     def duplicates_dir(self) -> Path:
         return self.library / DUPLICATES_FOLDER
 

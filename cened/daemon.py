@@ -58,6 +58,7 @@ from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
 from cened.ml.modelpack import sha256_or_none
+from cened.ml.versions import VersionStore
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict, prepare, unless_unfinished
 from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan, signature
@@ -147,6 +148,9 @@ class Daemon:
         self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder watched
         self._journal_failures = 0  # consecutive batches the journal refused
         self._fatal: JournalError | None = None  # why the daemon is stopping on its own
+        self._classifier: Classifier | None = None
+        self._versions = VersionStore(settings.learned_dir)
+        self._model_stamp: tuple[int, int] | None = None  # of the learned version in use, when read
 
     def settings(self) -> Settings:
         return self._settings
@@ -174,7 +178,9 @@ class Daemon:
         try:
             journal.check_writable()
             resolved = recovery.reconcile(journal)
-            classifier = Classifier.from_settings(s, warm_batch=s.batch_size)
+            classifier = Classifier.from_settings(s, warm_batch=s.batch_size, learned=False)
+            self._classifier = classifier
+            self._check_model()  # the learned version in use, if any (cened learn)
             _check_albums(s, classifier.classes)
             processor = Processor(classifier, journal, self.settings, self.counters)
             if self._flights.fault.strip():
@@ -317,6 +323,7 @@ class Daemon:
             for path in self.tracker.ready(room):
                 self.paths.put(path)
             if self.serving.is_set() and time.monotonic() >= next_status:  # no STATUS before READY
+                self._check_model()
                 self._refresh_status()
                 next_status = time.monotonic() + STATUS_EVERY_S
             # At most one pass per EVENT_GAP however many events arrive, but the
@@ -531,6 +538,29 @@ class Daemon:
         self.tracker.done(path, keep=outcome.keep)
         if outcome.fate.filed:
             self.filed += 1
+
+    def _check_model(self) -> None:
+        """Switch to the learned version put in use (`cened learn`, `cened model use`) since the last look.
+
+        Between batches: each batch is scored and decided by one version.  A
+        version that cannot be used is logged and the one in use kept; the
+        service never stops for it.
+        """
+        stamp = self._versions.stamp()
+        classifier = self._classifier
+        if stamp == self._model_stamp or classifier is None:
+            return
+        self._model_stamp = stamp
+        before = classifier.version
+        try:
+            learned = self._versions.load_active(classifier.meta.version)
+            _check_albums(self._settings, learned.classes if learned else classifier.meta.classes)
+            classifier.use(learned)
+        except Exception as exc:  # noqa: BLE001 - a bad version must never stop the service
+            log.error("model-switch-refused", version=self._versions.active(), error=str(exc), kept=before)
+            return
+        if classifier.version != before:
+            log.info("model-switched", model=classifier.version, was=before, classes=list(classifier.classes))
 
     def _status(self) -> str:
         queued = self.paths.qsize()

@@ -553,7 +553,6 @@ class Processor:
             return []
         decisions = decide_all(
             scores,
-            self.classifier.classes,
             threshold=settings.confidence_threshold,
             albums=settings.albums,
             review_album=settings.review_album,
@@ -572,7 +571,7 @@ class Processor:
                     confidence=decision.confidence,
                     probabilities=decision.probabilities,
                     novelty=decision.novelty,
-                    model_version=self.classifier.version,
+                    model_version=scores.version,
                     pixel_source=prep.pixel_source,
                     state=State.PENDING,
                     reason=decision.reason,

@@ -28,6 +28,7 @@ from cened.ml.modelpack import ModelMeta
 
 if TYPE_CHECKING:
     from cened.config import Settings
+    from cened.ml.versions import Learned
 
 Backend = Literal["auto", "tflite", "keras"]
 
@@ -66,11 +67,56 @@ class Decision:
 
 @dataclass(frozen=True)
 class Scores:
-    """What the model says of a batch: class probabilities, and how novel each photo is."""
+    """What the model says of a batch: class probabilities, and how novel each photo is.
+
+    ``classes`` and ``version`` are those of the model that scored it: a
+    learned version put in use meanwhile does not relabel a batch.
+    """
 
     probabilities: np.ndarray  # (n, classes)
     novelty: np.ndarray | None  # (n,), or None for a model without a detector
     novelty_threshold: float | None = None
+    classes: tuple[str, ...] = ()
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a model's raw outputs become :class:`Scores`: the shipped model's, or a learned version's."""
+
+    meta: ModelMeta
+    detector: novelty.Detector | None
+    learned: Learned | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.learned.classes if self.learned else self.meta.classes
+
+    @property
+    def version(self) -> str:
+        return self.learned.version if self.learned else self.meta.version
+
+    def with_learned(self, learned: Learned | None) -> Reading:
+        """The shipped model with ``learned`` on it (None: as shipped); its examples join the detector."""
+        detector = self.detector
+        if learned is not None:
+            if learned.base != self.meta.version:
+                raise ModelError(f"{learned.version} was learned on {learned.base}, not {self.meta.version}")
+            if detector is not None and len(learned.prototypes.vectors):
+                detector = detector.extended(learned.prototypes.vectors, learned.prototypes.offsets)
+        return Reading(self.meta, detector, learned)
+
+    def scores(self, outputs: np.ndarray) -> Scores:
+        """Probabilities and novelty from the outputs (logits, then the embedding)."""
+        n = len(self.meta.classes)
+        if self.learned is None:
+            probabilities = softmax(outputs[:, :n], self.meta.temperature)
+        else:
+            probabilities = softmax(self.learned.head.logits(outputs[:, :n], outputs[:, n:]))
+        if self.detector is None:
+            return Scores(probabilities, None, None, self.classes, self.version)
+        novel = self.detector.scores(outputs[:, n:])
+        return Scores(probabilities, novel, self.detector.threshold, self.classes, self.version)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -125,19 +171,18 @@ def decide(
 
 def decide_all(
     scores: Scores,
-    classes: tuple[str, ...],
     *,
     threshold: float,
     albums: dict[str, str],
     review_album: str,
     other_album: str = "other",
 ) -> list[Decision]:
-    """:func:`decide` for every photo of a scored batch, with the model's own novelty threshold."""
+    """:func:`decide` for every photo of a batch, by the classes and threshold of the model that scored it."""
     novelty = scores.novelty if scores.novelty is not None else [None] * len(scores.probabilities)
     return [
         decide(
             probabilities,
-            classes,
+            scores.classes,
             threshold=threshold,
             albums=albums,
             review_album=review_album,
@@ -192,9 +237,12 @@ class Classifier:
     ) -> None:
         self.meta: ModelMeta = modelpack.read_meta(model_dir)
         self.model_dir = model_dir
-        self.detector = novelty.Detector.load(model_dir, self.meta.novelty) if self.meta.novelty else None
+        detector = novelty.Detector.load(model_dir, self.meta.novelty) if self.meta.novelty else None
+        # Replaced whole by use(): a batch is read by one Reading from start to end.
+        self._shipped = Reading(self.meta, detector)
+        self.reading = self._shipped
         # The runners return the logits and, with a detector, the embedding after them.
-        self.width = len(self.meta.classes) + (self.detector.width if self.detector else 0)
+        self.width = len(self.meta.classes) + (detector.width if detector else 0)
         self.threads = threads or usable_cores()
         # Photos per model call (0: all at once).  Smaller calls can be faster per
         # photo, as their activations stay in the CPU caches.
@@ -220,9 +268,12 @@ class Classifier:
                 self._free.put(runner)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, warm_batch: int = 1) -> Classifier:
-        """The classifier the daemon, ``cened classify`` and the benchmark run, as configured."""
-        return cls(
+    def from_settings(cls, settings: Settings, *, warm_batch: int = 1, learned: bool = True) -> Classifier:
+        """The classifier the daemon, ``cened classify`` and the benchmark run, as configured.
+
+        With ``learned``, the learned version in use (``cened model list``) is put on it.
+        """
+        classifier = cls(
             settings.model,
             backend=settings.backend,
             threads=settings.model_threads,
@@ -230,6 +281,19 @@ class Classifier:
             max_batch=settings.model_batch_size,
             workers=settings.model_workers,
         )
+        if learned:
+            from cened.ml.versions import VersionStore
+
+            classifier.use(VersionStore(settings.learned_dir).load_active(classifier.meta.version))
+        return classifier
+
+    def use(self, learned: Learned | None) -> None:
+        """Put a learned version on the shipped model (None: the shipped model alone), between batches."""
+        self.reading = self._shipped.with_learned(learned)
+
+    @property
+    def detector(self) -> novelty.Detector | None:
+        return self.reading.detector
 
     def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":
@@ -250,11 +314,11 @@ class Classifier:
 
     @property
     def version(self) -> str:
-        return self.meta.version
+        return self.reading.version
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.meta.classes
+        return self.reading.classes
 
     def predict(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities for uint8 images ``(H, W, 3)``, one row per image.
@@ -265,19 +329,15 @@ class Classifier:
 
     def score(self, pixels: Sequence[np.ndarray]) -> Scores:
         """Calibrated probabilities and, with a detector, each photo's novelty: one model call per chunk."""
-        outputs = self.outputs(pixels)
-        n = len(self.classes)
-        probabilities = softmax(outputs[:, :n], self.meta.temperature)
-        if self.detector is None:
-            return Scores(probabilities, None)
-        return Scores(probabilities, self.detector.scores(outputs[:, n:]), self.detector.threshold)
+        reading = self.reading  # once: a version put in use meanwhile applies from the next batch
+        return reading.scores(self.outputs(pixels))
 
     def logits(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """The model's raw class outputs for uint8 images ``(H, W, 3)``, before the temperature.
 
         ``cened evaluate`` fits and checks the calibration on these.
         """
-        return self.outputs(pixels)[:, : len(self.classes)]
+        return self.outputs(pixels)[:, : len(self.meta.classes)]
 
     def outputs(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Logits, then the embedding when there is a detector: ``(n, width)``.

