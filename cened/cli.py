@@ -174,18 +174,25 @@ def _expand(paths: Sequence[Path], settings: Settings) -> Iterator[Path]:
             yield path
 
 
+def _reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
+    """Settings for a command that reads photos as the daemon does: its limits, warnings on stderr."""
+    from cened import logsetup
+    from cened.ml import imaging
+
+    settings = _settings(args)
+    logsetup.configure("json" if json else settings.log_format, "warning", stream=sys.stderr)
+    imaging.set_pixel_limit(settings.max_pixels)
+    imaging.release_freed_images()
+    return settings
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from cened import logsetup
-    from cened.ml import imaging
     from cened.ml.classifying import Classifier
     from cened.pipeline import Processor
 
-    settings = _settings(args)
-    logsetup.configure("json" if args.json else settings.log_format, "warning", stream=sys.stderr)
-    imaging.set_pixel_limit(settings.max_pixels)
-    imaging.release_freed_images()
+    settings = _reading_photos(args, json=args.json)
     classifier = Classifier.from_settings(settings)
     files = list(_expand(args.paths, settings))
     # Without --apply the same Processor simulates: no database is created, nothing moves.
@@ -373,7 +380,7 @@ def cmd_corrections(args: argparse.Namespace) -> int:
 def cmd_album_add(args: argparse.Namespace) -> int:
     from cened import learn
 
-    settings = _settings(args)
+    settings = _reading_photos(args)
     n = learn.add_album(settings, args.name, args.folder)
     print(f"album {args.name!r}: {n} example photos read from {args.folder}")
     _print_learned(learn.learn(settings, say=print))
@@ -383,7 +390,7 @@ def cmd_album_add(args: argparse.Namespace) -> int:
 def cmd_album_remove(args: argparse.Namespace) -> int:
     from cened import learn
 
-    settings = _settings(args)
+    settings = _reading_photos(args)
     outcome = learn.remove_album(settings, args.name)
     print(f"album {args.name!r} removed; the photos filed in it stay where they are")
     if outcome is None:
@@ -405,7 +412,8 @@ def cmd_album_list(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from cened import learn
 
-    outcome = learn.learn(_settings(args), force=args.force, say=print if not args.json else lambda _: None)
+    settings = _reading_photos(args, json=args.json)
+    outcome = learn.learn(settings, force=args.force, say=print if not args.json else lambda _: None)
     if args.json:
         print(json.dumps(outcome.as_dict()))
     else:

@@ -67,7 +67,7 @@ def _kinds(pixels: np.ndarray, classifier: Classifier) -> list[AlbumKind]:
     """Where the daemon's decision (default thresholds) would send each photo."""
     scores = classifier.score(list(pixels))
     assert scores.novelty is not None
-    decided = decide_all(scores, classifier.classes, threshold=0.6, albums={}, review_album="review")
+    decided = decide_all(scores, threshold=0.6, albums={}, review_album="review")
     return [d.kind for d in decided]
 
 

@@ -1,0 +1,227 @@
+"""Learning from the user: albums of their own, corrections, learned versions, a daemon that switches.
+
+The test model's world is six colours (``conftest``); magenta is none of them,
+so until an album of magenta photos is learned, a magenta photo is "other".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, write_config, write_photo
+from daemon_helpers import RunningDaemon, run_cli, wait_until
+from PIL import Image
+
+from cened import learn
+from cened.config import Settings
+from cened.errors import Refused
+from cened.journal import Action, Journal
+from cened.ml import learning
+from cened.ml.classifying import Classifier
+from cened.ml.versions import SHIPPED, VersionStore
+from cened.pipeline import Processor, prepare
+
+MAGENTA = (220, 40, 200)
+
+
+def magenta(path: Path, seed: int) -> Path:
+    """A noisy magenta photo, as conftest's pictures are of their colours."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(MAGENTA, float) + rng.normal(0, 12, (48, 64, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path, quality=92)
+    return path
+
+
+@pytest.fixture
+def taught(settings: Settings, other_model_dir: Path) -> Settings:
+    return settings.model_copy(update={"model": other_model_dir})
+
+
+def _decide(settings: Settings, *paths: Path) -> list[str]:
+    """Albums ``cened classify`` would choose (a simulating Processor with the version in use)."""
+    classifier = Classifier.from_settings(settings)
+    processor = Processor(classifier, None, lambda: settings, simulate=True)
+    outcomes = processor.process([prepare(p, settings, classifier.meta.input_size) for p in paths])
+    return [o.entry.album for o in outcomes]
+
+
+def test_the_model_pack_carries_its_replay_set(other_model_dir: Path) -> None:
+    replay = learning.Replay.load(other_model_dir)
+    # A sample of the training split per class, and the whole validation split (a quarter of 240).
+    assert sorted(set(replay.train.labels)) == sorted(CLASSES) and len(replay.validation) == 60
+    assert np.allclose(np.linalg.norm(replay.validation.embeddings, axis=1), 1.0, atol=0.02)
+
+
+def test_a_head_learned_from_nothing_new_keeps_the_shipped_decisions(other_model_dir: Path) -> None:
+    replay = learning.Replay.load(other_model_dir)
+    classifier = Classifier(other_model_dir)
+    head = learning.fit_head(
+        CLASSES, CLASSES, classifier.meta.temperature, replay.train, learning.Labelled.empty(6, 8)
+    )
+    shipped = replay.validation.logits.argmax(axis=1)
+    learned = head.logits(replay.validation.logits, replay.validation.embeddings).argmax(axis=1)
+    assert (shipped == learned).mean() >= 0.98
+
+
+def test_an_album_needs_twenty_examples(taught: Settings, tmp_path: Path) -> None:
+    for i in range(19):
+        magenta(tmp_path / "few" / f"{i}.jpg", i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    done = run_cli("album", "add", "magenta", str(tmp_path / "few"), config=config)
+    assert done.returncode == 1
+    assert "at least 20 example photos" in done.stderr and "has 19" in done.stderr
+    assert VersionStore(taught.learned_dir).active() == SHIPPED
+    assert not (taught.learned_dir / learn.ALBUMS_FILE).exists()
+
+
+def test_a_new_album_is_learned_and_other_still_works(taught: Settings, tmp_path: Path) -> None:
+    examples = [magenta(tmp_path / "examples" / f"m{i}.jpg", i) for i in range(25)]
+    fresh = [magenta(tmp_path / "new" / f"new{i}.jpg", 500 + i) for i in range(5)]
+    ordinary = [write_photo(tmp_path / "new" / f"{c}.jpg", c, seed=77) for c in CLASSES]
+    page = tmp_path / "new" / "page.png"
+    Image.new("RGB", (64, 48), (250, 250, 120)).save(page)  # a colour of none of the seven
+    assert _decide(taught, *fresh) == ["other"] * 5
+
+    assert learn.add_album(taught, "magenta", tmp_path / "examples") == 25
+    outcome = learn.learn(taught)
+    assert outcome.accepted and outcome.classes == (*CLASSES, "magenta")
+    assert outcome.examples["magenta"] + outcome.held_back["magenta"] == 25
+    assert outcome.new["yours"].per_label["magenta"]["recall"] == 1.0
+    assert outcome.new["validation"].accuracy >= outcome.current["validation"].accuracy - 0.02
+
+    assert _decide(taught, *fresh) == ["magenta"] * 5
+    assert _decide(taught, *ordinary) == list(CLASSES)
+    assert _decide(taught, page) == ["other"]
+    # The examples stay where they are; only their features were kept.
+    assert all(p.is_file() for p in examples)
+
+
+def test_learn_refuses_a_worse_version_unless_forced(taught: Settings, tmp_path: Path) -> None:
+    """Twenty-five glacier photos "corrected" to forest contradict the validation set: kept, not used."""
+    for i in range(25):
+        write_photo(taught.inbox / f"g{i}.jpg", "glacier", seed=3000 + i)
+    with Journal(taught.database) as journal:
+        classifier = Classifier(taught.model)
+        processor = Processor(classifier, journal, lambda: taught)
+        processor.process(
+            [prepare(p, taught, classifier.meta.input_size) for p in sorted(taught.inbox.iterdir())]
+        )
+        filed = [r.id for r in journal.history(actions=[Action.MOVED])]
+    config = write_config(tmp_path / "cened.toml", taught)
+    for row_id in filed:
+        assert run_cli("correct", str(row_id), "forest", config=config).returncode == 0
+
+    outcome = learn.learn(taught)
+    assert not outcome.accepted
+    assert outcome.new["validation"].accuracy < outcome.current["validation"].accuracy - 0.005
+    store = VersionStore(taught.learned_dir)
+    assert store.active() == SHIPPED and store.names() == [outcome.version]
+
+    forced = learn.learn(taught, force=True)
+    assert forced.accepted and forced.forced and store.active() == forced.version
+
+
+def test_model_use_list_and_rollback(taught: Settings, tmp_path: Path) -> None:
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    assert run_cli("album", "add", "magenta", str(tmp_path / "examples"), config=config).returncode == 0
+    store = VersionStore(taught.learned_dir)
+    first = store.active()
+    assert first.startswith("learned-")
+
+    listed = run_cli("model", "list", config=config).stdout
+    assert f"* {first}" in listed and "magenta" in listed and "  shipped" in listed
+    assert run_cli("model", "rollback", config=config).returncode == 0
+    assert store.active() == SHIPPED
+    refused = run_cli("model", "rollback", config=config)
+    assert refused.returncode == 1 and "nothing to roll back" in refused.stderr
+    assert run_cli("model", "use", first, config=config).returncode == 0 and store.active() == first
+    assert run_cli("model", "use", "learned-nonesuch", config=config).returncode == 1
+
+    done = run_cli("album", "remove", "magenta", config=config)
+    assert done.returncode == 0, done.stderr
+    assert store.active() == SHIPPED  # nothing else to learn from
+    assert learn.Albums.load(taught.learned_dir).removed == ["magenta"]
+    with pytest.raises(Refused):
+        learn.remove_album(taught, "magenta")
+
+
+@pytest.mark.slow
+def test_corrections_into_a_new_folder_become_an_album(taught: Settings, tmp_path: Path) -> None:
+    """Photos filed in other, corrected into `magenta` one by one, make an album at the 20th."""
+    for i in range(22):
+        magenta(taught.inbox / f"m{i}.jpg", 100 + i)
+    with Journal(taught.database) as journal:
+        classifier = Classifier(taught.model)
+        processor = Processor(classifier, journal, lambda: taught)
+        processor.process(
+            [prepare(p, taught, classifier.meta.input_size) for p in sorted(taught.inbox.iterdir())]
+        )
+        filed = [r.id for r in journal.history(actions=[Action.OTHER])]
+    assert len(filed) == 22
+    config = write_config(tmp_path / "cened.toml", taught)
+    for row_id in filed[:19]:
+        assert run_cli("correct", str(row_id), "magenta", config=config).returncode == 0
+    listed = run_cli("album", "list", config=config).stdout
+    assert "19 corrections" in listed and "1 more to be an album" in listed
+    for row_id in filed[19:]:
+        assert run_cli("correct", str(row_id), "magenta", config=config).returncode == 0
+
+    report = json.loads(run_cli("learn", "--json", config=config).stdout)
+    assert report["accepted"] and report["classes"][-1] == "magenta"
+    assert _decide(taught, magenta(tmp_path / "new.jpg", 999)) == ["magenta"]
+
+
+@pytest.mark.slow
+def test_a_running_daemon_switches_to_a_learned_version_and_back(taught: Settings, tmp_path: Path) -> None:
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    with RunningDaemon(taught) as daemon:
+        magenta(tmp_path / "a.jpg", 900).rename(taught.inbox / "a.jpg")
+        assert wait_until(lambda: daemon.filed >= 1, timeout=30)
+        assert (taught.library / "other" / "a.jpg").is_file()
+
+        done = run_cli("album", "add", "magenta", str(tmp_path / "examples"), config=config)
+        assert done.returncode == 0, done.stderr
+        version = VersionStore(taught.learned_dir).active()
+        assert wait_until(lambda: daemon._classifier.version == version, timeout=15)
+        magenta(tmp_path / "b.jpg", 901).rename(taught.inbox / "b.jpg")
+        assert wait_until(lambda: daemon.filed >= 2, timeout=30)
+        assert (taught.library / "magenta" / "b.jpg").is_file()
+
+        assert run_cli("model", "rollback", config=config).returncode == 0
+        assert wait_until(lambda: daemon._classifier.version == daemon._classifier.meta.version, timeout=15)
+        magenta(tmp_path / "c.jpg", 902).rename(taught.inbox / "c.jpg")
+        assert wait_until(lambda: daemon.filed >= 3, timeout=30)
+        assert (taught.library / "other" / "c.jpg").is_file()
+    with Journal(taught.database, readonly=True) as journal:
+        versions = {
+            r.source.name: r.model_version for r in journal.history(actions=[Action.MOVED, Action.OTHER])
+        }
+    assert versions["b.jpg"] == version and versions["a.jpg"] == versions["c.jpg"] != version
+
+
+@pytest.mark.slow
+def test_a_broken_version_is_refused_and_the_daemon_keeps_its_model(taught: Settings, tmp_path: Path) -> None:
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    learn.add_album(taught, "magenta", tmp_path / "examples")
+    good = learn.learn(taught).version
+    store = VersionStore(taught.learned_dir)
+    with RunningDaemon(taught) as daemon:
+        assert daemon._classifier.version == good
+        broken = store.versions / "learned-broken"
+        broken.mkdir()
+        (broken / "learned.json").write_text("{")
+        (store.active_file).write_text(json.dumps({"history": [good, "learned-broken"]}))
+        # The daemon logs the refusal and keeps filing with the version it had.
+        magenta(tmp_path / "b.jpg", 901).rename(taught.inbox / "b.jpg")
+        assert wait_until(lambda: daemon.filed >= 1, timeout=30)
+        assert daemon._classifier.version == good
+    assert (taught.library / "magenta" / "b.jpg").is_file()
