@@ -408,9 +408,10 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
         )
     wanted = []
     for path in photos:
+        path = path.resolve()  # an example may be a link to a photo; the daemon's reading refuses links
         p = prepare(path, settings, classifier.meta.input_size)
         if p.verdict == Verdict.DECODED and p.sha256:
-            wanted.append(Example(p.sha256, path.absolute(), name, Source.ALBUM))
+            wanted.append(Example(p.sha256, path, name, Source.ALBUM))
     cache = FeatureCache(settings.learned_dir, classifier.meta.version)
     kept, _ = compute(wanted, classifier, settings, cache)
     if len(kept) < learning.MIN_EXAMPLES:

@@ -94,3 +94,35 @@ def test_photos_of_none_of_the_classes_are_kept_out_of_the_albums(shipped: Path,
     kept = kinds_in != AlbumKind.OTHER
     predicted = classifier.predict(inliers).argmax(1)
     assert (predicted[kept] == labels[kept]).mean() >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_the_shipped_model_learns_an_album_of_cats_from_twenty(shipped: Path, tmp_path: Path) -> None:
+    """Twenty cats make an album; other cats are filed there, dogs and landscapes mostly not."""
+    if not (OOD / "cats").is_dir():
+        pytest.skip(f"the photos of none of the classes are not at {OOD} (never copied into the repository)")
+    from cened import learn
+    from cened.config import load_settings
+    from cened.ml.evaluation import learned_report, load_outliers
+
+    cats = sorted((OOD / "cats").glob("*.jpg"))
+    settings = load_settings(
+        None, inbox=tmp_path / "inbox", library=tmp_path / "albums", database=tmp_path / "state" / "db"
+    )
+    assert learn.add_album(settings, "cats", cats[0].parent) == len(cats)  # every cat, then held back below
+    albums = learn.Albums.load(settings.learned_dir)
+    albums.albums["cats"]["examples"] = albums.albums["cats"]["examples"][:20]
+    albums.save()
+    outcome = learn.learn(settings)
+    assert outcome.accepted and outcome.classes[-1] == "cats"
+
+    classifier = Classifier.from_settings(settings)
+    pixels, labels = _validation_sample(per_class=40)
+    meta = classifier.meta
+    rest = np.stack([decode(p.read_bytes(), meta.input_size) for p in cats[20:]])
+    dogs = load_outliers(OOD / "dogs", meta.input_size)
+    result = learned_report(classifier, pixels, labels, {"cats": rest}, dogs)
+    assert result["validation"]["accuracy"] >= 0.92  # the six classes keep what they had
+    assert result["albums"]["cats"]["recall"] >= 0.5 and result["albums"]["cats"]["precision"] >= 0.8
+    assert result["none"]["dogs"]["filed"] <= 0.05

@@ -273,6 +273,73 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean()) if len(labels) else float("nan")
 
 
+def learned_report(
+    classifier: Classifier,
+    val_pixels: np.ndarray,
+    val_labels: np.ndarray,
+    albums: dict[str, np.ndarray],
+    outliers: dict[str, np.ndarray],
+    confidence_threshold: float = 0.6,
+) -> dict[str, Any]:
+    """How the classifier, with a learned version in use, files three kinds of photos.
+
+    The shipped validation photos (top-1 over the shipped classes and the
+    confusion between them), photos of the user's albums that were not among
+    their examples (precision and recall of each album, counting every photo
+    measured here that it took), and photos of none of its classes (how many
+    it files anywhere but review and other).
+    """
+
+    def albums_of(pixels: np.ndarray) -> tuple[list[str], np.ndarray]:
+        scores = classifier.score(list(pixels))
+        decided = decide_all(scores, threshold=confidence_threshold, albums={}, review_album="review")
+        top = scores.probabilities.argmax(axis=1)
+        return [d.album if d.kind == AlbumKind.FILE else d.kind.value for d in decided], top
+
+    base = classifier.meta.classes
+    val_albums, top = albums_of(val_pixels)
+    filed: dict[str, list[str]] = {"validation": val_albums}
+    for name, pixels in albums.items():
+        filed[f"album: {name}"] = albums_of(pixels)[0]
+    for name, pixels in outliers.items():
+        filed[f"none: {name}"] = albums_of(pixels)[0]
+    cm = confusion_matrix(val_labels, np.minimum(top, len(base)), len(base) + 1)[: len(base)]
+    result: dict[str, Any] = {
+        "version": classifier.version,
+        "classes": list(classifier.classes),
+        "validation": {
+            "n": len(val_labels),
+            "accuracy": float((top == val_labels).mean()),
+            "filed_right": float(
+                np.mean([a == base[y] for a, y in zip(val_albums, val_labels, strict=True)])
+            ),
+            "to_other": float(np.mean([a == "other" for a in val_albums])),
+            # Rows: the truth; columns: the shipped classes, then all albums of the user's together.
+            "confusion_matrix": cm.tolist(),
+        },
+        "albums": {},
+        "none": {},
+    }
+    every = [a for kind in filed.values() for a in kind]
+    for name in albums:
+        mine = filed[f"album: {name}"]
+        taken = sum(a == name for a in every)
+        right = sum(a == name for a in mine)
+        result["albums"][name] = {
+            "n": len(mine),
+            "recall": right / len(mine),
+            "precision": right / taken if taken else 0.0,
+            "to_other": float(np.mean([a == "other" for a in mine])),
+        }
+    for name in outliers:
+        mine = filed[f"none: {name}"]
+        result["none"][name] = {
+            "n": len(mine),
+            "filed": float(np.mean([a not in ("other", "review") for a in mine])),
+        }
+    return result
+
+
 def load_outliers(folder: Path, input_size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Photos of none of the classes: every image below ``folder``, grouped by its first sub-folder."""
     groups: dict[str, list[Path]] = {}
@@ -530,6 +597,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure N made-up photos of each kind cened.testing.unlike_photos draws "
         "(documents, screenshots, plain colours and noise)",
     )
+    parser.add_argument(
+        "--learned",
+        metavar="VERSION",
+        help="measure a learned version (`active` for the one in use; see cened model list) on the "
+        "validation split, --albums and --ood, instead of the model itself; writes no card",
+    )
+    parser.add_argument(
+        "--albums",
+        type=Path,
+        metavar="DIR",
+        help="with --learned: DIR/<album>/ photos of your albums that were not among their examples",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -611,6 +690,8 @@ def run(args: argparse.Namespace) -> int:
             )
         _, idx = dataset.split_indices(listing.labels, float(tr["val_fraction"]), int(tr["split_seed"]))
         listing = listing.subset(idx)
+    if args.learned:
+        return _run_learned(args, meta, listing)
     report_dir = args.report_dir or (args.model if args.split == "val" else Path("evaluation"))
     report_dir.mkdir(parents=True, exist_ok=True)
 
@@ -705,6 +786,42 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {report_dir / 'confusion_matrix.png'}, {report_dir / 'evaluation.json'}"
         + (f", {args.model / 'MODEL_CARD.md'}" if args.split == "val" else "")
     )
+    return 0
+
+
+def _run_learned(args: argparse.Namespace, meta: modelpack.ModelMeta, listing: dataset.Listing) -> int:
+    """``cened evaluate --learned``: the daemon's classifier with that version, on every kind of photo."""
+    from cened.config import load_settings
+    from cened.ml.versions import VersionStore
+
+    settings = load_settings(args.config)
+    store = VersionStore(settings.learned_dir)
+    version = store.active() if args.learned == "active" else args.learned
+    classifier = load_classifier(args.model, "tflite" if not args.no_tflite else "keras", args.batch_size)
+    classifier.use(store.load(version) if version != "shipped" else None)
+    pixels = dataset.load_pixels(listing.paths, meta.input_size)
+    albums = load_outliers(args.albums, meta.input_size) if args.albums else {}
+    outliers: dict[str, np.ndarray] = {}
+    for folder in args.ood:
+        outliers |= load_outliers(folder, meta.input_size)
+    result = learned_report(classifier, pixels, listing.labels, albums, outliers)
+    v = result["validation"]
+    print(f"{result['version']}: classes {', '.join(result['classes'])}")
+    print(
+        f"validation ({v['n']}): top-1 {_pct(v['accuracy'])}, filed right {_pct(v['filed_right'])}, "
+        f"to other {_pct(v['to_other'])}"
+    )
+    for name, a in result["albums"].items():
+        print(
+            f"album {name} ({a['n']} not among its examples): precision {_pct(a['precision'])}, "
+            f"recall {_pct(a['recall'])}, to other {_pct(a['to_other'])}"
+        )
+    for name, o in result["none"].items():
+        print(f"none of the classes: {name} ({o['n']}): filed {_pct(o['filed'])}")
+    report_dir = args.report_dir or Path(f"evaluation-{version}")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "learned.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {report_dir / 'learned.json'}")
     return 0
 
 

@@ -179,7 +179,7 @@ def fit_head(
     y = np.array([index[label] for label in data.labels], dtype=np.int64)
     per_class = len(replay) / max(1, len(set(replay.labels)))
     weights = np.ones(len(data))
-    for label in set(examples.labels):
+    for label in set(examples.labels) - set(base_classes):
         mine = np.flatnonzero(np.asarray(data.labels[len(replay) :]) == label) + len(replay)
         weights[mine] = max(1.0, per_class / len(mine))
     weights /= weights.sum()
