@@ -23,6 +23,7 @@ from cened.ml import learning
 from cened.ml.classifying import Classifier
 from cened.ml.versions import SHIPPED, VersionStore
 from cened.pipeline import Processor, prepare
+from cened.undoing import carry_out, plan_correct
 
 MAGENTA = (220, 40, 200)
 
@@ -100,9 +101,10 @@ def test_a_new_album_is_learned_and_other_still_works(taught: Settings, tmp_path
     assert all(p.is_file() for p in examples)
 
 
-def test_learn_refuses_a_worse_version_unless_forced(taught: Settings, tmp_path: Path) -> None:
-    """Twenty-five glacier photos "corrected" to forest contradict the validation set: kept, not used."""
-    for i in range(25):
+def test_learn_refuses_a_worse_version_unless_forced(taught: Settings) -> None:
+    """Sixty glacier photos "corrected" to forest, twice the glacier photos of the replay set,
+    contradict the validation set: the version is kept, not used."""
+    for i in range(60):
         write_photo(taught.inbox / f"g{i}.jpg", "glacier", seed=3000 + i)
     with Journal(taught.database) as journal:
         classifier = Classifier(taught.model)
@@ -110,10 +112,15 @@ def test_learn_refuses_a_worse_version_unless_forced(taught: Settings, tmp_path:
         processor.process(
             [prepare(p, taught, classifier.meta.input_size) for p in sorted(taught.inbox.iterdir())]
         )
-        filed = [r.id for r in journal.history(actions=[Action.MOVED])]
-    config = write_config(tmp_path / "cened.toml", taught)
-    for row_id in filed:
-        assert run_cli("correct", str(row_id), "forest", config=config).returncode == 0
+        for row in journal.history(actions=[Action.MOVED]):
+            assert row.id is not None
+            # What `cened correct ID forest` does.
+            carry_out(
+                journal, plan_correct(journal, taught, row.id, "forest"), Action.CORRECTED, label="forest"
+            )
+    with Journal(taught.database, readonly=True) as journal:
+        corrected, _ = learn.corrected_examples(journal, taught, learn.Albums(Path()), CLASSES)
+    assert len(corrected) == 60
 
     outcome = learn.learn(taught)
     assert not outcome.accepted
