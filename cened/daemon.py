@@ -165,6 +165,7 @@ class Daemon:
         self._library_events: queue.SimpleQueue[tuple[Path, Path | None, bool]] = queue.SimpleQueue()
         self._library_reconcile = threading.Event()  # compare every row with the disk: start, lost events
         self._library_thread: threading.Thread | None = None
+        self.library_watched = threading.Event()  # set once the library thread is watching and has compared
 
     def settings(self) -> Settings:
         return self._settings
@@ -367,6 +368,7 @@ class Daemon:
                 if self._library_reconcile.is_set() and now >= retry_at:
                     self._library_reconcile.clear()
                     retry_at = self._library_step(journal, places, None, waiting)
+                    self.library_watched.set()
                 if changes and (now - last >= LIBRARY_SETTLE_S or now - first >= LIBRARY_SETTLE_MAX_S):
                     retry_at = self._library_step(journal, places, changes.take(), waiting)
                     first = 0.0

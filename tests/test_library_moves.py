@@ -19,6 +19,7 @@ from daemon_helpers import RunningDaemon, run_cli, wait_until
 
 from cened import doctor, library
 from cened.config import Settings
+from cened.daemon import Daemon
 from cened.journal import Action, Entry, Journal, State
 from cened.library import Change, Changes, Places
 from cened.undoing import carry_out, companions_of, plan_correct, plan_undo
@@ -251,11 +252,20 @@ def wait_row(
     return found()[-1]
 
 
-def filed_at(settings: Settings, daemon, count: int, path: Path) -> None:
+class Watching(RunningDaemon):
+    """The daemon in a thread, once its library thread watches and has compared the library at start."""
+
+    def __enter__(self) -> Daemon:
+        daemon = super().__enter__()
+        assert daemon.library_watched.wait(timeout=30)
+        return daemon
+
+
+def filed_at(settings: Settings, daemon: Daemon, count: int, path: Path) -> None:
     assert wait_until(lambda: daemon.filed >= count and path.is_file(), timeout=30), path
 
 
-def marker(settings: Settings, daemon, n: int) -> Entry:
+def marker(settings: Settings, daemon: Daemon, n: int) -> Entry:
     """A photo filed and moved by hand: once its row is in, every change made before it was handled."""
     write_photo(settings.inbox / "marker.jpg", "glacier", seed=77)
     filed_at(settings, daemon, n, settings.library / "glacier" / "marker.jpg")
@@ -267,10 +277,11 @@ def marker(settings: Settings, daemon, n: int) -> Entry:
 
 @pytest.mark.slow
 def test_the_daemon_records_a_move_by_hand_and_history_doctor_and_undo_agree(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # the history table, unfolded
     config = write_config(tmp_path / "cened.toml", settings)
-    with RunningDaemon(settings) as daemon:
+    with Watching(settings) as daemon:
         write_photo(settings.inbox / "a.jpg", "sea")
         filed_at(settings, daemon, 1, settings.library / "sea" / "a.jpg")
         (settings.library / "forest").mkdir()
@@ -306,7 +317,7 @@ def test_the_daemon_records_a_move_by_hand_and_history_doctor_and_undo_agree(
 def test_the_daemon_records_a_renamed_album_folder_and_moves_made_while_it_was_stopped(
     settings: Settings, tmp_path: Path
 ) -> None:
-    with RunningDaemon(settings) as daemon:
+    with Watching(settings) as daemon:
         for i in range(3):
             write_photo(settings.inbox / f"{i}.jpg", "sea", seed=i)
         filed_at(settings, daemon, 3, settings.library / "sea" / "2.jpg")
@@ -317,7 +328,7 @@ def test_the_daemon_records_a_renamed_album_folder_and_moves_made_while_it_was_s
     (settings.library / "forest").mkdir()
     os.rename(settings.library / "ocean" / "0.jpg", settings.library / "forest" / "0.jpg")
     (settings.library / "ocean" / "1.jpg").unlink()
-    with RunningDaemon(settings):
+    with Watching(settings):
         row = wait_row(settings, Action.CORRECTED, settings.library / "forest" / "0.jpg")
         assert (row.human_label, row.reason) == ("forest", library.FOUND_BY_HASH)
         missing = wait_row(settings, Action.MISSING)
@@ -331,7 +342,7 @@ def test_a_companion_follows_and_a_correction_by_the_cli_is_recorded_once(
     settings: Settings, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path / "cened.toml", settings)
-    with RunningDaemon(settings) as daemon:
+    with Watching(settings) as daemon:
         (settings.inbox / "IMG_1.xmp").write_bytes(b"<x:xmpmeta/>")
         write_photo(settings.inbox / "IMG_1.jpg", "sea")
         filed_at(settings, daemon, 1, settings.library / "sea" / "IMG_1.xmp")
@@ -346,6 +357,8 @@ def test_a_companion_follows_and_a_correction_by_the_cli_is_recorded_once(
         marker(settings, daemon, 2)
     by_hand = [r for r in rows(settings) if r.reason == library.MOVED_BY_HAND]
     assert [r.destination.name for r in by_hand] == ["IMG_1.jpg", "marker.jpg"]
+    photo_rows = [r.destination for r in rows(settings, Action.CORRECTED) if r.destination.suffix == ".jpg"]
+    assert [p.parent.name for p in photo_rows] == ["forest", "street", "mountain"]
     assert [r.human_label for r in rows(settings, Action.CORRECTED) if r.human_label == "street"] == [
         "street"
     ]
@@ -358,7 +371,7 @@ def test_a_companion_follows_and_a_correction_by_the_cli_is_recorded_once(
 def test_filing_makes_no_corrections_or_removals(settings: Settings, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     classes = ("sea", "forest", "street")
-    with RunningDaemon(settings) as daemon:
+    with Watching(settings) as daemon:
         for i in range(30):
             os.rename(
                 write_photo(staging / f"p{i}.jpg", classes[i % 3], seed=i), settings.inbox / f"p{i}.jpg"
