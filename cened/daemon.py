@@ -21,6 +21,9 @@ Four threads of our own, each with one job, connected by bounded queues:
   main thread waits for it before handing over another batch, without
   pinging, so a filer stuck on a dead disk gets the service restarted too.
 
+A fifth, the **library** thread, records the photos moved or removed by
+hand in the library (cened.library), with a journal connection of its own.
+
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
 
