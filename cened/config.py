@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     companion_wait_s: float = Field(30.0, ge=0.0, le=86_400)
     # Folders below the library; see cened.layout for the fields.
     layout: str = layouts.DEFAULT
+    # Record photos moved or removed by hand in the library (cened.library); one inotify
+    # watch per folder of it, which a library of very many folders may not have to spare.
+    watch_library: bool = True
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     ignore_suffixes: list[str] = Field(

@@ -21,6 +21,9 @@ Four threads of our own, each with one job, connected by bounded queues:
   main thread waits for it before handing over another batch, without
   pinging, so a filer stuck on a dead disk gets the service restarted too.
 
+A fifth, the **library** thread, records the photos moved or removed by
+hand in the library (cened.library), with a journal connection of its own.
+
 Signals only set flags: SIGTERM/SIGINT stop taking new files and finish the
 batches already read; SIGHUP re-reads the configuration.
 
@@ -51,7 +54,7 @@ from types import FrameType
 
 import structlog
 
-from cened import inflight, logsetup, recovery, reloading
+from cened import inflight, library, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
@@ -59,9 +62,10 @@ from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
 from cened.ml.modelpack import sha256_or_none
 from cened.ml.versions import VersionStore
+from cened.moving import PARTIAL_SUFFIX
 from cened.notify import Notifier, watchdog_interval
 from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict, prepare, unless_unfinished
-from cened.watching import InboxWatcher, StabilityTracker, is_candidate, scan, signature
+from cened.watching import InboxWatcher, LibraryWatcher, StabilityTracker, is_candidate, scan, signature
 
 log = structlog.get_logger("cened.daemon")
 
@@ -79,6 +83,7 @@ RESTART_ONLY = (
     "model_workers",
     "model_batch_size",
     "queue_max",
+    "watch_library",
 )
 TICK = 0.1
 #: How long a thread may hold the GIL while another waits for it (Python's
@@ -103,6 +108,18 @@ INBOX_CHECK_S = 1.0
 #: Consecutive batches whose journal was busy or locked before the daemon gives
 #: up; SQLite has already waited its busy timeout (10 s) for each.
 JOURNAL_FAILURES_MAX = 3
+#: Changes in the library are handled once none has come for this long (a folder
+#: dragged elsewhere is a burst of events), or at the latest after LIBRARY_SETTLE_MAX_S.
+LIBRARY_SETTLE_S = 1.0
+LIBRARY_SETTLE_MAX_S = 5.0
+#: A change to a photo that an undo or correction (another process) is moving is looked
+#: at again this often, and dropped after LIBRARY_WAIT_MAX_S: that mover's intent then
+#: stays pending until recovery, and the next reconcile pass catches anything missed.
+LIBRARY_RECHECK_S = 1.0
+LIBRARY_WAIT_MAX_S = 60.0
+#: After a failure (the journal busy for longer than its timeout), the whole library is
+#: compared with the journal again this much later.
+LIBRARY_RETRY_S = 30.0
 
 
 class Daemon:
@@ -151,6 +168,11 @@ class Daemon:
         self._classifier: Classifier | None = None
         self._versions = VersionStore(settings.learned_dir)
         self._model_stamp: tuple[int, int] | None = None  # of the learned version in use, when read
+        # Moves and deletions in the library, for the library thread (cened.library).
+        self._library_events: queue.SimpleQueue[tuple[Path, Path | None, bool]] = queue.SimpleQueue()
+        self._library_reconcile = threading.Event()  # compare every row with the disk: start, lost events
+        self._library_thread: threading.Thread | None = None
+        self.library_watched = threading.Event()  # set once the library thread is watching and has compared
 
     def settings(self) -> Settings:
         return self._settings
@@ -192,6 +214,10 @@ class Daemon:
             # Only the daemon's own process catches fatal signals: faulthandler is process-wide.
             self._flights.begin(catch_faults=threading.current_thread() is threading.main_thread())
             self._watch()
+            if s.watch_library:  # after recovery: the library is as the journal's intents left it
+                self._library_thread = threading.Thread(target=self._watch_library, name="library")
+                self._library_thread.daemon = True
+                self._library_thread.start()
             self._scan()  # before READY: every file already waiting is known to the tracker
             with (
                 ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool,
@@ -224,6 +250,8 @@ class Daemon:
             self.stopping.set()  # on an error too: the pump must not watch the inbox again
             if self._watcher is not None:
                 self._watcher.stop()
+            if self._library_thread is not None:
+                self._library_thread.join(timeout=10)
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
         self.notifier.close()
@@ -303,6 +331,95 @@ class Daemon:
             self._inbox_id = None
             return
         self._rescan.set()
+
+    def _on_library_change(self, src: Path, dest: Path | None, folder: bool) -> None:
+        if dest is None and src.name.endswith(PARTIAL_SUFFIX):
+            return  # the daemon's own temporary of a copy across filesystems, linked into place
+        self._library_events.put((src, dest, folder))
+
+    def _watch_library(self) -> None:
+        """The library thread: record what is moved or removed by hand in the library (cened.library).
+
+        It has its own journal connection (one per thread), and waits for a
+        burst of changes to end before looking, so that the disk and the
+        journal it reads then tell what happened, not the events.
+        """
+        s = self._settings
+        places = library.Places.of(s)
+        journal = Journal(s.database)
+        watcher: LibraryWatcher | None = LibraryWatcher(
+            s.library, self._on_library_change, self._library_reconcile.set
+        )
+        try:
+            watcher.start()
+        except OSError as exc:  # out of inotify watches: recorded at the next start instead
+            log.warning("library-not-watched", library=str(s.library), error=exc.strerror)
+            watcher = None
+        self._library_reconcile.set()  # after the watch starts, so that nothing falls between
+        changes = library.Changes()
+        first = last = retry_at = next_look = 0.0
+        waiting: dict[library.Change, float] = {}  # changes to look at again, and when to give up
+        try:
+            while not self.stopping.is_set():
+                try:
+                    src, dest, folder = self._library_events.get(timeout=TICK)
+                except queue.Empty:
+                    pass
+                else:
+                    if dest is None:
+                        changes.gone(src, folder=folder)
+                    else:
+                        changes.moved(src, dest, folder=folder)
+                    last = time.monotonic()
+                    first = first or last
+                    continue
+                now = time.monotonic()
+                if self._library_reconcile.is_set() and now >= retry_at:
+                    self._library_reconcile.clear()
+                    retry_at = self._library_step(journal, places, None, waiting)
+                    self.library_watched.set()
+                if changes and (now - last >= LIBRARY_SETTLE_S or now - first >= LIBRARY_SETTLE_MAX_S):
+                    retry_at = self._library_step(journal, places, changes.take(), waiting)
+                    first = 0.0
+                if waiting and now >= next_look:
+                    looked, waiting = waiting, {}
+                    retry_at = self._library_step(journal, places, list(looked), waiting)
+                    # Each keeps its first deadline: a mover that never finishes is given up on.
+                    for change in list(waiting):
+                        waiting[change] = looked.get(change, waiting[change])
+                        if waiting[change] <= now:
+                            log.warning("library-change-dropped", file=os.fsdecode(change.src))
+                            del waiting[change]
+                    next_look = now + LIBRARY_RECHECK_S
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            journal.close()
+
+    def _library_step(
+        self,
+        journal: Journal,
+        places: library.Places,
+        changes: list[library.Change] | None,
+        waiting: dict[library.Change, float],
+    ) -> float:
+        """Record ``changes``, or compare the whole library with the journal (None).
+
+        Returns the time before which no reconcile is retried: a failure must
+        not end the thread, and the next reconcile pass makes up for it.
+        """
+        try:
+            if changes is None:
+                done = library.reconcile(journal, places)
+            else:
+                done = library.record(journal, places, changes)
+        except Exception:
+            log.exception("library-failed", retry_in_s=LIBRARY_RETRY_S)
+            self._library_reconcile.set()
+            return time.monotonic() + LIBRARY_RETRY_S
+        for change in done.waiting:
+            waiting.setdefault(change, time.monotonic() + LIBRARY_WAIT_MAX_S)
+        return 0.0
 
     def _pump(self) -> None:
         last_scan = time.monotonic()  # run() scanned just before starting us

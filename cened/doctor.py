@@ -5,9 +5,11 @@ Checks, in order:
 * **pending intents** -- moves a crash interrupted (normally resolved at
   start-up; doctor resolves them too, with :mod:`cened.recovery`);
 * **missing files** -- the log says a photo is at a path where nothing is.
-  If a file with the same sha256 is elsewhere in the library (someone moved
-  it by hand) a ``relocated`` row records where; otherwise a ``missing`` row
-  records the loss, so undo refuses it with a clear reason;
+  If a file with the same size and sha256 is elsewhere in the library
+  (someone moved it by hand) a ``corrected`` row (in another album now) or
+  a ``relocated`` one records where, exactly as the daemon records a move it
+  sees (cened.library); otherwise a ``missing`` row records the loss, so
+  undo refuses it with a clear reason;
 * **unlogged files** -- photos in the library that no row accounts for
   (copied in by hand, or filed by another tool): an ``adopted`` row records
   them so history and stats include them;
@@ -27,8 +29,11 @@ from pathlib import Path
 from cened import layout, moving, recovery
 from cened.config import load_settings
 from cened.errors import JournalError
-from cened.journal import MOVING_ACTIONS, SUPERSEDING_ACTIONS, Action, Entry, Journal, State
+from cened.journal import Action, Entry, Journal
+from cened.library import FOUND_BY_HASH, NOT_FOUND, Places, current_rows, follow_ups, match
 from cened.ml.modelpack import sha256_file
+
+__all__ = ["Report", "current_rows", "examine", "repair", "run"]
 
 
 @dataclass
@@ -41,22 +46,6 @@ class Report:
     @property
     def clean(self) -> bool:
         return not (self.pending or self.missing or self.unlogged or self.partials)
-
-
-def current_rows(journal: Journal) -> list[Entry]:
-    """Rows that say where a photo in the library is now: completed moves nobody superseded.
-
-    Undo rows are left out: a photo put back in the inbox is the inbox's
-    business again, and may rightly be gone from there.
-    """
-    rows = journal.history()
-    superseded = {
-        r.ref_id
-        for r in rows
-        if r.ref_id is not None and r.state != State.FAILED and r.action in SUPERSEDING_ACTIONS
-    }
-    wanted = (*MOVING_ACTIONS, Action.ADOPTED)
-    return [r for r in rows if r.action in wanted and r.state == State.DONE and r.id not in superseded]
 
 
 def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
@@ -88,35 +77,37 @@ def _files(root: Path) -> list[Path]:
 
 
 def repair(
-    journal: Journal, report: Report, library: Path, quarantine: Path, template: str = layout.DEFAULT
+    journal: Journal,
+    report: Report,
+    library: Path,
+    quarantine: Path,
+    template: str = layout.DEFAULT,
+    *,
+    places: Places | None = None,
 ) -> list[str]:
     """Apply the fixes described in the module docstring; returns what was done.
 
-    ``template`` (the ``layout`` setting) tells which folder of a nested path is a file's album.
+    ``template`` (the ``layout`` setting) tells which folder of a nested path is a file's album;
+    ``places`` (from the settings) also knows the review album and the class → album mapping.
     """
+    places = places or Places(library, quarantine, template)
     done: list[str] = []
     if report.pending:
         for r in recovery.reconcile(journal):
             done.append(f"resolved interrupted move #{r.id}: {r.state}")
-    by_hash: dict[str, Path] = {}
-    for path in report.unlogged:
-        try:
-            by_hash.setdefault(sha256_file(path), path)
-        except OSError:
-            continue
-    rows: list[Entry] = []
-    relocated: set[Path] = set()
-    for row in report.missing:
-        found = by_hash.get(row.sha256 or "")
-        if found is not None and found not in relocated:
-            relocated.add(found)
-            why, album = "found elsewhere in the library by sha256", _album(found, library, template)
-            rows.append(_follow_up(row, Action.RELOCATED, found, why, album))
-            done.append(f"#{row.id}: found at {os.fsdecode(found)}")
+    # The daemon's own search and rows for a photo it finds gone (cened.library).
+    found = match(report.missing, report.unlogged)
+    relocated = set(found.values())
+    items = [(row, found.get(row.id or 0)) for row in report.missing]
+    rows: list[Entry] = follow_ups(
+        journal, places, items, reason=FOUND_BY_HASH, gone=(Action.MISSING, NOT_FOUND)
+    )
+    for entry in rows:
+        if entry.action == Action.MISSING:
+            done.append(f"#{entry.ref_id}: recorded as missing")
         else:
-            why = "not on disk (found by cened doctor)"
-            rows.append(_follow_up(row, Action.MISSING, row.destination, why, row.album))
-            done.append(f"#{row.id}: recorded as missing")
+            what = f"{entry.action}, {entry.human_label or entry.album or 'no album'}"
+            done.append(f"#{entry.ref_id}: found at {os.fsdecode(entry.destination or '')} ({what})")
     for path in report.unlogged:
         if path in relocated:
             continue
@@ -164,21 +155,6 @@ def _album(path: Path, library: Path, template: str) -> str:
     return path.parent.name
 
 
-def _follow_up(row: Entry, action: Action, where: Path | None, reason: str, album: str | None) -> Entry:
-    return Entry(
-        action=action,
-        source=row.destination or row.source,
-        destination=where,
-        sha256=row.sha256,
-        size=row.size,
-        label=row.label,
-        album=album,
-        ref_id=row.id,
-        reason=reason,
-        model_version=row.model_version,
-    )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fix", action="store_true", help="mend what was found (never deletes a file)")
 
@@ -204,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.fix:
             print("run `cened doctor --fix` to mend these (nothing is deleted)")
             return 1
-        for line in repair(journal, report, settings.library, settings.quarantine_dir, settings.layout):
+        places = Places.of(settings)
+        for line in repair(journal, report, settings.library, settings.quarantine_dir, places=places):
             print(f"fixed: {line}")
     return 0

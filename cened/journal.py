@@ -49,7 +49,8 @@ class Action(StrEnum):
     RELOCATED = "relocated"  # found elsewhere in the library by cened doctor
     UNDONE = "undone"  # put back where it came from
     SKIPPED = "skipped"  # left in place, noted once
-    MISSING = "missing"  # not on disk any more (cened doctor)
+    MISSING = "missing"  # not on disk any more, nor found elsewhere (cened doctor, the daemon's start)
+    REMOVED = "removed"  # taken out of the library by hand: deleted or moved out, seen as it happened
     ADOPTED = "adopted"  # a file in the library that no row knew (cened doctor)
 
 
@@ -75,7 +76,7 @@ MOVING_ACTIONS = (
 FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED, Action.DUPLICATE)
 #: Rows whose ``ref_id`` ends the referred row's say over where its photo is. A duplicate
 #: or a skip note also names a row (the photo already filed), and supersedes nothing.
-SUPERSEDING_ACTIONS = (Action.UNDONE, Action.CORRECTED, Action.RELOCATED, Action.MISSING)
+SUPERSEDING_ACTIONS = (Action.UNDONE, Action.CORRECTED, Action.RELOCATED, Action.MISSING, Action.REMOVED)
 #: Completed rows of these actions leave a photo in the library proper (not quarantine,
 #: not ``_duplicates``): what a new photo's content is compared with.
 LIBRARY_ACTIONS = (
@@ -334,15 +335,37 @@ class Journal:
 
         A companion's ``lead`` must come before it in ``entries``: a group is one intent.
         """
+        with self.transaction():
+            self._insert(entries)
+        return list(entries)
+
+    def _insert(self, entries: Sequence[Entry]) -> None:
         placeholders = ", ".join("?" * (len(_COLUMNS) - 1))
         sql = f"INSERT INTO decisions ({', '.join(_COLUMNS[1:])}) VALUES ({placeholders})"
-        with self.transaction() as conn:
+        for entry in entries:
+            if entry.lead is not None:
+                assert entry.lead.id is not None, "a companion is added after its photo"
+                entry.group_id = entry.lead.id
+            entry.id = self.conn.execute(sql, _to_row(entry)).lastrowid
+
+    def supersede(self, entries: Sequence[Entry]) -> list[Entry]:
+        """Insert follow-up rows (each ``ref_id`` the row it supersedes) unless another came first.
+
+        One transaction: the check and the insert cannot be split by an undo or
+        correction run meanwhile by another process, whose intent is written
+        before its move.  An entry whose row was superseded meanwhile is left
+        out, and so is a companion whose ``lead`` was.  Returns those inserted.
+        """
+        kept: list[Entry] = []
+        with self.transaction():
             for entry in entries:
-                if entry.lead is not None:
-                    assert entry.lead.id is not None, "a companion is added after its photo"
-                    entry.group_id = entry.lead.id
-                entry.id = conn.execute(sql, _to_row(entry)).lastrowid
-        return list(entries)
+                if entry.lead is not None and not any(entry.lead is k for k in kept):
+                    continue
+                if entry.ref_id is not None and self.successor(entry.ref_id) is not None:
+                    continue
+                kept.append(entry)
+            self._insert(kept)
+        return kept
 
     def set_state(
         self, updates: Iterable[tuple[int, State, str | None]], *, discard: Iterable[int] = ()
@@ -459,6 +482,17 @@ class Journal:
             "destination = ? AND state = ?", (path_to_db(path), State.DONE), "ORDER BY id DESC LIMIT 1"
         )
         return rows[0] if rows else None
+
+    def below(self, folder: Path) -> list[Entry]:
+        """Completed rows that left a file somewhere below ``folder``, oldest first."""
+        text, raw = os.fsdecode(folder).rstrip("/") + "/", os.fsencode(folder).rstrip(b"/") + b"/"
+        # A range on the destination index; '0' is the character after '/'. Paths
+        # that are not UTF-8 are stored as BLOBs, which compare among themselves.
+        return self._select(
+            "state = ? AND ((destination >= ? AND destination < ?) "
+            "OR (destination >= ? AND destination < ?))",
+            (State.DONE, text, text[:-1] + "0", raw, raw[:-1] + b"0"),
+        )
 
     def last_from(self, source: Path, *, before: int) -> Entry | None:
         """The latest row about ``source`` older than row ``before``: what happened to it last time."""

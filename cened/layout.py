@@ -80,6 +80,23 @@ def album_of(template: str, relative: PurePosixPath | Path) -> str | None:
     return match["album"] if match else None
 
 
+def album_within(template: str, relative: PurePosixPath | Path) -> str | None:
+    """The album of a file at ``relative`` by the template's folders down to ``{album}`` only.
+
+    A photo dragged straight into an album's folder (``forest/p.jpg`` under
+    ``{album}/{year}/{month}``), or into a folder of its own below one
+    (``sea/trip/p.jpg``), is in that album all the same.
+    """
+    parts = template.split("/")
+    depth = next(i for i, part in enumerate(parts) if "{album}" in part) + 1
+    folders = relative.parent.parts
+    if len(folders) < depth:
+        return None
+    head = "/".join(parts[:depth])
+    match = _pattern(head).fullmatch("/".join(folders[:depth]))
+    return match["album"] if match else None
+
+
 def _pattern(template: str) -> re.Pattern[str]:
     out, seen = [], set()
     for literal, name, _, _ in string.Formatter().parse(template):

@@ -261,11 +261,18 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
 
 
 def carry_out(
-    journal: Journal, plans: Sequence[Planned], action: Action, label: str | None = None
+    journal: Journal,
+    plans: Sequence[Planned],
+    action: Action,
+    label: str | None = None,
+    *,
+    lead: Entry | None = None,
 ) -> list[Entry]:
     """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`).
 
-    A file that travels with a photo moves only once the photo has.
+    A file that travels with a photo moves only once the photo has.  ``lead``
+    is a photo's row already done (moved by hand, cened.library) that plans
+    without a lead of their own travel with: their rows name it as their group.
     """
     entries = [
         Entry(
@@ -275,13 +282,14 @@ def carry_out(
             sha256=p.row.sha256,
             size=p.row.size,
             label=p.row.label,
-            album=p.album if label else None,
+            album=p.album,  # only a correction's plans have one
             confidence=p.row.confidence,
             probabilities=p.row.probabilities,
             model_version=p.row.model_version,
             pixel_source=p.row.pixel_source,
             ref_id=p.row.id,
             human_label=label if p.lead is None else None,
+            group_id=lead.id if lead is not None and p.lead is None else None,
             state=State.PENDING,
             time=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )

@@ -25,9 +25,11 @@ from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -232,31 +234,20 @@ class _OverflowListener(logging.Handler):
             self._on_overflow()
 
 
-class InboxWatcher:
-    """A recursive watchdog observer on the inbox, feeding a callback with paths."""
+class TreeWatcher:
+    """A recursive watchdog observer on a folder, passing ``events`` of those kinds only to ``handler``."""
 
     _OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
-    #: What the handler uses, plus new folders (so their contents are watched).
-    #: Watchdog turns this into the inotify mask, so the kernel never reports the
-    #: opens, no-write closes and deletions that the daemon's own reads and moves
-    #: cause: four Python events per photo that nobody wanted.
-    _EVENTS = (
-        FileCreatedEvent,
-        FileModifiedEvent,
-        FileMovedEvent,
-        FileClosedEvent,
-        DirCreatedEvent,
-        DirMovedEvent,
-    )
 
     def __init__(
-        self, inbox: Path, on_path: Callable[[Path, bool], None], on_overflow: Callable[[], None]
+        self,
+        root: Path,
+        handler: FileSystemEventHandler,
+        events: tuple[type[FileSystemEvent], ...],
+        on_overflow: Callable[[], None],
     ) -> None:
-        self.inbox = inbox
         self._observer = Observer()
-        self._observer.schedule(
-            _Handler(on_path), str(inbox), recursive=True, event_filter=list(self._EVENTS)
-        )
+        self._observer.schedule(handler, str(root), recursive=True, event_filter=list(events))
         self._listener = _OverflowListener(on_overflow)
 
     def start(self) -> None:
@@ -279,3 +270,59 @@ class InboxWatcher:
             logging.getLogger(name).removeHandler(self._listener)
         self._observer.stop()
         self._observer.join(timeout=5)
+
+
+class InboxWatcher(TreeWatcher):
+    """A recursive watchdog observer on the inbox, feeding a callback with paths."""
+
+    #: What the handler uses, plus new folders (so their contents are watched).
+    #: Watchdog turns this into the inotify mask, so the kernel never reports the
+    #: opens, no-write closes and deletions that the daemon's own reads and moves
+    #: cause: four Python events per photo that nobody wanted.
+    _EVENTS = (
+        FileCreatedEvent,
+        FileModifiedEvent,
+        FileMovedEvent,
+        FileClosedEvent,
+        DirCreatedEvent,
+        DirMovedEvent,
+    )
+
+    def __init__(
+        self, inbox: Path, on_path: Callable[[Path, bool], None], on_overflow: Callable[[], None]
+    ) -> None:
+        super().__init__(inbox, _Handler(on_path), self._EVENTS, on_overflow)
+        self.inbox = inbox
+
+
+class _LibraryHandler(FileSystemEventHandler):
+    def __init__(self, on_change: Callable[[Path, Path | None, bool], None]) -> None:
+        self._on_change = on_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = Path(os.fsdecode(event.src_path))
+        if isinstance(event, FileMovedEvent | DirMovedEvent):
+            self._on_change(src, Path(os.fsdecode(event.dest_path)), event.is_directory)
+        elif isinstance(event, FileDeletedEvent | DirDeletedEvent):
+            self._on_change(src, None, event.is_directory)
+
+
+class LibraryWatcher(TreeWatcher):
+    """A recursive observer on the library, for files and folders that move or go away (cened.library).
+
+    ``on_change(src, dest, folder)`` gets ``dest`` None for a deletion; watchdog
+    reports a move out of the library as one, and a move in as a creation,
+    which is not asked for: a file brought in by hand is doctor's to adopt.
+    The daemon's own filing makes no such event in the library (it links
+    files in and removes them from the inbox) but for its hidden temporaries.
+    """
+
+    _EVENTS = (FileMovedEvent, DirMovedEvent, FileDeletedEvent, DirDeletedEvent)
+
+    def __init__(
+        self,
+        library: Path,
+        on_change: Callable[[Path, Path | None, bool], None],
+        on_overflow: Callable[[], None],
+    ) -> None:
+        super().__init__(library, _LibraryHandler(on_change), self._EVENTS, on_overflow)

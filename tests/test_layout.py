@@ -167,8 +167,12 @@ def test_doctor_finds_and_adopts_files_in_nested_folders_by_album(settings: Sett
     assert [r.id for r in report.missing] == [o.entry.id]
     assert sorted(report.unlogged) == [moved, stray]
     doctor.repair(journal, report, settings.library, settings.quarantine_dir, "{year}/{album}")
-    rows = {r.destination: r for r in journal.history() if r.action in (Action.RELOCATED, Action.ADOPTED)}
-    assert (rows[moved].action, rows[moved].album) == (Action.RELOCATED, "forest")
+    rows = {r.destination: r for r in journal.history() if r.action in (Action.CORRECTED, Action.ADOPTED)}
+    assert (rows[moved].action, rows[moved].album, rows[moved].human_label) == (
+        Action.CORRECTED,
+        "forest",
+        "forest",
+    )
     assert (rows[stray].action, rows[stray].album) == (Action.ADOPTED, "street")
     assert doctor.examine(journal, settings.library, settings.quarantine_dir).clean
 

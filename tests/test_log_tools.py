@@ -157,10 +157,14 @@ def test_doctor_reports_then_mends_without_deleting(filed, settings: Settings, c
     capsys.readouterr()
     assert _cli(config, "doctor") == 0
     assert "all consistent" in capsys.readouterr().out
-    # The photo moved by hand can still be undone from where it is now.
+    # Moved by hand into another album: a correction, as the daemon records one it sees
+    # (cened.library); it can still be undone from where it is now.
     with sqlite3.connect(settings.database) as db:
-        (relocated,) = db.execute("SELECT id FROM decisions WHERE action = 'relocated'").fetchone()
-    assert _cli(config, "undo", str(relocated)) == 0
+        corrected, label = db.execute(
+            "SELECT id, human_label FROM decisions WHERE action = 'corrected'"
+        ).fetchone()
+    assert label == "favourites"
+    assert _cli(config, "undo", str(corrected)) == 0
     assert (settings.inbox / "a.jpg").exists() and not moved_by_hand.exists()
     assert _cli(config, "undo", str(ids["b.jpg"])) == ExitCode.REFUSED  # recorded missing
 
