@@ -3,7 +3,8 @@
 Labels come from two places:
 
 * **albums of the user's own** -- ``cened album add NAME DIR`` reads the
-  example photos in DIR once (their features are kept, so DIR may go away);
+  example photos in DIR and keeps copies of them with the state, so DIR may
+  go away and the album can be learned again on a new shipped model;
 * **corrections** -- every photo a person put in another album, with
   ``cened correct`` or by moving it in the library, as the journal has it
   now.  A correction into a folder that is no class becomes a new album once
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +92,10 @@ class Albums:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps({"albums": self.albums, "removed": self.removed}, indent=2) + "\n")
         tmp.replace(self.path)
+
+    def folder(self, name: str) -> Path:
+        """Where copies of album ``name``'s examples are kept."""
+        return self.path.parent / "albums" / name
 
     def examples(self) -> list[Example]:
         return [
@@ -420,10 +426,22 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
             f"only {len(kept)} of the {len(photos)} in {folder} could be read"
         )
     cache.save()
+    # Copies of the examples are kept with the state: a new shipped model cannot read the
+    # features of the old one, and the album must outlive DIR to be learned again.
+    kept_in = albums.folder(name)
+    shutil.rmtree(kept_in, ignore_errors=True)
+    kept_in.mkdir(parents=True)
+    copies = []
+    for example in kept:
+        copy = kept_in / f"{example.sha256[:20]}{example.path.suffix.lower()}"
+        shutil.copyfile(example.path, copy)
+        copies.append(
+            {"sha256": example.sha256, "path": os.fsdecode(copy), "from": os.fsdecode(example.path)}
+        )
     albums.albums[name] = {
         "folder": os.fsdecode(folder.absolute()),
         "added": datetime.now(UTC).isoformat(timespec="seconds"),
-        "examples": [{"sha256": e.sha256, "path": os.fsdecode(e.path)} for e in kept],
+        "examples": copies,
     }
     if name in albums.removed:
         albums.removed.remove(name)
@@ -441,6 +459,7 @@ def remove_album(settings: Settings, name: str) -> Outcome | None:
     albums = Albums.load(settings.learned_dir)
     known = name in albums.albums
     albums.albums.pop(name, None)
+    shutil.rmtree(albums.folder(name), ignore_errors=True)  # our copies; DIR is untouched
     store = VersionStore(settings.learned_dir)
     active = store.active()
     in_use = active != "shipped" and name in store.load(active).classes

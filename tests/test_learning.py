@@ -97,8 +97,10 @@ def test_a_new_album_is_learned_and_other_still_works(taught: Settings, tmp_path
     assert _decide(taught, *fresh) == ["magenta"] * 5
     assert _decide(taught, *ordinary) == list(CLASSES)
     assert _decide(taught, page) == ["other"]
-    # The examples stay where they are; only their features were kept.
+    # The examples stay where they are; copies are kept with the state, so the album outlives DIR.
     assert all(p.is_file() for p in examples)
+    kept = sorted((taught.learned_dir / "albums" / "magenta").iterdir())
+    assert len(kept) == 25 and {p.read_bytes() for p in kept} == {p.read_bytes() for p in examples}
 
 
 def test_learn_refuses_a_worse_version_unless_forced(taught: Settings) -> None:
@@ -154,6 +156,8 @@ def test_model_use_list_and_rollback(taught: Settings, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert store.active() == SHIPPED  # nothing else to learn from
     assert learn.Albums.load(taught.learned_dir).removed == ["magenta"]
+    assert not (taught.learned_dir / "albums" / "magenta").exists()
+    assert len(list((tmp_path / "examples").iterdir())) == 20  # the user's own photos are untouched
     with pytest.raises(Refused):
         learn.remove_album(taught, "magenta")
 
@@ -232,3 +236,29 @@ def test_a_broken_version_is_refused_and_the_daemon_keeps_its_model(taught: Sett
         assert wait_until(lambda: daemon.filed >= 1, timeout=30)
         assert daemon._classifier.version == good
     assert (taught.library / "magenta" / "b.jpg").is_file()
+
+
+def test_an_album_outlives_its_folder_and_a_new_shipped_model(taught: Settings, tmp_path: Path) -> None:
+    """Learned versions sit on one shipped model; the album's kept copies are learned again on the next."""
+    import dataclasses
+    import shutil
+
+    from cened.errors import ModelError
+    from cened.ml import modelpack
+
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    learn.add_album(taught, "magenta", tmp_path / "examples")
+    assert learn.learn(taught).accepted
+    shutil.rmtree(tmp_path / "examples")
+
+    upgraded = tmp_path / "next-model"
+    shutil.copytree(taught.model, upgraded)
+    meta = modelpack.read_meta(upgraded)
+    modelpack.write_meta(upgraded, dataclasses.replace(meta, version=meta.version + "-next"))
+    after = taught.model_copy(update={"model": upgraded})
+    with pytest.raises(ModelError, match="learned on model"):
+        Classifier.from_settings(after)
+    outcome = learn.learn(after)
+    assert outcome.accepted and outcome.classes[-1] == "magenta"
+    assert _decide(after, magenta(tmp_path / "new.jpg", 999)) == ["magenta"]
