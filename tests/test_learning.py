@@ -262,3 +262,31 @@ def test_an_album_outlives_its_folder_and_a_new_shipped_model(taught: Settings, 
     outcome = learn.learn(after)
     assert outcome.accepted and outcome.classes[-1] == "magenta"
     assert _decide(after, magenta(tmp_path / "new.jpg", 999)) == ["magenta"]
+
+
+@pytest.mark.slow
+def test_photos_moved_by_hand_into_a_new_folder_become_an_album(taught: Settings, tmp_path: Path) -> None:
+    """The whole loop: filed in other, dragged into `magenta` in a file manager, learned, filed there."""
+    import os
+
+    config = write_config(tmp_path / "cened.toml", taught)
+    with RunningDaemon(taught) as daemon:
+        assert daemon.library_watched.wait(timeout=30)
+        for i in range(21):
+            magenta(tmp_path / "roll" / f"m{i}.jpg", 200 + i).rename(taught.inbox / f"m{i}.jpg")
+        assert wait_until(lambda: daemon.filed >= 21, timeout=60)
+        (taught.library / "magenta").mkdir()
+        for i in range(21):
+            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
+
+        def corrected() -> int:
+            with Journal(taught.database, readonly=True) as journal:
+                return len(learn.corrected_examples(journal, taught, learn.Albums(Path()), CLASSES)[0])
+
+        assert wait_until(lambda: corrected() == 21, timeout=30)
+        report = run_cli("learn", "--json", config=config)
+        assert report.returncode == 0, report.stderr
+        version = json.loads(report.stdout)["version"]
+        assert wait_until(lambda: daemon._classifier.version == version, timeout=15)
+        magenta(tmp_path / "new.jpg", 999).rename(taught.inbox / "new.jpg")
+        assert wait_until(lambda: (taught.library / "magenta" / "new.jpg").is_file(), timeout=30)
