@@ -41,7 +41,7 @@ from cened.config import DUPLICATES_FOLDER, Settings
 from cened.errors import ConfigError, Refused
 from cened.journal import Journal
 from cened.ml import learning, modelpack
-from cened.ml.classifying import Classifier, Reading, decide_all
+from cened.ml.classifying import Classifier, Reading, decide_as_configured
 from cened.ml.learning import Labelled
 from cened.ml.versions import SHIPPED, Learned, VersionStore, new_version_name
 from cened.pipeline import Verdict, prepare
@@ -220,13 +220,7 @@ def measure(reading: Reading, data: Labelled, settings: Settings) -> Measure:
     if not len(data):
         return Measure(0, 0.0, 0.0)
     scores = reading.scores(np.concatenate([data.logits, data.embeddings], axis=1))
-    decided = decide_all(
-        scores,
-        threshold=settings.confidence_threshold,
-        albums=settings.albums,
-        review_album=settings.review_album,
-        other_album=settings.other_album,
-    )
+    decided = decide_as_configured(scores, settings)
     truth = [settings.album_for(label) for label in data.labels]
     albums = [d.album for d in decided]
     right = np.array([a == t for a, t in zip(albums, truth, strict=True)])

@@ -36,7 +36,7 @@ from cened.config import RAW_EXTENSIONS, Duplicates, Settings
 from cened.faults import crash_point, hang_point
 from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
 from cened.ml import imaging
-from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_all
+from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_as_configured
 from cened.ml.modelpack import sha256_or_none
 from cened.watching import signature
 
@@ -551,13 +551,7 @@ class Processor:
     def _entries(self, items: Sequence[Prepared], scores: Scores | None, settings: Settings) -> list[Entry]:
         if not items or scores is None:
             return []
-        decisions = decide_all(
-            scores,
-            threshold=settings.confidence_threshold,
-            albums=settings.albums,
-            review_album=settings.review_album,
-            other_album=settings.other_album,
-        )
+        decisions = decide_as_configured(scores, settings)
         entries = []
         for prep, decision in zip(items, decisions, strict=True):
             entries.append(

@@ -194,6 +194,17 @@ def decide_all(
     ]
 
 
+def decide_as_configured(scores: Scores, settings: Settings) -> list[Decision]:
+    """:func:`decide_all` with the thresholds and albums of ``settings``: what the daemon decides."""
+    return decide_all(
+        scores,
+        threshold=settings.confidence_threshold,
+        albums=settings.albums,
+        review_album=settings.review_album,
+        other_album=settings.other_album,
+    )
+
+
 def usable_cores() -> int:
     """The cores this process may run on: fewer than the machine's under a CPU affinity
     (``taskset``, systemd's ``CPUAffinity=``), where more threads would only queue."""
