@@ -22,7 +22,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
+from types import TracebackType
 from typing import BinaryIO, Literal, TextIO
 
 import structlog
@@ -70,6 +72,27 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    if use_json:
+        # A traceback printed by Python itself would be the one non-JSON text in the journal.
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    structlog.get_logger("cened").critical("uncaught-exception", exc_info=(kind, exc, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    structlog.get_logger("cened").critical(
+        "uncaught-exception",
+        thread=args.thread.name if args.thread else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def is_journal(stream: TextIO) -> bool:

@@ -167,3 +167,25 @@ def test_a_failing_command_says_why_as_json_in_the_journal(
     event = json.loads(line[3:])
     assert event["event"] == "failed" and event["level"] == "error" and event["exit_code"] == 2
     assert event["error"] == "library /x is not writable"
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_an_uncaught_exception_is_a_json_event_not_a_bare_traceback(where: str) -> None:
+    """Under systemd (JSON logs) a crash is read with `journalctl -o cat | jq` like any event."""
+    boom = "raise RuntimeError('boom')"
+    body = boom if where == "main" else f"t = threading.Thread(target=lambda: exec({boom!r}), name='worker')"
+    code = "\n".join(
+        [
+            "import sys, threading",
+            "from cened import logsetup",
+            "logsetup.configure('json', 'info', stream=sys.stdout)",
+            body,
+            *(["t.start()", "t.join()"] if where == "thread" else []),
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    (event,) = [e for e in lines if e["event"] == "uncaught-exception"]
+    assert event["level"] == "critical" and "RuntimeError: boom" in event["exception"]
+    assert "Traceback" not in done.stderr
+    assert event.get("thread") == ("worker" if where == "thread" else None)
