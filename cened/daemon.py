@@ -36,9 +36,6 @@ every batch forever.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import os
 import queue
 import signal
@@ -58,6 +55,7 @@ from cened import inflight, library, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
+from cened.locking import hold_lock
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
 from cened.ml.modelpack import sha256_or_none
@@ -728,46 +726,6 @@ class _Scored:
     prepared: list[Prepared]
     scores: Scores | None
     failed: bool = False
-
-
-def lock_path(database: Path) -> Path:
-    """The file a daemon holds locked for as long as it uses ``database``."""
-    return database.with_name(database.name + ".lock")
-
-
-def hold_lock(database: Path) -> int:
-    """Lock ``database`` for this daemon; returns the lock's descriptor, to close at the end.
-
-    ``flock`` is released by the kernel however the process ends, so a
-    crashed daemon never leaves a stale lock; the PID inside is only for the
-    message the next daemon gives.
-    """
-    path = lock_path(database)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise JournalError(
-            f"{database} is in use by another cened daemon (pid {holder}); "
-            "one daemon per database: stop the other one first"
-        ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-            os.close(fd)
-            raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
-        # A filesystem without flock (some network ones) must not keep cened from running.
-        log.warning("database-not-locked", lock=str(path), error=exc.strerror)
-        return fd
-    with contextlib.suppress(OSError):  # the PID is for the message only
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _crashed(path: Path, st: os.stat_result, deaths: int) -> Prepared:

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cened import layout, moving, recovery
-from cened.config import load_settings
-from cened.errors import JournalError
+from cened.config import Settings, load_settings
+from cened.errors import JournalError, Refused
 from cened.journal import Action, Entry, Journal
 from cened.library import FOUND_BY_HASH, NOT_FOUND, Places, current_rows, follow_ups, match
+from cened.locking import hold_lock
 from cened.ml.modelpack import sha256_file
 
 __all__ = ["Report", "current_rows", "examine", "repair", "run"]
@@ -164,6 +165,26 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.lexists(settings.database):
         # Opening would create an empty database, which is "all consistent" with any library.
         raise JournalError(f"no database at {settings.database}: has cened run with this configuration?")
+    # Mending resolves intents and moves files: never beside a daemon doing the same.
+    lock = _lock_to_mend(settings.database) if args.fix else None
+    try:
+        return _run(args, settings)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock_to_mend(database: Path) -> int:
+    try:
+        return hold_lock(database)
+    except JournalError as exc:
+        raise Refused(
+            f"{exc}. `cened doctor --fix` mends a database no daemon is using: "
+            "stop the service, or run `cened doctor` without --fix to look only"
+        ) from exc
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     with Journal(settings.database) as journal:
         report = examine(journal, settings.library, settings.quarantine_dir)
         for e in report.pending:

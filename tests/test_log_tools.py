@@ -285,3 +285,17 @@ def test_corrections_are_exported_as_training_data(filed, settings: Settings, tm
     exported = out / "mountain" / "c.jpg"
     assert exported.read_bytes() == (settings.library / "mountain" / "c.jpg").read_bytes()
     assert [p.relative_to(out) for p in out.rglob("*.jpg")] == [Path("mountain/c.jpg")]
+
+
+@pytest.mark.slow
+def test_doctor_fix_refuses_beside_a_running_daemon(settings: Settings, tmp_path: Path) -> None:
+    """Mending resolves intents and moves files; beside a live daemon it would race it for them."""
+    from daemon_helpers import RunningDaemon, run_cli
+
+    config = write_config(tmp_path / "cened.toml", settings)
+    with RunningDaemon(settings):
+        refused = run_cli("doctor", "--fix", config=config)
+        assert refused.returncode == ExitCode.REFUSED
+        assert "in use by another cened daemon" in refused.stderr and "without --fix" in refused.stderr
+        assert run_cli("doctor", config=config).returncode == 0  # looking is fine
+    assert run_cli("doctor", "--fix", config=config).returncode == 0

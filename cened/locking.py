@@ -1,0 +1,60 @@
+"""One process at a time may change a database's intents: the daemon, or ``cened doctor --fix``.
+
+An exclusive ``flock`` on ``<database>.lock`` is held for as long as either
+runs.  The kernel releases it however the process ends, so a crashed daemon
+never leaves a stale lock; the PID written inside is only for the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+import structlog
+
+from cened.errors import JournalError
+
+log = structlog.get_logger("cened.locking")
+
+
+def lock_path(database: Path) -> Path:
+    """The file a daemon holds locked for as long as it uses ``database``."""
+    return database.with_name(database.name + ".lock")
+
+
+def hold_lock(database: Path) -> int:
+    """Lock ``database`` for this process; returns the lock's descriptor, to close at the end.
+
+    ``flock`` is released by the kernel however the process ends, so a
+    crashed daemon never leaves a stale lock; the PID inside is only for the
+    message the next daemon gives.
+    """
+    path = lock_path(database)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise JournalError(
+            f"{database} is in use by another cened daemon (pid {holder}); "
+            "one daemon per database: stop the other one first"
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            os.close(fd)
+            raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
+        # A filesystem without flock (some network ones) must not keep cened from running.
+        log.warning("database-not-locked", lock=str(path), error=exc.strerror)
+        return fd
+    with contextlib.suppress(OSError):  # the PID is for the message only
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
