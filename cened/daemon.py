@@ -55,7 +55,7 @@ from cened import inflight, library, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
-from cened.locking import hold_lock
+from cened.locking import hold_folders, hold_lock
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
 from cened.ml.modelpack import sha256_or_none
@@ -187,9 +187,15 @@ class Daemon:
         started = time.monotonic()
         lock = hold_lock(s.database)  # before recovery, which must never touch a live daemon's intents
         try:
+            folders = hold_folders({"inbox": s.inbox, "library": s.library})
+        except BaseException:
+            os.close(lock)
+            raise
+        try:
             return self._run(s, started)
         finally:
-            os.close(lock)
+            for fd in (lock, *folders):
+                os.close(fd)
 
     def _run(self, s: Settings, started: float) -> int:
         journal = Journal(s.database)

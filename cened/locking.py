@@ -1,8 +1,11 @@
-"""One process at a time may change a database's intents: the daemon, or ``cened doctor --fix``.
+"""One process at a time may change a database's intents: the daemon, or ``cened doctor --fix``;
+and one daemon at a time watches an inbox or a library.
 
 An exclusive ``flock`` on ``<database>.lock`` is held for as long as either
-runs.  The kernel releases it however the process ends, so a crashed daemon
-never leaves a stale lock; the PID written inside is only for the message.
+runs, and the daemon holds one on its inbox and library folders themselves.
+The kernel releases a lock however the process ends, so a crashed daemon
+never leaves a stale one; the PID written in the database's is only for the
+message.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from cened.errors import JournalError
+from cened.errors import ConfigError, JournalError
 
 log = structlog.get_logger("cened.locking")
 
@@ -58,3 +61,34 @@ def hold_lock(database: Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def hold_folders(folders: dict[str, Path]) -> list[int]:
+    """Lock each folder itself (a ``flock`` on its descriptor: nothing is written in it).
+
+    Two daemons with different databases on one inbox would race to file the
+    same photos, and on one library record each other's filing as moves by
+    hand; the second is refused with a :class:`ConfigError` (exit 2), the
+    mistake being in its configuration.
+    """
+    held: list[int] = []
+    try:
+        for key, folder in folders.items():
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            held.append(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"{key} {folder} is used by another cened daemon, with another database; "
+                    "give each daemon its own inbox and library"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    return held
+

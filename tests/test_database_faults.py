@@ -201,3 +201,24 @@ def test_a_second_daemon_on_the_same_database_exits_with_code_4(tmp_path: Path, 
         third.wait_for("started", timeout=90)
     finally:
         assert third.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_second_daemon_on_the_same_inbox_with_another_database_exits_with_code_2(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Two databases, one inbox: they would file the same photos twice over, each in its own log."""
+    config = write_config(tmp_path / "cened.toml", settings)
+    other = write_config(
+        tmp_path / "other.toml",
+        settings.model_copy(update={"database": tmp_path / "elsewhere" / "cened.sqlite3"}),
+    )
+    first = DaemonProcess(config)
+    try:
+        first.wait_for("started", timeout=90)
+        second = _run_daemon(other)
+        assert second.returncode == ExitCode.CONFIG, second.stdout + second.stderr
+        assert "inbox" in second.stderr and "used by another cened daemon" in second.stderr
+        assert "started" not in second.stdout
+    finally:
+        assert first.stop() == 0
