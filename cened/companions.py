@@ -1,6 +1,7 @@
 """Companions: the files that belong with a photo, found by name, and moved with it.
 
-* sidecars: ``IMG_1.xmp``, ``IMG_1.JPG.xmp``, ``IMG_1.AAE``, Google Takeout's ``IMG_1.jpg.json``;
+* sidecars: ``IMG_1.xmp``, ``IMG_1.JPG.xmp``, ``IMG_1.AAE``, Google Takeout's ``IMG_1.jpg.json``
+  and ``IMG_1.jpg.supplemental-metadata.json`` (cut short in long names: ``….supplemental-me.json``);
 * a Live Photo's video: ``IMG_1.MOV`` beside ``IMG_1.HEIC`` (or ``.JPG``; ``.mp4`` too);
 * a camera's RAW beside its JPEG: ``IMG_1.CR2`` with ``IMG_1.JPG``, classified once, from the JPEG.
 
@@ -24,6 +25,10 @@ from cened.config import DEFAULT_EXTENSIONS, RAW_EXTENSIONS, SIDECAR_EXTENSIONS,
 
 #: What a sidecar named after a whole photo name (``IMG_1.JPG.xmp``) may name.
 PHOTO_EXTENSIONS = frozenset(DEFAULT_EXTENSIONS)
+#: What newer Google Takeout exports put between a photo's name and ``.json``; names over
+#: its length limit lose the end of it, down to a few letters.
+SUPPLEMENTAL = ".supplemental-metadata"
+SUPPLEMENTAL_SHORTEST = 3  # ".su"
 
 
 class Kind(StrEnum):
@@ -86,6 +91,9 @@ def find(photo: Path, settings: Settings, listings: Listings | None = None) -> l
     # Sidecars named by stem, or by the whole name of the photo or of its RAW.
     bases = [stem] + [stem + ext for p in (photo, *raws) for ext in _cases(p.suffix)]
     sidecars = [p for base in bases for p in _existing(folder, base, SIDECAR_EXTENSIONS, names)]
+    for base in bases[1:]:
+        for end in range(SUPPLEMENTAL_SHORTEST, len(SUPPLEMENTAL) + 1):
+            sidecars += _existing(folder, base + SUPPLEMENTAL[:end], (".json",), names)
     found, seen = [], {_inode(photo)}
     for path in (*raws, *videos, *sidecars):
         inode = _inode(path)  # one file under two spellings, where the filesystem ignores case
@@ -97,9 +105,19 @@ def find(photo: Path, settings: Settings, listings: Listings | None = None) -> l
 
 def family(path: Path) -> str:
     """The stem a companion shares with its photo: ``IMG_1`` for ``IMG_1.MOV`` and ``IMG_1.JPG.xmp``."""
-    base = path.stem
+    base = _named(path)
     if path.suffix.lower() in SIDECAR_EXTENSIONS and Path(base).suffix.lower() in PHOTO_EXTENSIONS:
         return Path(base).stem
+    return base
+
+
+def _named(path: Path) -> str:
+    """A sidecar's name without its own extension or Takeout's ``.supplemental-metadata`` (or its start)."""
+    base = path.stem
+    if path.suffix.lower() == ".json":
+        head, dot, end = base.rpartition(".")
+        if dot and "." in head and len(end) + 1 >= SUPPLEMENTAL_SHORTEST and SUPPLEMENTAL[1:].startswith(end):
+            return head
     return base
 
 
@@ -108,7 +126,7 @@ def lead_names(path: Path, settings: Settings) -> list[Path]:
     folder, ext = path.parent, path.suffix.lower()
     stem = family(path)
     if ext in SIDECAR_EXTENSIONS and stem != path.stem:  # IMG_1.JPG.xmp: that photo only
-        named = Path(path.stem).suffix
+        named = Path(_named(path)).suffix
         return [folder / (stem + e) for e in _cases(named)]
     if ext in RAW_EXTENSIONS:
         return [folder / (stem + e) for x in _developed(settings) for e in _cases(x)]

@@ -82,6 +82,25 @@ def test_a_live_photo_and_its_sidecars_are_one_intent_and_one_undo(settings: Set
     assert {o.fate for o in again.values()} == {Fate.SKIPPED} and photo.is_file()
 
 
+def test_takeout_supplemental_metadata_travels_with_its_photo(settings: Settings, filing) -> None:
+    """Newer Google Takeout names: ``NAME.EXT.supplemental-metadata.json``, cut short in long names."""
+    file, journal = filing
+    inbox = settings.inbox
+    long_name = "PXL_20240612_181527123.PORTRAIT"
+    photos = [heic(inbox / "IMG_4.HEIC", "sea"), heic(inbox / f"{long_name}.HEIC", "sea", seed=1)]
+    full = put(inbox / "IMG_4.HEIC.supplemental-metadata.json", b"{}")
+    cut = put(inbox / f"{long_name}.HEIC.supplemental-met.json", b"{}")
+    outcomes = by_name(file(*photos))
+    assert set(outcomes) == {p.name for p in photos} | {full.name, cut.name}
+    lead = outcomes["IMG_4.HEIC"].entry
+    assert journal.get(outcomes[full.name].entry.id).group_id == lead.id
+    assert not files_under(inbox)
+    # One arriving after its photo follows it, renamed with it when the name was taken.
+    late = put(inbox / "IMG_4.heic.supplemental-metadata.json", b'{"late": 1}')
+    (follows,) = file(late)
+    assert follows.entry.destination == settings.library / "sea" / late.name
+
+
 def test_a_group_takes_one_free_stem_in_the_album(settings: Settings, filing) -> None:
     file, _ = filing
     put(
