@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cened.config import Settings
+
 
 def _run_quick(model_dir: Path, cache: Path) -> dict:
     """``cened bench --quick --json`` as a user runs it: a fresh process, whose stdout is one JSON object.
@@ -210,3 +212,37 @@ def test_quick_against_times_both_models_in_paired_rounds(
         assert all(ms > 0 for ms in entry["cpu_ms_by_batch"].values())
     assert len(result["cpu_ratio_runs"]) == 2 and all(r > 0 for r in result["cpu_ratio_runs"])
     assert math.isclose(result["cpu_ratio"], statistics.median(result["cpu_ratio_runs"]), abs_tol=2e-3)
+
+
+@pytest.mark.slow
+def test_against_the_shipped_model_times_yours_with_its_learned_version(
+    settings: Settings, other_model_dir: Path, tmp_path: Path
+) -> None:
+    """What learning costs: your model as the daemon runs it (with its learned version) against itself."""
+    import numpy as np
+    from conftest import write_config
+    from PIL import Image
+
+    from cened import learn
+    from cened.ml.versions import VersionStore
+
+    taught = settings.model_copy(update={"model": other_model_dir})
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        pixels = np.clip(np.array((220, 40, 200)) + rng.normal(0, 12, (48, 64, 3)), 0, 255).astype(np.uint8)
+        (tmp_path / "examples").mkdir(exist_ok=True)
+        Image.fromarray(pixels, "RGB").save(tmp_path / "examples" / f"m{i}.jpg")
+    learn.add_album(taught, "magenta", tmp_path / "examples")
+    assert learn.learn(taught).accepted
+    version = VersionStore(taught.learned_dir).active()
+    config = write_config(tmp_path / "cened.toml", taught)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CENED_", "TF_CPP"))}
+    command = ["--config", str(config), "bench", "--quick", "--json", "--cache", str(tmp_path / "cache")]
+    command += ["--repeats", "2", "--against", str(other_model_dir)]
+    done = subprocess.run(
+        [sys.executable, "-m", "cened", *command], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["model"]["version"] == version and result["against"]["version"] != version
+    assert result["cpu_ratio"] > 0

@@ -31,6 +31,7 @@ def against(plan: Plan, settings: Settings, model: Path, other: Path, cache: Pat
     from cened.errors import ModelError
     from cened.ml import modelpack
     from cened.ml.classifying import model_copies, usable_cores
+    from cened.ml.versions import VersionStore
 
     call = settings.model_batch_size
     # The daemon's call size is always measured, whatever --batch-sizes says.
@@ -42,9 +43,25 @@ def against(plan: Plan, settings: Settings, model: Path, other: Path, cache: Pat
     for role, path in (("model", model), ("against", other)):
         say(f"{role} {path}")
         try:
-            pool = decoded(files, modelpack.read_meta(path).input_size)
+            meta = modelpack.read_meta(path)
+            pool = decoded(files, meta.input_size)
+            # Your model as the daemon runs it: with the learned version in use, if any
+            # (so `--against` the shipped model measures what learning costs).
+            learned = None
+            if role == "model" and path.resolve() == settings.model.resolve():
+                learned = VersionStore(settings.learned_dir).load_active(meta.version)
+            name = f"{path.name}+{learned.version}" if learned else path.name
             limits.append(
-                ModelRates(path, backend, settings.model_threads, pool, plan, workers=copies, name=path.name)
+                ModelRates(
+                    path,
+                    backend,
+                    settings.model_threads,
+                    pool,
+                    plan,
+                    workers=copies,
+                    name=name,
+                    learned=learned,
+                )
             )
         except ModelError as exc:  # not a model, or one without the runtime the daemon picks for yours
             raise SystemExit(f"cened bench: --against: {exc}") from exc
@@ -70,12 +87,13 @@ def against(plan: Plan, settings: Settings, model: Path, other: Path, cache: Pat
 def _entry(path: Path, rates: ModelRates, call: int) -> dict[str, Any]:
     """One model's figures: at the daemon's call size, at its best batch, and by batch size."""
     meta = rates.classifier.meta
+    version = rates.classifier.version  # with a learned version, its name
     novelty = rates.classifier.detector is not None
     ips = rates.medians()  # also frees the runtime
     best = max(ips, key=lambda batch: ips[batch])
     return {
         "path": str(path),
-        "version": meta.version,
+        "version": version,
         "input_size": list(meta.input_size),
         "novelty": novelty,
         "call": {"batch": call, "ips": ips[str(call)], "cpu_ms_per_image": rates.cpu_ms_per_image(call)},

@@ -62,12 +62,14 @@ class ModelRates:
         plan: Plan,
         workers: int = 1,
         name: str = "",
+        learned: Any = None,
     ) -> None:
         from cened.ml.classifying import Classifier
 
         self.plan = plan
         self.pool = pool
         self.classifier: Any = Classifier(model, backend=backend, threads=threads, workers=workers)  # type: ignore[arg-type]
+        self.classifier.use(learned)  # a learned version (cened learn), as the daemon would put it on
         self.backend = backend
         self.workers: int = self.classifier.workers
         self.label = backend if self.workers == 1 else f"{backend}×{self.workers}"
