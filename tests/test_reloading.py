@@ -77,7 +77,17 @@ def test_an_older_answer_is_not_taken_for_this_one(runtime: Path) -> None:
 
 
 def test_a_daemon_that_ends_instead_of_answering(runtime: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # dies of SIGHUP
+    # Dies of SIGHUP; its default action set anew, since a parent under nohup passes on SIG_IGN.
+    code = "; ".join(
+        [
+            "import signal, time",
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL)",
+            "print('ready', flush=True)",
+            "time.sleep(60)",
+        ]
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
     try:
         with pytest.raises(Refused, match="ended before it answered"):
             reloading.request(child.pid, runtime / reloading.ANSWER_FILE, timeout=30)
