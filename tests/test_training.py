@@ -154,8 +154,12 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
 
     parser = argparse.ArgumentParser()
     evaluation.add_arguments(parser)
-    assert evaluation.run(parser.parse_args(["--data", str(data), "--model", str(out)])) == 0
+    # --previous: the model a new one replaces, on the same photos (here itself: the same figure).
+    args = ["--data", str(data), "--model", str(out), "--previous", str(out)]
+    assert evaluation.run(parser.parse_args(args)) == 0
     card = (out / "MODEL_CARD.md").read_text()
+    previous = json.loads((out / "evaluation.json").read_text())["previous"]
+    assert previous["accuracy"] == previous["this"] and f"`{meta.version}` (32 px" in card
     assert "Accuracy" in card and "review threshold" in card and "## Other" in card
     assert "whole network (batch-norm frozen) for 1 epoch on photos" in card
     assert "Keras through EXIF-style previews" in card and "240 / 160 / 120 px" in card

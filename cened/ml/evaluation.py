@@ -273,6 +273,30 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean()) if len(labels) else float("nan")
 
 
+def previous_report(
+    model_dir: Path, listing: dataset.Listing, batch_size: int, this: Classifier
+) -> dict[str, Any]:
+    """The accuracy of the model a new one replaces on the same photos, decoded for its own input size."""
+    meta = modelpack.read_meta(model_dir)
+    backend = this.backend
+    previous = load_classifier(model_dir, backend, batch_size)  # type: ignore[arg-type]
+    accuracy = _accuracy(
+        previous.logits(dataset.load_pixels(listing.paths, meta.input_size)).argmax(1), listing.labels
+    )
+    mine = _accuracy(
+        this.logits(dataset.load_pixels(listing.paths, this.meta.input_size)).argmax(1), listing.labels
+    )
+    runtime = "LiteRT" if backend == "tflite" else "Keras"
+    return {
+        "path": str(model_dir),
+        "version": meta.version,
+        "input_size": list(meta.input_size),
+        "runtime": runtime,
+        "accuracy": accuracy,
+        "this": mine,
+    }
+
+
 def learned_report(
     classifier: Classifier,
     val_pixels: np.ndarray,
@@ -481,14 +505,25 @@ def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[st
     size_mb = {k: v for k, v in extra.get("file_mb", {}).items()}
     tfl = extra.get("tflite")
     full_phase = _full_phase(cfg)
+    # What model.tflite computes in: the detector is fitted on its outputs, and says so.
+    precision = {"int8": "full int8", "float16": "float16"}.get(
+        meta.novelty.get("fitted_with", ""), "float16"
+    )
     tflite_line = (
-        f"- LiteRT float16 (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
+        f"- LiteRT {precision} (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
         f"macro-F1 {tfl['macro_f1']:.4f}, "
         f"ECE {_pct(tfl['ece'])}; top-1 agreement with Keras {_pct(tfl['agreement'])}, "
         f"max |Δ probability| {tfl['max_prob_diff']:.2e}"
         if tfl
         else "- no `model.tflite` in this directory"
     )
+    previous = extra.get("previous")
+    if previous:
+        tflite_line += (
+            f"\n- The model this one replaces, `{previous['version']}` "
+            f"({previous['input_size'][0]} px, on the same validation photos, {previous['runtime']}): "
+            f"accuracy {_pct(previous['accuracy'])}; this one {_pct(previous['this'])} on the same runtime."
+        )
     return f"""# Model card: `{meta.name}` ({meta.version})
 
 Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in meta.classes)}.
@@ -608,6 +643,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="DIR",
         help="with --learned: DIR/<album>/ photos of your albums that were not among their examples",
+    )
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="also measure the model this one replaces on the same validation photos (its own input "
+        "size) and put both figures in the card",
     )
     parser.add_argument("--batch-size", type=int, default=64)
 
@@ -751,6 +793,13 @@ def run(args: argparse.Namespace) -> int:
             + f" (from the photo itself: {_pct(photo)})"
         )
     runner = lite_classifier or keras_classifier
+    if args.previous is not None:
+        extra["previous"] = previous_report(args.previous, listing, args.batch_size, runner)
+        p = extra["previous"]
+        print(
+            f"previous model {p['version']}: accuracy {_pct(p['accuracy'])} ({p['runtime']}); "
+            f"this one {_pct(p['this'])}"
+        )
     if runner.detector is not None:
         outliers: dict[str, np.ndarray] = {}
         for folder in args.ood:
