@@ -65,6 +65,7 @@ class Listings:
         self.ttl = ttl
         self._clock = clock
         self._names: dict[Path, tuple[float, frozenset[str]]] = {}
+        self._families: dict[Path, tuple[float, dict[str, frozenset[str]]]] = {}
 
     def __call__(self, folder: Path) -> frozenset[str]:
         now = self._clock()
@@ -77,6 +78,23 @@ class Listings:
             self._names[folder] = (now, names)
         return self._names[folder][1]
 
+    def family(self, folder: Path, stem: str) -> frozenset[str]:
+        """The names in ``folder`` that share ``stem`` (:func:`family`), the photo's own included.
+
+        Indexed once per listing: most photos have no companion, and for them
+        this one lookup replaces generating every name a companion could have.
+        """
+        names = self(folder)
+        listed, index = self._families.get(folder, (None, {}))
+        if listed != self._names[folder][0]:
+            grouped: dict[str, set[str]] = {}
+            for name in names:
+                grouped.setdefault(family(Path(name)), set()).add(name)
+            index = {k: frozenset(v) for k, v in grouped.items()}
+            self._families = {f: v for f, v in self._families.items() if f in self._names}
+            self._families[folder] = (self._names[folder][0], index)
+        return index.get(stem, frozenset())
+
 
 def find(photo: Path, settings: Settings, listings: Listings | None = None) -> list[Path]:
     """The companions of ``photo`` on disk: its RAW, its video, then the sidecars of each.
@@ -84,7 +102,9 @@ def find(photo: Path, settings: Settings, listings: Listings | None = None) -> l
     By ``listings`` of its folder if given, else by probing each name.
     """
     folder, stem = photo.parent, photo.stem
-    names = listings(folder) if listings is not None else None
+    names = listings.family(folder, stem) if listings is not None else None
+    if names is not None and not names - {photo.name}:
+        return []
     raw = [e for e in settings.extensions if e in RAW_EXTENSIONS]
     raws = [] if photo.suffix.lower() in RAW_EXTENSIONS else _existing(folder, stem, raw, names)
     videos = _existing(folder, stem, VIDEO_EXTENSIONS, names)
