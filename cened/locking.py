@@ -42,7 +42,7 @@ def hold_lock(database: Path) -> int:
     except OSError as exc:
         raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = _flock(fd)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
@@ -51,11 +51,10 @@ def hold_lock(database: Path) -> int:
             "one daemon per database: stop the other one first"
         ) from None
     except OSError as exc:
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-            os.close(fd)
-            raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
-        # A filesystem without flock (some network ones) must not keep cened from running.
-        log.warning("database-not-locked", lock=str(path), error=exc.strerror)
+        os.close(fd)
+        raise JournalError(f"cannot lock {path}: {exc.strerror}") from exc
+    if not locked:
+        log.warning("database-not-locked", lock=str(path))
         return fd
     with contextlib.suppress(OSError):  # the PID is for the message only
         os.ftruncate(fd, 0)
@@ -77,17 +76,31 @@ def hold_folders(folders: dict[str, Path]) -> list[int]:
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             held.append(fd)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(fd)
             except BlockingIOError:
                 raise ConfigError(
                     f"{key} {folder} is used by another cened daemon, with another database; "
                     "give each daemon its own inbox and library"
                 ) from None
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-                    raise
     except BaseException:
         for fd in held:
             os.close(fd)
         raise
     return held
+
+
+def _flock(fd: int) -> bool:
+    """Take an exclusive lock without waiting; False where the filesystem has no flock.
+
+    A filesystem without flock (some network ones) must not keep cened from
+    running.  Raises BlockingIOError when another process holds the lock.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            return False
+        raise
+    return True
