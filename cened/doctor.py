@@ -30,7 +30,7 @@ from cened import layout, moving, recovery
 from cened.config import Settings, load_settings
 from cened.errors import JournalError, Refused
 from cened.journal import Action, Entry, Journal
-from cened.library import FOUND_BY_HASH, NOT_FOUND, Places, current_rows, follow_ups, match
+from cened.library import FOUND_BY_HASH, NOT_FOUND, Places, current_rows, files, follow_ups, match
 from cened.locking import hold_lock
 from cened.ml.modelpack import sha256_file
 
@@ -62,19 +62,13 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
     pending_partials = {moving.partial_path(e.destination) for e in report.pending if e.destination}
     roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
     for root in roots:
-        for path in _files(root):
+        for path in sorted(files(root)):
             if path.name.endswith(moving.PARTIAL_SUFFIX):
                 if path not in pending_partials:
                     report.partials.append(path)
             elif path not in known:
                 report.unlogged.append(path)
     return report
-
-
-def _files(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(Path(d) / f for d, _, files in os.walk(root) for f in files)
 
 
 def repair(

@@ -223,13 +223,13 @@ def reconcile(journal: Journal, places: Places) -> Recorded:
     The library is listed before the rows are read, so a photo filed
     meanwhile is neither missed nor taken for one that moved.
     """
-    files = [path for root in places.roots for path in _files(root)]
+    on_disk = [path for root in places.roots for path in files(root)]
     rows = current_rows(journal)
     lost = [r for r in rows if r.destination is not None and not os.path.lexists(r.destination)]
     if not lost:
         return Recorded()
     known = {r.destination for r in rows} | {e.destination for e in journal.pending()}
-    found = match(lost, [p for p in files if p not in known and not p.name.endswith(moving.PARTIAL_SUFFIX)])
+    found = match(lost, [p for p in on_disk if p not in known and not p.name.endswith(moving.PARTIAL_SUFFIX)])
     items = [(row, found.get(row.id or 0)) for row in lost]
     entries = follow_ups(journal, places, items, reason=FOUND_BY_HASH, gone=(Action.MISSING, NOT_FOUND))
     done = Recorded(journal.supersede(entries))
@@ -283,7 +283,7 @@ def strangers(journal: Journal, places: Places, sizes: set[int | None]) -> list[
     """Files in the library of one of ``sizes`` (any, with None among them) that no row accounts for."""
     out = []
     for root in places.roots:
-        for path in _files(root):
+        for path in files(root):
             if path.name.endswith(moving.PARTIAL_SUFFIX):
                 continue
             try:
@@ -457,7 +457,8 @@ def _gone(row: Entry, action: Action, reason: str) -> Entry:
     )
 
 
-def _files(root: Path) -> Iterator[Path]:
+def files(root: Path) -> Iterator[Path]:
+    """Every file below ``root`` (none if it is not a folder)."""
     if not root.is_dir():
         return
     for folder, _, names in os.walk(root):
