@@ -674,7 +674,7 @@ class Daemon:
         self._model_stamp = stamp
         before = classifier.version
         try:
-            learned = self._versions.load_active(classifier.meta.version)
+            learned = self._versions.load_active()
             _check_albums(self._settings, learned.classes if learned else classifier.meta.classes)
             classifier.use(learned)
         except Exception as exc:  # noqa: BLE001 - a bad version must never stop the service

@@ -41,8 +41,9 @@ from cened.config import DUPLICATES_FOLDER, Settings
 from cened.errors import ConfigError, Refused
 from cened.journal import Journal
 from cened.ml import learning, modelpack
-from cened.ml.classifying import Classifier, Reading, decide_as_configured
+from cened.ml.classifying import AlbumKind, Classifier, Reading, decide_as_configured
 from cened.ml.learning import Labelled
+from cened.ml.modelpack import sha256_or_none
 from cened.ml.versions import SHIPPED, Learned, VersionStore, new_version_name
 from cened.pipeline import Verdict, prepare
 from cened.watching import scan
@@ -224,7 +225,7 @@ def measure(reading: Reading, data: Labelled, settings: Settings) -> Measure:
     truth = [settings.album_for(label) for label in data.labels]
     albums = [d.album for d in decided]
     right = np.array([a == t for a, t in zip(albums, truth, strict=True)])
-    other = np.array([d.kind == "other" for d in decided])
+    other = np.array([d.kind == AlbumKind.OTHER for d in decided])
     top = [scores.classes[i] for i in scores.probabilities.argmax(axis=1)]
     per_label = {}
     for label in sorted(set(data.labels) | set(scores.classes[len(reading.meta.classes) :])):
@@ -317,7 +318,7 @@ def learn(
     notes: list[str] = []
     previous = store.active()
     try:
-        current = shipped.with_learned(store.load_active(meta.version))
+        current = shipped.with_learned(store.load_active())
     except Exception as exc:  # noqa: BLE001 - a broken version in use is compared as the shipped model
         notes.append(f"the version in use cannot be loaded ({exc}); compared with the shipped model")
         current = shipped
@@ -409,9 +410,9 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
     wanted = []
     for path in photos:
         path = path.resolve()  # an example may be a link to a photo; the daemon's reading refuses links
-        p = prepare(path, settings, classifier.meta.input_size)
-        if p.verdict == Verdict.DECODED and p.sha256:
-            wanted.append(Example(p.sha256, path, name, Source.ALBUM))
+        sha256 = sha256_or_none(path)
+        if sha256 is not None:  # read and decoded once, by compute(); what it cannot read is left out
+            wanted.append(Example(sha256, path, name, Source.ALBUM))
     cache = FeatureCache(settings.learned_dir, classifier.meta.version)
     kept, _ = compute(wanted, classifier, settings, cache)
     if len(kept) < learning.MIN_EXAMPLES:

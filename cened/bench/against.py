@@ -49,7 +49,7 @@ def against(plan: Plan, settings: Settings, model: Path, other: Path, cache: Pat
             # (so `--against` the shipped model measures what learning costs).
             learned = None
             if role == "model" and path.resolve() == settings.model.resolve():
-                learned = VersionStore(settings.learned_dir).load_active(meta.version)
+                learned = VersionStore(settings.learned_dir).load_active()
             name = f"{path.name}+{learned.version}" if learned else path.name
             limits.append(
                 ModelRates(

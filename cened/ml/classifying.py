@@ -101,7 +101,10 @@ class Reading:
         detector = self.detector
         if learned is not None:
             if learned.base != self.meta.version:
-                raise ModelError(f"{learned.version} was learned on {learned.base}, not {self.meta.version}")
+                raise ModelError(
+                    f"learned version {learned.version} was learned on model {learned.base}, "
+                    f"not {self.meta.version}: run `cened learn` again, or `cened model use shipped`"
+                )
             if detector is not None and len(learned.prototypes.vectors):
                 detector = detector.extended(learned.prototypes.vectors, learned.prototypes.offsets)
         return Reading(self.meta, detector, learned)
@@ -295,7 +298,7 @@ class Classifier:
         if learned:
             from cened.ml.versions import VersionStore
 
-            classifier.use(VersionStore(settings.learned_dir).load_active(classifier.meta.version))
+            classifier.use(VersionStore(settings.learned_dir).load_active())
         return classifier
 
     def use(self, learned: Learned | None) -> None:

@@ -99,10 +99,7 @@ class Replay:
             arrays[f"{part}_embeddings"], arrays[f"{part}_scale"] = q, scale
             arrays[f"{part}_logits"] = data.logits.astype(np.float16)
             arrays[f"{part}_labels"] = np.asarray(data.labels, dtype=str)
-        # Written whole, then renamed: a model directory never holds half a file.
-        tmp = model_dir / (REPLAY_FILE + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        tmp.replace(model_dir / REPLAY_FILE)
+        save_npz(model_dir / REPLAY_FILE, compressed=True, **arrays)
 
     @classmethod
     def load(cls, model_dir: Path) -> Replay:
@@ -242,8 +239,9 @@ def rank(sha256: str) -> str:
     return hashlib.sha256(f"held-back:{sha256}".encode()).hexdigest()
 
 
-def save_npz(path: Path, **arrays: Any) -> None:
+def save_npz(path: Path, *, compressed: bool = False, **arrays: Any) -> None:
+    """Write arrays whole, then rename: a reader never finds half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
     tmp.replace(path)

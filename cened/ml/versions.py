@@ -23,6 +23,7 @@ import numpy as np
 
 from cened.errors import ModelError, Refused
 from cened.ml.learning import Head, Prototypes
+from cened.moving import fsync_dirs
 
 #: The name of "no learned version": the shipped model as it is.
 SHIPPED = "shipped"
@@ -139,18 +140,14 @@ class VersionStore:
             return None
         return (st.st_mtime_ns, st.st_ino)
 
-    def load_active(self, base: str) -> Learned | None:
-        """The version in use, or None for the shipped model; one learned on another base is refused."""
+    def load_active(self) -> Learned | None:
+        """The version in use, or None for the shipped model.
+
+        Whether it fits the shipped model is checked where it is put on one
+        (:meth:`cened.ml.classifying.Reading.with_learned`).
+        """
         version = self.active()
-        if version == SHIPPED:
-            return None
-        learned = self.load(version)
-        if learned.base != base:
-            raise ModelError(
-                f"learned version {version} was learned on model {learned.base}, not {base}: "
-                "run `cened learn` again, or `cened model use shipped`"
-            )
-        return learned
+        return None if version == SHIPPED else self.load(version)
 
     def use(self, version: str) -> None:
         """Put ``version`` (or ``shipped``) in use."""
@@ -183,11 +180,8 @@ def new_version_name(now: datetime | None = None) -> str:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """Make a version's files and their entries last before it is renamed into place."""
     for path in folder.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dirs([folder])
