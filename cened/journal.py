@@ -135,6 +135,21 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" * len(values))
 
 
+def _literal(member: StrEnum) -> str:
+    """A closed set's value written into the SQL, for the statements run per photo.
+
+    Bound values in an ``IN`` list or a correlated subquery cost SQLite work at
+    every run of the statement; literals are dealt with once, when it is prepared.
+    """
+    assert isinstance(member, StrEnum) and "'" not in member
+    return f"'{member}'"
+
+
+def _one_of(members: Sequence[StrEnum]) -> str:
+    """An ``IN`` list of a closed set's values, as literals (see :func:`_literal`)."""
+    return ", ".join(map(_literal, members))
+
+
 def path_to_db(path: Path | str) -> str | bytes:
     raw = os.fsencode(path)
     try:
@@ -430,8 +445,9 @@ class Journal:
     def successor(self, row_id: int) -> Entry | None:
         """The undo or correction that superseded a row, if one was completed or is under way."""
         rows = self._select(
-            f"ref_id = ? AND state != ? AND action IN ({_marks(SUPERSEDING_ACTIONS)})",
-            (row_id, State.FAILED, *SUPERSEDING_ACTIONS),
+            f"ref_id = ? AND state != {_literal(State.FAILED)} "
+            f"AND action IN ({_one_of(SUPERSEDING_ACTIONS)})",
+            (row_id,),
         )
         return rows[-1] if rows else None
 
@@ -441,13 +457,13 @@ class Journal:
         Whether each file is still there is the caller's to check, on disk.
         """
         superseded = (
-            "SELECT 1 FROM decisions AS s WHERE s.ref_id = decisions.id AND s.state != ? "
-            f"AND s.action IN ({_marks(SUPERSEDING_ACTIONS)})"
+            "SELECT 1 FROM decisions AS s WHERE s.ref_id = decisions.id "
+            f"AND s.state != {_literal(State.FAILED)} AND s.action IN ({_one_of(SUPERSEDING_ACTIONS)})"
         )
-        library = f"action IN ({_marks(LIBRARY_ACTIONS)})"
+        library = f"action IN ({_one_of(LIBRARY_ACTIONS)})"
         return self._select(
             f"sha256 = ? AND state = ? AND {library} AND NOT EXISTS ({superseded})",
-            (sha256, State.DONE, *LIBRARY_ACTIONS, State.FAILED, *SUPERSEDING_ACTIONS),
+            (sha256, State.DONE),
             "ORDER BY id DESC",
         )
 
@@ -470,8 +486,8 @@ class Journal:
     def filed_from(self, sources: Sequence[Path]) -> Entry | None:
         """The latest completed filing of a file from any of ``sources`` (the daemon's, not undo's)."""
         rows = self._select(
-            f"source IN ({_marks(sources)}) AND state = ? AND action IN ({_marks(FILING_ACTIONS)})",
-            (*map(path_to_db, sources), State.DONE, *FILING_ACTIONS),
+            f"source IN ({_marks(sources)}) AND state = ? AND action IN ({_one_of(FILING_ACTIONS)})",
+            (*map(path_to_db, sources), State.DONE),
             "ORDER BY id DESC LIMIT 1",
         )
         return rows[0] if rows else None
@@ -506,12 +522,12 @@ class Journal:
 
     def _stats(self) -> Stats:
         done = (State.DONE,)
-        filing = ", ".join("?" * len(FILING_ACTIONS))
         # Photos, not files: a photo's companions moved with it and share its decision.
         per_album = self.conn.execute(
             "SELECT coalesce(album, action), count(*), avg(confidence) FROM decisions "
-            f"WHERE state = ? AND group_id IS NULL AND action IN ({filing}) GROUP BY 1 ORDER BY 2 DESC, 1",
-            (*done, *FILING_ACTIONS),
+            f"WHERE state = ? AND group_id IS NULL AND action IN ({_one_of(FILING_ACTIONS)}) "
+            "GROUP BY 1 ORDER BY 2 DESC, 1",
+            done,
         )
         totals = self.conn.execute(
             "SELECT action, count(*) FROM decisions WHERE state = ? AND group_id IS NULL GROUP BY 1", done
