@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     model: Path = Field(default_factory=shipped_model_dir)
     backend: Literal["auto", "tflite", "keras"] = "auto"
 
-    batch_size: int = Field(16, ge=1, le=256)
+    batch_size: int = Field(32, ge=1, le=256)
     model_batch_size: int = Field(8, ge=1, le=256)
     batch_max_wait_ms: int = Field(50, ge=0, le=60_000)
     decode_threads: int = Field(2, ge=1, le=64)
