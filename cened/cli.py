@@ -506,7 +506,7 @@ def cmd_undo(args: argparse.Namespace) -> int:
             for plan in plans:
                 print(f"would move {os.fsdecode(plan.source)} -> {os.fsdecode(plan.destination)}")
             return 0
-        entries = carry_out(journal, plans, Action.UNDONE)
+        entries = carry_out(journal, plans, Action.UNDONE, settings=settings)
     return _report_moves(entries, "undid")
 
 
@@ -516,7 +516,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with Journal(settings.database) as journal:
         plans = plan_correct(journal, settings, args.id, args.label)
-        entries = carry_out(journal, plans, Action.CORRECTED, label=args.label)
+        entries = carry_out(journal, plans, Action.CORRECTED, label=args.label, settings=settings)
     return _report_moves(entries, "corrected")
 
 

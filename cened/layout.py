@@ -72,6 +72,24 @@ def folder(template: str, album: str, when: datetime | None) -> PurePosixPath:
     return PurePosixPath(template.format(album=album, **date))
 
 
+def kept_above(template: str, relative: PurePosixPath | Path) -> int | None:
+    """How many folders of ``relative`` (a folder below the library) are not the layout's date folders.
+
+    A date folder (``2019`` and ``07`` of ``sea/2019/07`` under
+    ``{album}/{year}/{month}``, or everything from the year down under
+    ``{year}/{album}``) exists for the photos in it, and may go once it is
+    empty; an album's own folder stays.  None when ``relative`` is no date
+    folder of the layout: a layout without dates, an album's folder, a folder
+    of the user's own (``sea/trip``), quarantine or ``_duplicates``.
+    """
+    parts = template.split("/")
+    dated = next((i for i, part in enumerate(parts) if not DATE_FIELDS.isdisjoint(fields(part))), None)
+    depth = len(relative.parts)
+    if dated is None or not dated < depth <= len(parts):
+        return None
+    return dated if _pattern("/".join(parts[:depth])).fullmatch(relative.as_posix()) else None
+
+
 def album_of(template: str, relative: PurePosixPath | Path) -> str | None:
     """The album of a file at ``relative`` (to the library) under ``template``, if it fits the template."""
     parts = relative.parent.parts

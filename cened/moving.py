@@ -236,6 +236,21 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst, follow_symlinks=False)
 
 
+def remove_empty(folder: Path, keep: Path) -> None:
+    """Remove ``folder``, then each parent below ``keep``, while they are empty.
+
+    ``rmdir`` removes only an empty folder, so a photo that lands in one
+    meanwhile keeps it; a move that finds its folder gone makes it again
+    (:func:`_link`).
+    """
+    while folder != keep and folder.is_relative_to(keep):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = folder.parent
+
+
 def make_folder(folder: Path) -> None:
     """``mkdir -p`` that makes each folder it creates last: its entry in its parent is fsynced.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -267,12 +267,14 @@ def carry_out(
     label: str | None = None,
     *,
     lead: Entry | None = None,
+    settings: Settings | None = None,
 ) -> list[Entry]:
     """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`).
 
     A file that travels with a photo moves only once the photo has.  ``lead``
     is a photo's row already done (moved by hand, cened.library) that plans
     without a lead of their own travel with: their rows name it as their group.
+    With ``settings``, date folders of its layout left empty are removed.
     """
     entries = [
         Entry(
@@ -318,4 +320,18 @@ def carry_out(
         updates.append((entry.id, State.DONE, None))
     moving.fsync_dirs(p for plan in plans for p in (plan.source.parent, plan.destination.parent))
     journal.set_state(updates)
+    if settings is not None:
+        left = {p.source.parent for p, e in zip(plans, entries, strict=True) if e.state == State.DONE}
+        remove_empty_date_folders(settings, left)
     return entries
+
+
+def remove_empty_date_folders(settings: Settings, folders: Iterable[Path]) -> None:
+    """Remove the layout's date folders that moves out of them left empty (cened.layout.kept_above)."""
+    for folder in folders:
+        if not folder.is_relative_to(settings.library):
+            continue
+        relative = folder.relative_to(settings.library)
+        kept = layout.kept_above(settings.layout, relative)
+        if kept is not None:
+            moving.remove_empty(folder, settings.library.joinpath(*relative.parts[:kept]))

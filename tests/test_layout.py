@@ -181,3 +181,45 @@ def test_the_default_layout_is_flat(settings: Settings, filing) -> None:
     file, _ = filing
     (o,) = file(exif_dated(settings.inbox / "p.jpg", "sea", "2019:07:14 10:11:12"), template="{album}")
     assert o.fate == Fate.MOVED and o.entry.destination == settings.library / "sea" / "p.jpg"
+
+
+@pytest.mark.parametrize(
+    "template,folder,kept",
+    [
+        (DATED, "sea/2019/07", 1),
+        (DATED, "sea/2019", 1),
+        (DATED, "sea", None),  # an album's own folder
+        (DATED, "sea/trip", None),  # a folder of the user's own
+        (DATED, "sea/2019/07/more", None),
+        ("{year}/{album}", "2019/sea", 0),
+        ("{year}/{album}", "_duplicates", None),
+        ("{album}/{year}-{month}", "sea/2019-07", 1),
+        ("{album}", "sea", None),
+    ],
+)
+def test_date_folders_are_the_layouts_own(template: str, folder: str, kept: int | None) -> None:
+    assert layout.kept_above(template, PurePosixPath(folder)) == kept
+
+
+def test_undo_and_correct_remove_the_date_folders_they_empty(
+    settings: Settings, filing, tmp_path: Path
+) -> None:
+    file, _ = filing
+    july = [
+        exif_dated(settings.inbox / f"july{i}.jpg", "sea", "2019:07:14 10:11:12", seed=i) for i in range(2)
+    ]
+    (a, b, c) = file(*july, exif_dated(settings.inbox / "jan.jpg", "sea", "2020:01:02 10:11:12", seed=3))
+    sea = settings.library / "sea"
+    assert {o.entry.destination.parent for o in (a, b, c)} == {sea / "2019" / "07", sea / "2020" / "01"}
+    (sea / "trip").mkdir()  # a folder of the user's own, empty
+    config = write_config(tmp_path / "cened.toml", settings, layout=DATED)
+
+    assert main(["--config", str(config), "undo", str(c.entry.id)]) == 0
+    assert not (sea / "2020").exists() and (sea / "2019" / "07").is_dir()
+    assert main(["--config", str(config), "correct", str(a.entry.id), "forest"]) == 0
+    assert (sea / "2019" / "07").is_dir()  # b is still in it
+    assert main(["--config", str(config), "undo", str(b.entry.id)]) == 0
+    assert not (sea / "2019").exists()
+    assert sea.is_dir() and (sea / "trip").is_dir()  # the album's folder, and the user's own, stay
+    assert (settings.library / "forest" / "2019" / "07" / "july0.jpg").is_file()
+    assert sorted(p.name for p in settings.inbox.iterdir()) == ["jan.jpg", "july1.jpg"]

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,33 @@ def test_filing_makes_no_corrections_or_removals(settings: Settings, tmp_path: P
         marker(settings, daemon, 31)
     assert [r.destination.name for r in rows(settings, Action.CORRECTED)] == ["marker.jpg"]
     assert rows(settings, Action.REMOVED, Action.MISSING, Action.RELOCATED) == []
+
+
+def test_an_undo_under_a_watching_daemon_removes_its_empty_date_folder_and_records_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    dated = settings.model_copy(update={"layout": "{album}/{year}/{month}"})
+    config = write_config(tmp_path / "cened.toml", settings, layout=dated.layout)
+    july = datetime(2019, 7, 14, 12).timestamp()
+
+    def drop(name: str, seed: int) -> None:
+        staged = write_photo(tmp_path / "staging" / name, "sea", seed=seed)
+        os.utime(staged, (july, july))  # no EXIF date: the file's own date files it
+        os.rename(staged, settings.inbox / name)
+
+    folder = settings.library / "sea" / "2019" / "07"
+    with Watching(dated) as daemon:
+        drop("a.jpg", 0)
+        filed_at(dated, daemon, 1, folder / "a.jpg")
+        (filed,) = rows(dated, Action.MOVED)
+        assert run_cli("undo", str(filed.id), config=config).returncode == 0
+        assert (settings.inbox / "a.jpg").is_file() and not (settings.library / "sea" / "2019").exists()
+        assert (settings.library / "sea").is_dir()
+        # Moved by hand after the undo: once its correction is in, the folder's removal was handled.
+        drop("b.jpg", 1)
+        filed_at(dated, daemon, 2, folder / "b.jpg")
+        (settings.library / "forest").mkdir()
+        os.rename(folder / "b.jpg", settings.library / "forest" / "b.jpg")
+        wait_row(dated, Action.CORRECTED, settings.library / "forest" / "b.jpg")
+    assert rows(settings, Action.REMOVED, Action.MISSING, Action.RELOCATED) == []
+    assert (settings.inbox / "a.jpg").is_file()
