@@ -381,9 +381,10 @@ def cmd_album_add(args: argparse.Namespace) -> int:
     from cened import learn
 
     settings = _reading_photos(args)
-    n = learn.add_album(settings, args.name, args.folder)
-    print(f"album {args.name!r}: {n} example photos read from {args.folder}")
-    _print_learned(learn.learn(settings, say=print))
+    with learn.changing(settings):
+        n = learn.add_album(settings, args.name, args.folder)
+        print(f"album {args.name!r}: {n} example photos read from {args.folder}")
+        _print_learned(learn.learn(settings, say=print))
     return 0
 
 
@@ -391,7 +392,8 @@ def cmd_album_remove(args: argparse.Namespace) -> int:
     from cened import learn
 
     settings = _reading_photos(args)
-    outcome = learn.remove_album(settings, args.name)
+    with learn.changing(settings):
+        outcome = learn.remove_album(settings, args.name)
     print(f"album {args.name!r} removed; the photos filed in it stay where they are")
     if outcome is None:
         print("nothing else to learn from: the shipped model is in use")
@@ -413,7 +415,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from cened import learn
 
     settings = _reading_photos(args, json=args.json)
-    outcome = learn.learn(settings, force=args.force, say=print if not args.json else lambda _: None)
+    with learn.changing(settings):
+        outcome = learn.learn(settings, force=args.force, say=print if not args.json else lambda _: None)
     if args.json:
         print(json.dumps(outcome.as_dict()))
     else:
@@ -474,17 +477,23 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_use(args: argparse.Namespace) -> int:
+    from cened import learn
     from cened.ml.versions import VersionStore
 
-    VersionStore(_settings(args).learned_dir).use(args.version)
+    settings = _settings(args)
+    with learn.changing(settings):
+        VersionStore(settings.learned_dir).use(args.version)
     print(f"in use now: {args.version} (a running daemon switches within seconds)")
     return 0
 
 
 def cmd_model_rollback(args: argparse.Namespace) -> int:
+    from cened import learn
     from cened.ml.versions import VersionStore
 
-    version = VersionStore(_settings(args).learned_dir).rollback()
+    settings = _settings(args)
+    with learn.changing(settings):
+        version = VersionStore(settings.learned_dir).rollback()
     print(f"in use now: {version} (a running daemon switches within seconds)")
     return 0
 

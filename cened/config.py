@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # Record photos moved or removed by hand in the library (cened.library); one inotify
     # watch per folder of it, which a library of very many folders may not have to spare.
     watch_library: bool = True
+    # Learn by itself (cened learn) once this many labelled photos (corrections, album
+    # examples) are new since the last version was learned, with the inbox quiet; 0: never.
+    learn_after: int = Field(20, ge=0, le=1_000_000)
 
     extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     ignore_suffixes: list[str] = Field(

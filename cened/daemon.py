@@ -51,7 +51,7 @@ from types import FrameType
 
 import structlog
 
-from cened import inflight, library, logsetup, recovery, reloading
+from cened import inflight, learn, library, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.journal import Journal
@@ -118,6 +118,10 @@ LIBRARY_WAIT_MAX_S = 60.0
 #: After a failure (the journal busy for longer than its timeout), the whole library is
 #: compared with the journal again this much later.
 LIBRARY_RETRY_S = 30.0
+#: With learn_after, the daemon learns once no batch has been filed for LEARN_QUIET_S,
+#: looking every LEARN_CHECK_S: a learn takes a core for a few seconds, so not mid-burst.
+LEARN_QUIET_S = 30.0
+LEARN_CHECK_S = 5.0
 
 
 class Daemon:
@@ -171,6 +175,8 @@ class Daemon:
         self._library_reconcile = threading.Event()  # compare every row with the disk: start, lost events
         self._library_thread: threading.Thread | None = None
         self.library_watched = threading.Event()  # set once the library thread is watching and has compared
+        self._last_filing = time.monotonic()  # when the filer last finished a batch
+        self._learner: threading.Thread | None = None
 
     def settings(self) -> Settings:
         return self._settings
@@ -247,6 +253,10 @@ class Daemon:
                 self._retry_suspects(processor)
                 pump.start()
                 collector.start()
+                self._learner = threading.Thread(
+                    target=self._learn_when_due, args=(classifier,), name="learner", daemon=True
+                )
+                self._learner.start()
                 self._serve(processor, collector)
                 pump.join(timeout=5)  # first: the pump may re-arm the watch
             self._flights.close()  # a clean stop: no photo was in flight at a death
@@ -256,6 +266,8 @@ class Daemon:
                 self._watcher.stop()
             if self._library_thread is not None:
                 self._library_thread.join(timeout=10)
+            if self._learner is not None:
+                self._learner.join(timeout=60)  # a learn under way ends with its version written whole
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
         self.notifier.close()
@@ -625,6 +637,7 @@ class Daemon:
                 log.exception("batch-failed", files=len(prepared))
         for outcome in outcomes:
             self._settle(outcome)
+        self._last_filing = time.monotonic()
         self.notifier.status(self._status())
 
     def _journal_failed(self, exc: JournalError, files: int) -> None:
@@ -659,6 +672,45 @@ class Daemon:
         self.tracker.done(path, keep=outcome.keep)
         if outcome.fate.filed:
             self.filed += 1
+
+    def _learn_when_due(self, classifier: Classifier) -> None:
+        """The learner thread: ``cened learn`` by itself, once ``learn_after`` labelled photos are new.
+
+        Only while the inbox is quiet, and never while a command changes what
+        is learned.  The version made is put in use only if it is not worse
+        (cened.learn), and the pump switches to it as to any other.  A learn
+        that fails is logged and not tried again until more photos are labelled.
+        """
+        failed_at: int | None = None
+        while not self.stopping.wait(LEARN_CHECK_S):
+            s = self._settings
+            quiet = time.monotonic() - self._last_filing >= LEARN_QUIET_S and self.paths.empty()
+            if not s.learn_after or not quiet:
+                continue
+            due = None
+            try:
+                due = learn.unlearned(s, classifier.meta.classes, classifier.meta.version)
+                if due < s.learn_after or due == failed_at:
+                    continue
+                with learn.changing(s, wait=False) as held:
+                    if not held:
+                        continue  # a command is at it; look again later
+                    log.info("learning", new_labelled=due)
+                    outcome = learn.learn(s, classifier=classifier)
+            except Exception as exc:  # noqa: BLE001 - learning must never stop the service
+                failed_at = due
+                log.warning("learn-failed", error=str(exc), new_labelled=due)
+                continue
+            failed_at = None
+            log.info(
+                "learned",
+                version=outcome.version,
+                in_use=outcome.accepted,
+                classes=list(outcome.classes),
+                yours_right=[outcome.current["yours"].right, outcome.new["yours"].right],
+                validation=[outcome.current["validation"].accuracy, outcome.new["validation"].accuracy],
+                seconds=round(outcome.seconds, 1),
+            )
 
     def _check_model(self) -> None:
         """Switch to the learned version put in use (`cened learn`, `cened model use`) since the last look.

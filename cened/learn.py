@@ -14,7 +14,9 @@ Labels come from two places:
 with the version in use on the labelled photos held back from training and
 on the shipped validation set, keeps it under the state directory and puts
 it in use only if it is not worse.  The daemon polls which version is in use
-and switches between batches.
+and switches between batches; with ``learn_after`` it also learns by itself
+(:func:`unlearned`).  One process at a time changes what is learned
+(:func:`changing`).
 
 Features are the shipped model's outputs (logits and embedding) for each
 photo, computed by the daemon's own reading and model code and cached by
@@ -27,7 +29,8 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from cened import companions, undoing
+from cened import companions, locking, undoing
 from cened.config import DUPLICATES_FOLDER, Settings
-from cened.errors import ConfigError, Refused
+from cened.errors import ConfigError, ModelError, Refused
 from cened.journal import Journal
 from cened.ml import learning, modelpack
 from cened.ml.classifying import AlbumKind, Classifier, Reading, decide_as_configured
@@ -50,6 +53,7 @@ from cened.watching import scan
 
 ALBUMS_FILE = "albums.json"
 FEATURES_FILE = "features.npz"
+LOCK_FILE = "learn.lock"
 #: How much lower than the version in use a new one may score on the shipped
 #: validation photos and still count as "not worse": one validation photo in
 #: two hundred, below the split's own noise (±0.6 points).
@@ -256,6 +260,7 @@ class Outcome:
     forced: bool
     seconds: float
     notes: list[str]
+    seen: dict[str, int]  # per label, every labelled photo there was to learn from
 
     def as_dict(self) -> dict[str, Any]:
         def m(x: Measure) -> dict[str, Any]:
@@ -279,6 +284,7 @@ class Outcome:
             "forced": self.forced,
             "seconds": round(self.seconds, 1),
             "notes": self.notes,
+            "seen": self.seen,
         }
 
 
@@ -297,6 +303,48 @@ def split(examples: Sequence[Example]) -> np.ndarray:
         order = sorted(mine, key=lambda i: learning.rank(examples[i].sha256))
         held[order[: max(1, round(len(mine) * learning.HELD_BACK))]] = True
     return held
+
+
+def labelled(settings: Settings, classes: tuple[str, ...]) -> tuple[list[Example], list[str]]:
+    """Every photo the user has labelled: album examples, then corrections; and notes on those left out."""
+    albums = Albums.load(settings.learned_dir)
+    examples = albums.examples()
+    if not settings.database.exists():
+        return examples, []
+    with Journal(settings.database, readonly=True) as journal:
+        corrected, notes = corrected_examples(journal, settings, albums, classes)
+    return examples + corrected, notes
+
+
+def unlearned(settings: Settings, classes: tuple[str, ...], base: str) -> int:
+    """Labelled photos beyond those the newest version learned on model ``base`` had, label by label.
+
+    A version learned on another shipped model counts for nothing: after an
+    upgrade, everything is to be learned again.
+    """
+    now = Counter(e.label for e in labelled(settings, classes)[0])
+    store = VersionStore(settings.learned_dir)
+    seen: dict[str, int] = {}
+    for name in reversed(store.names()):
+        try:
+            info = store.info(name)
+        except ModelError:
+            continue
+        if info.get("base") == base:
+            seen = dict(info.get("report", {}).get("seen", {}))
+            break
+    return sum(max(0, n - int(seen.get(label, 0))) for label, n in now.items())
+
+
+@contextmanager
+def changing(settings: Settings, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock on what is learned: one ``learn``, ``album`` or ``model`` change at a time.
+
+    The daemon learning by itself does not wait (``wait=False`` yields False
+    while a command holds it); a command waits for the daemon's learn to end.
+    """
+    with locking.exclusive(settings.learned_dir / LOCK_FILE, wait=wait) as held:
+        yield held
 
 
 def learn(
@@ -322,13 +370,9 @@ def learn(
     except Exception as exc:  # noqa: BLE001 - a broken version in use is compared as the shipped model
         notes.append(f"the version in use cannot be loaded ({exc}); compared with the shipped model")
         current = shipped
-    albums = Albums.load(settings.learned_dir)
-    examples = albums.examples()
-    if settings.database.exists():
-        with Journal(settings.database, readonly=True) as journal:
-            corrected, more = corrected_examples(journal, settings, albums, meta.classes)
-        examples += corrected
-        notes += more
+    examples, more = labelled(settings, meta.classes)
+    notes += more
+    seen = dict(Counter(e.label for e in examples))
     if not examples:
         raise Refused(
             "nothing to learn from: no corrections yet, and no albums of your own (cened album add)"
@@ -379,6 +423,7 @@ def learn(
         force and not not_worse,
         (datetime.now(UTC) - started).total_seconds(),
         notes,
+        seen,
     )
     learned = Learned(learned.version, learned.base, head, prototypes, learned.created, outcome.as_dict())
     store.add(learned)

@@ -7,6 +7,7 @@ so until an album of magenta photos is learned, a magenta photo is "other".
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,7 @@ def test_photos_moved_by_hand_into_a_new_folder_become_an_album(taught: Settings
     """The whole loop: filed in other, dragged into `magenta` in a file manager, learned, filed there."""
     import os
 
+    taught = taught.model_copy(update={"learn_after": 0})  # `cened learn` here; by itself below
     config = write_config(tmp_path / "cened.toml", taught)
     with RunningDaemon(taught) as daemon:
         assert daemon.library_watched.wait(timeout=30)
@@ -290,3 +292,86 @@ def test_photos_moved_by_hand_into_a_new_folder_become_an_album(taught: Settings
         assert wait_until(lambda: daemon._classifier.version == version, timeout=15)
         magenta(tmp_path / "new.jpg", 999).rename(taught.inbox / "new.jpg")
         assert wait_until(lambda: (taught.library / "magenta" / "new.jpg").is_file(), timeout=30)
+
+
+def _file_magenta(settings: Settings, names: list[str], seed: int) -> list[int]:
+    """Magenta photos filed (into other) by the real pipeline; their row ids."""
+    for i, name in enumerate(names):
+        magenta(settings.inbox / name, seed + i)
+    with Journal(settings.database) as journal:
+        classifier = Classifier(settings.model)
+        processor = Processor(classifier, journal, lambda: settings)
+        outcomes = processor.process(
+            [prepare(settings.inbox / n, settings, classifier.meta.input_size) for n in names]
+        )
+    assert all(o.entry is not None and o.entry.album == "other" for o in outcomes)
+    return [o.entry.id for o in outcomes if o.entry is not None and o.entry.id is not None]
+
+
+def test_what_is_new_to_learn_is_counted_label_by_label(taught: Settings) -> None:
+    meta = Classifier(taught.model).meta
+    ids = _file_magenta(taught, [f"m{i}.jpg" for i in range(24)], 100)
+    assert learn.unlearned(taught, meta.classes, meta.version) == 0
+    with Journal(taught.database) as journal:
+        for row_id in ids[:21]:
+            carry_out(journal, plan_correct(journal, taught, row_id, "magenta"), Action.CORRECTED, "magenta")
+    assert learn.unlearned(taught, meta.classes, meta.version) == 21
+    outcome = learn.learn(taught)
+    assert outcome.seen == {"magenta": 21} and outcome.as_dict()["seen"] == {"magenta": 21}
+    assert learn.unlearned(taught, meta.classes, meta.version) == 0
+    with Journal(taught.database) as journal:
+        for row_id in ids[21:]:
+            carry_out(journal, plan_correct(journal, taught, row_id, "magenta"), Action.CORRECTED, "magenta")
+    assert learn.unlearned(taught, meta.classes, meta.version) == 3
+    # A version learned on another shipped model counts for nothing.
+    assert learn.unlearned(taught, meta.classes, "another-model") == 24
+
+
+def test_one_change_to_what_is_learned_at_a_time(taught: Settings) -> None:
+    with learn.changing(taught) as mine:
+        assert mine
+        with learn.changing(taught, wait=False) as theirs:
+            assert not theirs  # the daemon, while a command holds it, does not wait
+    with learn.changing(taught, wait=False) as free:
+        assert free
+
+
+@pytest.mark.slow
+def test_the_daemon_learns_by_itself_once_enough_photos_are_labelled(
+    taught: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole loop with the defaults: dragged into `magenta`, learned without a command, filed there."""
+    import os
+
+    from cened import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "LEARN_QUIET_S", 1.0)
+    monkeypatch.setattr(daemon_module, "LEARN_CHECK_S", 0.2)
+    assert taught.learn_after == 20
+    store = VersionStore(taught.learned_dir)
+    with RunningDaemon(taught) as daemon:
+        assert daemon.library_watched.wait(timeout=30)
+        for i in range(21):
+            magenta(tmp_path / "roll" / f"m{i}.jpg", 200 + i).rename(taught.inbox / f"m{i}.jpg")
+        assert wait_until(lambda: daemon.filed >= 21, timeout=60)
+        (taught.library / "magenta").mkdir()
+        for i in range(19):
+            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
+
+        def corrected() -> int:
+            with Journal(taught.database, readonly=True) as journal:
+                return len(learn.corrected_examples(journal, taught, learn.Albums(Path()), CLASSES)[0])
+
+        assert wait_until(lambda: corrected() == 19, timeout=30)
+        time.sleep(2)  # quiet, but 19 are not enough to learn from
+        assert store.names() == []
+        for i in range(19, 21):
+            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
+        assert wait_until(lambda: store.active() != SHIPPED, timeout=60)
+        version = store.active()
+        assert wait_until(lambda: daemon._classifier.version == version, timeout=15)
+        magenta(tmp_path / "new.jpg", 999).rename(taught.inbox / "new.jpg")
+        assert wait_until(lambda: (taught.library / "magenta" / "new.jpg").is_file(), timeout=30)
+        time.sleep(2)  # nothing new since: no second learn
+    assert store.names() == [version]
+    assert store.info(version)["report"]["seen"] == {"magenta": 21}

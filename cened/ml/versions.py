@@ -114,6 +114,17 @@ class VersionStore:
             raise Refused(f"no learned version {version!r} (see `cened model list`)")
         return Learned.load(folder)
 
+    def info(self, version: str) -> dict[str, Any]:
+        """A version's ``learned.json`` alone (base, classes, report), without its arrays."""
+        path = self.versions / version / INFO_FILE
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path} cannot be read: {exc}") from exc
+        if not isinstance(info, dict):
+            raise ModelError(f"{path} is not a learned version's description")
+        return info
+
     def add(self, learned: Learned) -> None:
         self.versions.mkdir(parents=True, exist_ok=True)
         learned.save(self.versions / learned.version)
