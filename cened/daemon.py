@@ -679,9 +679,10 @@ class Daemon:
         Only while the inbox is quiet, and never while a command changes what
         is learned.  The version made is put in use only if it is not worse
         (cened.learn), and the pump switches to it as to any other.  A learn
-        that fails is logged and not tried again until more photos are labelled.
+        that fails is logged (once while it fails alike) and not tried again
+        until more photos are labelled.
         """
-        failed_at: int | None = None
+        failed: tuple[int | None, str] | None = None  # what was due, and the error
         while not self.stopping.wait(LEARN_CHECK_S):
             s = self._settings
             quiet = time.monotonic() - self._last_filing >= LEARN_QUIET_S and self.paths.empty()
@@ -690,7 +691,7 @@ class Daemon:
             due = None
             try:
                 due = learn.unlearned(s, classifier.meta.classes, classifier.meta.version)
-                if due < s.learn_after or due == failed_at:
+                if due < s.learn_after or (failed is not None and due == failed[0]):
                     continue
                 with learn.changing(s, wait=False) as held:
                     if not held:
@@ -698,10 +699,11 @@ class Daemon:
                     log.info("learning", new_labelled=due)
                     outcome = learn.learn(s, classifier=classifier)
             except Exception as exc:  # noqa: BLE001 - learning must never stop the service
-                failed_at = due
-                log.warning("learn-failed", error=str(exc), new_labelled=due)
+                if failed != (due, str(exc)):
+                    log.warning("learn-failed", error=str(exc), new_labelled=due)
+                failed = (due, str(exc))
                 continue
-            failed_at = None
+            failed = None
             log.info(
                 "learned",
                 version=outcome.version,

@@ -7,6 +7,7 @@ so until an album of magenta photos is learned, a magenta photo is "other".
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -375,3 +376,34 @@ def test_the_daemon_learns_by_itself_once_enough_photos_are_labelled(
         time.sleep(2)  # nothing new since: no second learn
     assert store.names() == [version]
     assert store.info(version)["report"]["seen"] == {"magenta": 21}
+
+
+@pytest.mark.slow
+def test_a_daemon_that_cannot_learn_says_so_once_and_goes_on_filing(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plain test model has no "other" detector, so nothing can be learned on it."""
+    from cened import daemon as daemon_module
+    from cened import logsetup
+
+    monkeypatch.setattr(daemon_module, "LEARN_QUIET_S", 0.5)
+    monkeypatch.setattr(daemon_module, "LEARN_CHECK_S", 0.1)
+    plain = settings.model_copy(update={"learn_after": 1})
+    logsetup.configure("json", "info")  # onto the captured stdout
+    try:
+        with RunningDaemon(plain) as daemon:
+            write_photo(tmp_path / "a.jpg", "sea").rename(plain.inbox / "a.jpg")
+            assert wait_until(lambda: daemon.filed >= 1, timeout=30)
+            with Journal(plain.database) as journal:
+                (row,) = journal.history(actions=[Action.MOVED])
+                carry_out(journal, plan_correct(journal, plain, row.id, "forest"), Action.CORRECTED, "forest")
+            time.sleep(2)  # some twenty looks at what is due
+            write_photo(tmp_path / "b.jpg", "street").rename(plain.inbox / "b.jpg")
+            assert wait_until(lambda: daemon.filed >= 2, timeout=30)
+    finally:
+        logsetup.configure("json", "info", stream=sys.__stderr__)  # not onto a closed capture
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e.get("event") == "learn-failed"]
+    assert len(failed) == 1 and "novelty detector" in failed[0]["error"] and failed[0]["new_labelled"] == 1
+    assert VersionStore(plain.learned_dir).names() == []
+    assert (plain.library / "street" / "b.jpg").is_file()
