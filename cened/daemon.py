@@ -683,19 +683,24 @@ class Daemon:
         until more photos are labelled.
         """
         failed: tuple[int | None, str] | None = None  # what was due, and the error
+        looked: object = None  # what the files were like at the last look
         while not self.stopping.wait(LEARN_CHECK_S):
             s = self._settings
             quiet = time.monotonic() - self._last_filing >= LEARN_QUIET_S and self.paths.empty()
             if not s.learn_after or not quiet:
                 continue
-            due = None
+            now = (learn.stamp(s), s.learn_after)
+            if now == looked:
+                continue  # counting reads every correction in the journal: only when it changed
+            looked, due = now, None
             try:
                 due = learn.unlearned(s, classifier.meta.classes, classifier.meta.version)
                 if due < s.learn_after or (failed is not None and due == failed[0]):
                     continue
                 with learn.changing(s, wait=False) as held:
                     if not held:
-                        continue  # a command is at it; look again later
+                        looked = None  # a command is at it; look again
+                        continue
                     log.info("learning", new_labelled=due)
                     outcome = learn.learn(s, classifier=classifier)
             except Exception as exc:  # noqa: BLE001 - learning must never stop the service

@@ -336,6 +336,26 @@ def unlearned(settings: Settings, classes: tuple[str, ...], base: str) -> int:
     return sum(max(0, n - int(seen.get(label, 0))) for label, n in now.items())
 
 
+def stamp(settings: Settings) -> tuple[tuple[int, int] | None, ...]:
+    """What changes whenever :func:`unlearned` may have: the journal's files, the albums, the versions."""
+    database = settings.database
+    paths = (
+        database,
+        database.with_name(database.name + "-wal"),
+        settings.learned_dir / ALBUMS_FILE,
+        VersionStore(settings.learned_dir).versions,
+    )
+    marks: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            marks.append(None)
+        else:
+            marks.append((st.st_mtime_ns, st.st_size))
+    return tuple(marks)
+
+
 @contextmanager
 def changing(settings: Settings, *, wait: bool = True) -> Iterator[bool]:
     """Hold the lock on what is learned: one ``learn``, ``album`` or ``model`` change at a time.

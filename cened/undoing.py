@@ -62,12 +62,18 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     return when.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
-def undoable(journal: Journal, *, since: str | None = None, batch_id: str | None = None) -> list[Entry]:
-    """Completed moves that no later undo or correction has superseded, oldest first.
+def undoable(
+    journal: Journal,
+    *,
+    since: str | None = None,
+    batch_id: str | None = None,
+    actions: Sequence[Action] = MOVING_ACTIONS,
+) -> list[Entry]:
+    """Completed moves (of ``actions``) that no later undo or correction has superseded, oldest first.
 
     Files that travel with a photo are left out: they go wherever their photo goes.
     """
-    rows = journal.history(since=since, batch_id=batch_id, actions=MOVING_ACTIONS)
+    rows = journal.history(since=since, batch_id=batch_id, actions=actions)
     return [
         r
         for r in rows
@@ -99,7 +105,7 @@ def select_undo(
 
 def corrections(journal: Journal) -> list[Entry]:
     """Photos whose album a person corrected, as they stand now."""
-    return [r for r in undoable(journal) if r.action == Action.CORRECTED and r.human_label]
+    return [r for r in undoable(journal, actions=[Action.CORRECTED]) if r.human_label]
 
 
 def export_corrections(rows: Sequence[Entry], folder: Path) -> int:
