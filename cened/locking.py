@@ -72,7 +72,8 @@ def exclusive(path: Path, *, wait: bool = True) -> Iterator[bool]:
     without flock: nothing can be held there, and that must not stop cened.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Read-only is enough for flock, and works on a lock file another user made.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if wait:
             try:
