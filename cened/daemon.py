@@ -267,7 +267,8 @@ class Daemon:
             if self._library_thread is not None:
                 self._library_thread.join(timeout=10)
             if self._learner is not None:
-                self._learner.join(timeout=60)  # a learn under way ends with its version written whole
+                # A learn under way may finish; cut off at exit, it leaves no version half-written.
+                self._learner.join(timeout=20)
             journal.close()
             sys.setswitchinterval(switch_interval)  # the process is the caller's again (tests, embedding)
         self.notifier.close()
