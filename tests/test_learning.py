@@ -407,3 +407,22 @@ def test_a_daemon_that_cannot_learn_says_so_once_and_goes_on_filing(
     assert len(failed) == 1 and "novelty detector" in failed[0]["error"] and failed[0]["new_labelled"] == 1
     assert VersionStore(plain.learned_dir).names() == []
     assert (plain.library / "street" / "b.jpg").is_file()
+
+
+def test_the_oldest_versions_never_used_are_forgotten(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cened.ml.versions import KEEP_UNUSED, Learned, new_version_name
+
+    store = VersionStore(tmp_path / "learned")
+    head = learning.Head(CLASSES, np.zeros((4, 6), np.float32), np.zeros(6, np.float32), 1.0)
+    prototypes = learning.Prototypes(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    start = datetime(2026, 11, 26, tzinfo=UTC)
+    names = [new_version_name(start + timedelta(minutes=i)) for i in range(KEEP_UNUSED + 5)]
+    for i, name in enumerate(names):
+        store.add(Learned(name, "base", head, prototypes))
+        if i == 1:
+            store.use(name)  # in the history: kept whatever its age
+    kept = store.names()
+    assert kept == [names[1], *names[-KEEP_UNUSED:]]
+    assert store.active() == names[1] and store.load(names[1]).version == names[1]

@@ -30,6 +30,9 @@ SHIPPED = "shipped"
 HEAD_FILE = "head.npz"
 INFO_FILE = "learned.json"
 ACTIVE_FILE = "active.json"
+#: Versions never put in use that are kept, newest first, besides every one in the history:
+#: the daemon learns by itself, and each learn leaves a version even when it is not used.
+KEEP_UNUSED = 10
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,13 @@ class VersionStore:
         return info
 
     def add(self, learned: Learned) -> None:
+        """Keep ``learned``; then forget the oldest versions never put in use, beyond KEEP_UNUSED."""
         self.versions.mkdir(parents=True, exist_ok=True)
         learned.save(self.versions / learned.version)
+        used = set(self.history())
+        unused = [name for name in self.names() if name not in used and name != learned.version]
+        for name in unused[: max(0, len(unused) + 1 - KEEP_UNUSED)]:
+            shutil.rmtree(self.versions / name, ignore_errors=True)
 
     def history(self) -> list[str]:
         """The versions put in use, oldest first; the last is in use (none: the shipped model)."""
