@@ -29,8 +29,17 @@ from pathlib import Path
 from cened import layout, moving, recovery
 from cened.config import Settings, load_settings
 from cened.errors import JournalError, Refused
-from cened.journal import Action, Entry, Journal
-from cened.library import FOUND_BY_HASH, NOT_FOUND, Places, current_rows, files, follow_ups, match
+from cened.journal import Action, Entry, Journal, State
+from cened.library import (
+    FOUND_BY_HASH,
+    NOT_FOUND,
+    Places,
+    current_rows,
+    files,
+    follow_companions,
+    follow_ups,
+    match,
+)
 from cened.locking import hold_lock
 from cened.ml.modelpack import sha256_file
 
@@ -97,6 +106,7 @@ def repair(
     rows: list[Entry] = follow_ups(
         journal, places, items, reason=FOUND_BY_HASH, gone=(Action.MISSING, NOT_FOUND)
     )
+    found_rows = list(rows)
     for entry in rows:
         if entry.action == Action.MISSING:
             done.append(f"#{entry.ref_id}: recorded as missing")
@@ -138,6 +148,11 @@ def repair(
         done.append(f"quarantined stray partial {os.fsdecode(path)}")
     if rows:
         journal.add(rows)
+    # Companions a photo moved by hand left behind go to it, as the daemon has them do.
+    for entry in follow_companions(journal, places, found_rows):
+        what = "moved" if entry.state == State.DONE else f"could not move ({entry.reason})"
+        where = f"{os.fsdecode(entry.source)} -> {os.fsdecode(entry.destination or '')}"
+        done.append(f"{what} {where} with its photo")
     return done
 
 

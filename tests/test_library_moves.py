@@ -235,6 +235,29 @@ def test_doctor_records_what_the_daemon_would(settings: Settings, filing) -> Non
     assert clean(journal, settings)
 
 
+def test_doctor_has_a_companion_left_behind_follow_its_photo(settings: Settings, filing) -> None:
+    file, journal = filing
+    sidecar = settings.inbox / "IMG_2.xmp"
+    sidecar.write_bytes(b"<x:xmpmeta/>")
+    os.utime(sidecar, (1e9, 1e9))  # settled long ago: it goes with its photo
+    photo = file_one(file, settings, "sea", "IMG_2.jpg")
+    moved = settings.library / "forest" / "IMG_2.jpg"
+    moved.parent.mkdir()
+    os.rename(photo.destination, moved)  # while no daemon watched
+    report = doctor.examine(journal, settings.library, settings.quarantine_dir)
+    done = doctor.repair(
+        journal, report, settings.library, settings.quarantine_dir, places=Places.of(settings)
+    )
+    assert (settings.library / "forest" / "IMG_2.xmp").read_bytes() == b"<x:xmpmeta/>"
+    assert not (settings.library / "sea" / "IMG_2.xmp").exists()
+    assert any("IMG_2.xmp" in line and "with its photo" in line for line in done)
+    row = journal.last_at(moved)
+    assert row is not None and [c.destination for c in companions_of(journal, row)] == [
+        settings.library / "forest" / "IMG_2.xmp"
+    ]
+    assert clean(journal, settings)
+
+
 # -- the daemon ----------------------------------------------------------------
 
 
