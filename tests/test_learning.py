@@ -7,6 +7,7 @@ so until an album of magenta photos is learned, a magenta photo is "other".
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 
 from cened import learn
 from cened.config import Settings
+from cened.daemon import Daemon
 from cened.errors import Refused
 from cened.journal import Action, Journal
 from cened.ml import learning
@@ -37,6 +39,26 @@ def magenta(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGB").save(path, quality=92)
     return path
+
+
+def _filed_into_other(settings: Settings, daemon: Daemon, tmp_path: Path, n: int = 21) -> None:
+    """``n`` magenta photos dropped into the inbox and filed by ``daemon`` (into other)."""
+    for i in range(n):
+        magenta(tmp_path / "roll" / f"m{i}.jpg", 200 + i).rename(settings.inbox / f"m{i}.jpg")
+    assert wait_until(lambda: daemon.filed >= n, timeout=60)
+
+
+def _dragged_into_magenta(settings: Settings, numbers: range) -> None:
+    """What a person does in a file manager: other/m{i}.jpg into a folder `magenta`."""
+    (settings.library / "magenta").mkdir(exist_ok=True)
+    for i in numbers:
+        os.rename(settings.library / "other" / f"m{i}.jpg", settings.library / "magenta" / f"m{i}.jpg")
+
+
+def _corrected(settings: Settings) -> int:
+    """Photos corrected so far, as cened learn counts them."""
+    with Journal(settings.database, readonly=True) as journal:
+        return len(learn.corrected_examples(journal, settings, learn.Albums(Path()), CLASSES)[0])
 
 
 @pytest.fixture
@@ -269,24 +291,13 @@ def test_an_album_outlives_its_folder_and_a_new_shipped_model(taught: Settings, 
 @pytest.mark.slow
 def test_photos_moved_by_hand_into_a_new_folder_become_an_album(taught: Settings, tmp_path: Path) -> None:
     """The whole loop: filed in other, dragged into `magenta` in a file manager, learned, filed there."""
-    import os
-
     taught = taught.model_copy(update={"learn_after": 0})  # `cened learn` here; by itself below
     config = write_config(tmp_path / "cened.toml", taught)
     with RunningDaemon(taught) as daemon:
         assert daemon.library_watched.wait(timeout=30)
-        for i in range(21):
-            magenta(tmp_path / "roll" / f"m{i}.jpg", 200 + i).rename(taught.inbox / f"m{i}.jpg")
-        assert wait_until(lambda: daemon.filed >= 21, timeout=60)
-        (taught.library / "magenta").mkdir()
-        for i in range(21):
-            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
-
-        def corrected() -> int:
-            with Journal(taught.database, readonly=True) as journal:
-                return len(learn.corrected_examples(journal, taught, learn.Albums(Path()), CLASSES)[0])
-
-        assert wait_until(lambda: corrected() == 21, timeout=30)
+        _filed_into_other(taught, daemon, tmp_path)
+        _dragged_into_magenta(taught, range(21))
+        assert wait_until(lambda: _corrected(taught) == 21, timeout=30)
         report = run_cli("learn", "--json", config=config)
         assert report.returncode == 0, report.stderr
         version = json.loads(report.stdout)["version"]
@@ -342,8 +353,6 @@ def test_the_daemon_learns_by_itself_once_enough_photos_are_labelled(
     taught: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole loop with the defaults: dragged into `magenta`, learned without a command, filed there."""
-    import os
-
     from cened import daemon as daemon_module
 
     monkeypatch.setattr(daemon_module, "LEARN_QUIET_S", 1.0)
@@ -352,22 +361,12 @@ def test_the_daemon_learns_by_itself_once_enough_photos_are_labelled(
     store = VersionStore(taught.learned_dir)
     with RunningDaemon(taught) as daemon:
         assert daemon.library_watched.wait(timeout=30)
-        for i in range(21):
-            magenta(tmp_path / "roll" / f"m{i}.jpg", 200 + i).rename(taught.inbox / f"m{i}.jpg")
-        assert wait_until(lambda: daemon.filed >= 21, timeout=60)
-        (taught.library / "magenta").mkdir()
-        for i in range(19):
-            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
-
-        def corrected() -> int:
-            with Journal(taught.database, readonly=True) as journal:
-                return len(learn.corrected_examples(journal, taught, learn.Albums(Path()), CLASSES)[0])
-
-        assert wait_until(lambda: corrected() == 19, timeout=30)
+        _filed_into_other(taught, daemon, tmp_path)
+        _dragged_into_magenta(taught, range(19))
+        assert wait_until(lambda: _corrected(taught) == 19, timeout=30)
         time.sleep(2)  # quiet, but 19 are not enough to learn from
         assert store.names() == []
-        for i in range(19, 21):
-            os.rename(taught.library / "other" / f"m{i}.jpg", taught.library / "magenta" / f"m{i}.jpg")
+        _dragged_into_magenta(taught, range(19, 21))
         assert wait_until(lambda: store.active() != SHIPPED, timeout=60)
         version = store.active()
         assert wait_until(lambda: daemon._classifier.version == version, timeout=15)
