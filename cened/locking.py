@@ -75,16 +75,8 @@ def exclusive(path: Path, *, wait: bool = True) -> Iterator[bool]:
     # Read-only is enough for flock, and works on a lock file another user made.
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        if wait:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-                    raise
-            yield True
-            return
         try:
-            _flock(fd)
+            _flock(fd, wait=wait)
         except BlockingIOError:
             yield False
             return
@@ -120,14 +112,14 @@ def hold_folders(folders: dict[str, Path]) -> list[int]:
     return held
 
 
-def _flock(fd: int) -> bool:
-    """Take an exclusive lock without waiting; False where the filesystem has no flock.
+def _flock(fd: int, *, wait: bool = False) -> bool:
+    """Take an exclusive lock (by default without waiting); False where the filesystem has no flock.
 
     A filesystem without flock (some network ones) must not keep cened from
     running.  Raises BlockingIOError when another process holds the lock.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise
     except OSError as exc:
