@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 #: Commands whose module declares its own options (``add_arguments``/``run``).
 LAZY_COMMANDS = {
-    "train": ("cened.ml.training", "train a model from a folder of labelled images"),
-    "evaluate": ("cened.ml.evaluation", "measure a model on the validation split and write its card"),
+    "train": ("cened.training.train", "train a model from a folder of labelled images"),
+    "evaluate": ("cened.training.evaluate", "measure a model on the validation split and write its card"),
     "install-service": ("cened.service", "write a systemd unit for cened and print how to enable it"),
     "doctor": ("cened.doctor", "find and fix disagreements between the log and the disk"),
     "bench": ("cened.bench.command", "measure throughput, latency, memory and start-up time"),

@@ -54,11 +54,11 @@ import structlog
 from cened import inflight, learn, library, logsetup, recovery, reloading
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
+from cened.hashing import sha256_or_none
 from cened.journal import Journal
 from cened.locking import hold_folders, hold_lock
 from cened.ml import imaging
 from cened.ml.classifying import Classifier, Scores
-from cened.ml.modelpack import sha256_or_none
 from cened.ml.versions import VersionStore
 from cened.moving import PARTIAL_SUFFIX
 from cened.notify import Notifier, watchdog_interval

@@ -29,6 +29,7 @@ from pathlib import Path
 from cened import layout, moving, recovery
 from cened.config import Settings, load_settings
 from cened.errors import JournalError, Refused
+from cened.hashing import sha256_file
 from cened.journal import Action, Entry, Journal, State
 from cened.library import (
     FOUND_BY_HASH,
@@ -41,7 +42,6 @@ from cened.library import (
     match,
 )
 from cened.locking import hold_lock
-from cened.ml.modelpack import sha256_file
 
 __all__ = ["Report", "current_rows", "examine", "repair", "run"]
 

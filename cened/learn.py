@@ -42,11 +42,11 @@ import numpy as np
 from cened import companions, locking, undoing
 from cened.config import DUPLICATES_FOLDER, Settings
 from cened.errors import ConfigError, ModelError, Refused
+from cened.hashing import sha256_or_none
 from cened.journal import Journal
 from cened.ml import learning, modelpack
 from cened.ml.classifying import AlbumKind, Classifier, Reading, decide_as_configured
 from cened.ml.learning import Labelled
-from cened.ml.modelpack import sha256_or_none
 from cened.ml.versions import SHIPPED, Learned, VersionStore, new_version_name
 from cened.pipeline import Verdict, prepare
 from cened.watching import scan

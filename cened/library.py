@@ -37,8 +37,8 @@ import structlog
 
 from cened import layout, moving, undoing
 from cened.config import DUPLICATES_FOLDER, Settings
+from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, SUPERSEDING_ACTIONS, Action, Entry, Journal, State
-from cened.ml.modelpack import sha256_file
 
 log = structlog.get_logger("cened.library")
 

@@ -15,7 +15,6 @@ resolves from what is on disk.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import time
@@ -34,10 +33,10 @@ import structlog
 from cened import companions, layout, moving
 from cened.config import RAW_EXTENSIONS, Duplicates, Settings
 from cened.faults import crash_point, hang_point
+from cened.hashing import sha256_bytes, sha256_or_none, sha256_rewound, sha256_stream
 from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
 from cened.ml import imaging
 from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_as_configured
-from cened.ml.modelpack import sha256_or_none
 from cened.watching import signature
 
 log = structlog.get_logger("cened.pipeline")
@@ -203,7 +202,7 @@ def _prepare(
             with budget.hold(st.st_size + (cost or 0)):
                 return _read_and_decode(fh, base, settings, input_size, cost or 0)
         except imaging.Rejected as exc:  # too large for the whole budget: never read
-            base.sha256 = _sha256_of(fh)
+            base.sha256 = sha256_rewound(fh)
             return Prepared.rejected(base, exc)
 
 
@@ -220,7 +219,7 @@ def _read_and_decode(
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
     if signature(after) != base.sig or len(data) != base.size:
         return Prepared(base.path, Verdict.RETRY, reason=Pending.CHANGED)
-    base.sha256 = hashlib.sha256(data).hexdigest()
+    base.sha256 = sha256_bytes(data)
     hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
@@ -231,18 +230,6 @@ def _read_and_decode(
     if layout.uses_date(settings.layout):
         base.taken = layout.taken(data, after.st_mtime)
     return base
-
-
-def _sha256_of(fh: BinaryIO) -> str | None:
-    """The hash of a file not read into memory, a block at a time."""
-    digest = hashlib.sha256()
-    try:
-        fh.seek(0)
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def unless_unfinished(prep: Prepared, grace_s: float, now: float) -> Prepared:
@@ -274,7 +261,7 @@ def prepare_companion(path: Path) -> Prepared:
     sig = signature(st)
     try:
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            digest = sha256_stream(fh)
             after = os.fstat(fh.fileno())
     except FileNotFoundError:
         return Prepared(path, Verdict.SKIP, reason="vanished")

@@ -31,8 +31,8 @@ from pathlib import Path
 import structlog
 
 from cened import moving
+from cened.hashing import sha256_or_none
 from cened.journal import Entry, Journal, State
-from cened.ml.modelpack import sha256_or_none
 
 log = structlog.get_logger("cened.recovery")
 

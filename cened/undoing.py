@@ -22,8 +22,8 @@ from pathlib import Path
 from cened import layout, moving
 from cened.config import Settings
 from cened.errors import ConfigError, Refused
+from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
-from cened.ml.modelpack import sha256_file
 
 
 class UndoError(Refused):

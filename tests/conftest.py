@@ -101,7 +101,8 @@ def other_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     import dataclasses
     import shutil
 
-    from cened.ml import modelpack, novelty, training
+    from cened.ml import modelpack, novelty
+    from cened.training import train
 
     data = tmp_path_factory.mktemp("colours")
     for label, cls in enumerate(CLASSES):
@@ -115,8 +116,8 @@ def other_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     cfg = novelty.NoveltyConfig(layers=("pool",), prototypes=24, rejection_rate=0.02)
     # float16: an int8 export of an 8-channel toy blurs its 8-value embedding too much to
     # tell a page from a colour; the shipped model's int8 export is tested on real photos.
-    float16 = training.Precision.FLOAT16
-    training.fit_novelty(out, data, cfg, batch_size=64, precision=float16, say=lambda _: None)
+    float16 = train.Precision.FLOAT16
+    train.fit_novelty(out, data, cfg, batch_size=64, precision=float16, say=lambda _: None)
     return out
 
 

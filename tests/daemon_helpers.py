@@ -1,6 +1,6 @@
 """Running the daemon for a test: as a real `cened run` subprocess, or in a thread of this process.
 
-The subprocess is :class:`cened.testing.DaemonProcess`, shared with the benchmark.
+The subprocess is :class:`cened.bench.process.DaemonProcess`, shared with the benchmark.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from cened.bench.process import DaemonProcess
 from cened.config import Settings
 from cened.daemon import Daemon
-from cened.testing import DaemonProcess
 
 __all__ = ["DaemonProcess", "RunningDaemon", "files_under", "run_cli", "wait_until"]
 

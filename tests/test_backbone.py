@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
-from cened.ml import backbone
+from cened.training import backbone
 
 LITE0 = backbone.VARIANTS["lite0"]
 

@@ -99,7 +99,7 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
 def test_cached_photos_are_reused_and_realistic(tmp_path: Path) -> None:
     from PIL import Image
 
-    from cened.testing import image_set
+    from cened.bench.photos import image_set
 
     first = image_set(tmp_path, (400, 300), 2)
     stamps = [p.stat().st_mtime_ns for p in first]
@@ -115,8 +115,8 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
     import numpy as np
     from PIL import ExifTags, Image
 
+    from cened.bench.photos import image_set
     from cened.ml.imaging import decode
-    from cened.testing import image_set
 
     (with_preview,) = image_set(tmp_path, (1600, 1200), 1, (320, 240))
     (without,) = image_set(tmp_path, (1600, 1200), 1)
@@ -136,8 +136,8 @@ def test_large_photos_carry_a_phone_like_preview_unless_asked_not_to(tmp_path: P
 def test_heic_photos_are_made_with_and_without_their_thumbnail(tmp_path: Path) -> None:
     from PIL import Image
 
+    from cened.bench.photos import PREVIEW, image_set
     from cened.ml.imaging import FROM_HEIF_THUMBNAIL, FROM_PHOTO, decode_with_source
-    from cened.testing import PREVIEW, image_set
 
     (with_thumbnail,) = image_set(tmp_path, (1200, 900), 1, PREVIEW, heic=True)
     (without,) = image_set(tmp_path, (1200, 900), 1, heic=True)

@@ -28,10 +28,10 @@ from daemon_helpers import DaemonProcess, files_under
 from PIL import Image
 from test_poison import dds_with_unknown_pixel_format
 
+from cened.bench.photos import synthetic_photo
 from cened.config import Settings, shipped_model_dir
 from cened.ml import imaging
 from cened.pipeline import Verdict, prepare
-from cened.testing import synthetic_photo
 
 GIB = 2**30
 

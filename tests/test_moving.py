@@ -26,9 +26,9 @@ from cened import moving, recovery
 from cened.config import Settings
 from cened.daemon import Daemon
 from cened.errors import ConfigError
+from cened.hashing import sha256_file
 from cened.journal import Entry, Journal
 from cened.ml.classifying import Classifier
-from cened.ml.modelpack import sha256_file
 from cened.pipeline import Fate, Outcome, Processor, prepare
 
 READ_ONLY = {"immutable": immutable, "read-only-mount": read_only_mount}

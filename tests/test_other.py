@@ -16,12 +16,12 @@ from conftest import CLASSES, write_config, write_photo
 from daemon_helpers import RunningDaemon, run_cli, wait_until
 from PIL import Image
 
+from cened.bench.photos import unlike_photos
 from cened.config import Settings
 from cened.journal import Action, Journal
 from cened.ml import modelpack
 from cened.ml.classifying import Classifier
 from cened.pipeline import Fate, Processor, prepare
-from cened.testing import unlike_photos
 
 
 @pytest.fixture(scope="module")

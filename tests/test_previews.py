@@ -15,12 +15,12 @@ import pytest
 from conftest import COLOURS, picture
 from PIL import Image
 
+from cened.bench.photos import exif_with_preview
 from cened.config import Settings
 from cened.journal import Journal
 from cened.ml.classifying import Classifier
 from cened.ml.imaging import decode
 from cened.pipeline import Outcome, Processor, prepare
-from cened.testing import exif_with_preview
 
 PHOTO = (800, 600)
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import CLASSES
 
+from cened.bench.photos import unlike_photos
 from cened.config import shipped_model_dir
 from cened.ml import modelpack
 from cened.ml.classifying import AlbumKind, Classifier, decide_all
-from cened.ml.dataset import list_images, split_indices
 from cened.ml.imaging import decode
-from cened.testing import unlike_photos
+from cened.training.dataset import list_images, split_indices
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "intel" / "train"
 OOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood"
@@ -104,7 +104,7 @@ def test_the_shipped_model_learns_an_album_of_cats_from_twenty(shipped: Path, tm
         pytest.skip(f"the photos of none of the classes are not at {OOD} (never copied into the repository)")
     from cened import learn
     from cened.config import load_settings
-    from cened.ml.evaluation import learned_report, load_outliers
+    from cened.training.evaluate import learned_report, load_outliers
 
     cats = sorted((OOD / "cats").glob("*.jpg"))
     settings = load_settings(

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cened.ml import dataset, evaluation, modelpack, training
+from cened.ml import modelpack
+from cened.training import dataset, evaluate, train
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "intel" / "train"
 
@@ -49,36 +50,36 @@ def test_listing_is_sorted_and_pins_class_order(tmp_path: Path) -> None:
 
 def test_views_are_deterministic_and_keep_shape() -> None:
     px = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    assert np.array_equal(training.make_view(px, 1, training.view_rng(1, 0, 1)), px[:, ::-1])
-    a = training.make_view(px, 2, training.view_rng(1, 5, 2))
-    b = training.make_view(px, 2, training.view_rng(1, 5, 2))
+    assert np.array_equal(train.make_view(px, 1, train.view_rng(1, 0, 1)), px[:, ::-1])
+    a = train.make_view(px, 2, train.view_rng(1, 5, 2))
+    b = train.make_view(px, 2, train.view_rng(1, 5, 2))
     assert a.shape == px.shape and a.dtype == np.uint8 and np.array_equal(a, b)
-    assert not np.array_equal(a, training.make_view(px, 2, training.view_rng(1, 6, 2)))
+    assert not np.array_equal(a, train.make_view(px, 2, train.view_rng(1, 6, 2)))
 
 
 def test_confusion_matrix_and_f1_by_hand() -> None:
     y = np.array([0, 0, 0, 1, 1, 2])
     p = np.array([0, 0, 1, 1, 2, 2])
-    cm = evaluation.confusion_matrix(y, p, 3)
+    cm = evaluate.confusion_matrix(y, p, 3)
     assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    pc = evaluation.per_class(cm)
+    pc = evaluate.per_class(cm)
     np.testing.assert_allclose(pc["precision"], [1.0, 0.5, 0.5])
     np.testing.assert_allclose(pc["recall"], [2 / 3, 0.5, 1.0])
     np.testing.assert_allclose(pc["f1"], [0.8, 0.5, 2 / 3])
-    assert evaluation.per_class(np.array([[1, 0], [1, 0]]))["f1"].tolist() == [2 / 3, 0.0]
+    assert evaluate.per_class(np.array([[1, 0], [1, 0]]))["f1"].tolist() == [2 / 3, 0.0]
 
 
 def test_ece_by_hand() -> None:
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     labels = np.array([0, 1, 0, 0])
     # bin 0.9: confidence 0.9, accuracy 0.5; bin 0.6: confidence 0.6, accuracy 1.0
-    assert evaluation.expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
-    assert evaluation.expected_calibration_error(np.eye(3), np.arange(3)) == pytest.approx(0.0)
+    assert evaluate.expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert evaluate.expected_calibration_error(np.eye(3), np.arange(3)) == pytest.approx(0.0)
 
 
 def test_threshold_table() -> None:
     probs = np.array([[0.95, 0.05], [0.7, 0.3], [0.55, 0.45], [0.2, 0.8]])
-    rows = evaluation.threshold_table(probs, np.array([0, 1, 0, 1]), (0.5, 0.75))
+    rows = evaluate.threshold_table(probs, np.array([0, 1, 0, 1]), (0.5, 0.75))
     assert rows[0] == {"threshold": 0.5, "review_share": 0.0, "filed": 4, "filed_accuracy": 0.75}
     assert rows[1]["review_share"] == 0.5 and rows[1]["filed_accuracy"] == 1.0
 
@@ -87,9 +88,9 @@ def test_temperature_fit_recovers_the_true_temperature() -> None:
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (20000, 4))
     true_t = 2.5
-    p = evaluation.softmax(logits, true_t)
+    p = evaluate.softmax(logits, true_t)
     labels = np.array([rng.choice(4, p=row) for row in p])
-    assert evaluation.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
+    assert evaluate.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
 def _tiny_data(root: Path) -> Path:
@@ -109,7 +110,7 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     data = _tiny_data(tmp_path / "data")
     out = tmp_path / "models" / "tiny"
     parser = argparse.ArgumentParser()
-    training.add_arguments(parser)
+    train.add_arguments(parser)
     args = parser.parse_args(
         [
             "--data",
@@ -135,13 +136,13 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
             "--no-tflite",
         ]
     )
-    assert training.run(args) == 0
+    assert train.run(args) == 0
     meta = modelpack.read_meta(out)
     assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
     assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
     assert meta.version.startswith("tiny-") and meta.temperature > 0
     weights, _, detector = meta.version.partition("+other-")
-    assert weights.endswith(training.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8])
+    assert weights.endswith(train.weights_digest(keras.models.load_model(out / modelpack.KERAS_FILE))[:8])
     # The last phase fitted the other detector: its prototypes are part of the pack and of the version.
     assert len(detector) == 8 and modelpack.NOVELTY_FILE in meta.files
     assert meta.novelty["k"] == 1 and 0 < meta.novelty["validation_other_share"] < 0.2
@@ -153,10 +154,10 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert model.output_shape == (None, 3)
 
     parser = argparse.ArgumentParser()
-    evaluation.add_arguments(parser)
+    evaluate.add_arguments(parser)
     # --previous: the model a new one replaces, on the same photos (here itself: the same figure).
     args = ["--data", str(data), "--model", str(out), "--previous", str(out)]
-    assert evaluation.run(parser.parse_args(args)) == 0
+    assert evaluate.run(parser.parse_args(args)) == 0
     card = (out / "MODEL_CARD.md").read_text()
     previous = json.loads((out / "evaluation.json").read_text())["previous"]
     assert previous["accuracy"] == previous["this"] and f"`{meta.version}` (32 px" in card
@@ -182,7 +183,7 @@ def test_bad_arguments_data_and_models_end_with_their_exit_codes(
     assert f"data directory {missing} does not exist" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(missing), "--model", str(missing)]) == ExitCode.MODEL
     assert "model problem" in capsys.readouterr().err
-    model = evaluation.DEFAULT_MODEL
+    model = evaluate.DEFAULT_MODEL
     assert main(["evaluate", "--data", str(missing), "--model", str(model)]) == ExitCode.CONFIG
     assert f"data directory {missing} does not exist" in capsys.readouterr().err
     assert not out.exists()
@@ -193,7 +194,7 @@ def test_real_dataset_split_sizes() -> None:
     if not DATA.is_dir():
         pytest.skip(f"training data not present at {DATA}")
     listing = dataset.list_images(DATA)
-    _, va = dataset.split_indices(listing.labels, 0.15, training.TrainConfig().seed)
+    _, va = dataset.split_indices(listing.labels, 0.15, train.TrainConfig().seed)
     assert len(listing.paths) == 8741 and len(va) == 1311
 
 
@@ -201,7 +202,7 @@ def test_whole_network_batches_are_reproducible_and_new_each_epoch() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (10, 24, 24, 3), dtype=np.uint8)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 10)]
-    first, again = (training._augmented_batches(pixels, y, np.arange(10), 4, seed=5) for _ in range(2))
+    first, again = (train._augmented_batches(pixels, y, np.arange(10), 4, seed=5) for _ in range(2))
     assert len(first) == 3 and first[2][0].shape == (2, 24, 24, 3)
     x0, y0 = first[0]
     np.testing.assert_array_equal(x0, again[0][0])
@@ -213,21 +214,21 @@ def test_whole_network_batches_are_reproducible_and_new_each_epoch() -> None:
 
 
 def test_each_epoch_sees_every_image_once_through_some_view() -> None:
-    rows = training.epoch_order(50, 4, seed=3, epoch=0)
+    rows = train.epoch_order(50, 4, seed=3, epoch=0)
     assert sorted(rows % 50) == list(range(50)) and rows.max() < 200
-    assert not np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=1))
-    assert np.array_equal(rows, training.epoch_order(50, 4, seed=3, epoch=0))
+    assert not np.array_equal(rows, train.epoch_order(50, 4, seed=3, epoch=1))
+    assert np.array_equal(rows, train.epoch_order(50, 4, seed=3, epoch=0))
 
 
 def test_a_preview_keeps_the_upright_shape_at_the_asked_short_side() -> None:
     import io
 
-    from cened.testing import exif_with_preview
+    from cened.bench.photos import exif_with_preview
 
     # 60x40 stored sideways (EXIF orientation 6): a person sees it 40 wide, 60 tall.
     photo = io.BytesIO()
     Image.new("RGB", (60, 40), (200, 30, 30)).save(photo, "JPEG", exif=exif_with_preview(b"", orientation=6))
-    preview = evaluation.as_preview(photo.getvalue(), 20)
+    preview = evaluate.as_preview(photo.getvalue(), 20)
     with Image.open(io.BytesIO(preview)) as im:
         assert im.format == "JPEG" and im.size == (20, 30)
         assert abs(int(np.asarray(im)[..., 0].mean()) - 200) < 10
@@ -236,9 +237,9 @@ def test_a_preview_keeps_the_upright_shape_at_the_asked_short_side() -> None:
 def test_crossfit_ece_is_small_for_a_calibratable_model() -> None:
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 3, (4000, 3))
-    labels = np.array([rng.choice(3, p=row) for row in evaluation.softmax(logits, 2.0)])
-    assert evaluation.crossfit_ece(logits, labels) < 0.03
-    assert evaluation.expected_calibration_error(evaluation.softmax(logits), labels) > 0.05
+    labels = np.array([rng.choice(3, p=row) for row in evaluate.softmax(logits, 2.0)])
+    assert evaluate.crossfit_ece(logits, labels) < 0.03
+    assert evaluate.expected_calibration_error(evaluate.softmax(logits), labels) > 0.05
 
 
 def test_an_int8_export_classifies_like_keras(model_dir: Path, tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cened.bench.model import ModelRates, daemon_backend, decoded
+from cened.bench.photos import SMALL, image_set
 from cened.bench.plan import Plan, say
 from cened.config import Settings
-from cened.testing import SMALL, image_set
 
 #: Photos decoded for the limit; :func:`cened.bench.model.decoded` keeps no more.
 POOL = 64

@@ -41,10 +41,10 @@ from cened.bench.against import against, print_against
 from cened.bench.compare import COMPARE_ROUNDS, compare, parse_variant, print_comparison
 from cened.bench.e2e import TIMED_SETTINGS, daemon_figures
 from cened.bench.model import daemon_backend, decoded, limit_rates, naive_throughput, raw_limits, stage_costs
+from cened.bench.photos import LARGE, PREVIEW, SMALL, image_set
 from cened.bench.plan import SMALL_BURST, Plan, say
 from cened.bench.report import print_report, ratios
 from cened.config import Settings, load_settings
-from cened.testing import LARGE, PREVIEW, SMALL, image_set
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

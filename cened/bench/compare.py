@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cened.bench.e2e import drop_burst, workspace
+from cened.bench.photos import SMALL, image_set
 from cened.bench.plan import Plan, say
+from cened.bench.process import DaemonProcess
 from cened.config import Settings
-from cened.testing import SMALL, DaemonProcess, image_set
 
 #: Paired rounds of ``--compare`` when ``--repeats`` is not given.
 COMPARE_ROUNDS = 5

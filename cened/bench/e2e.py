@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from cened.bench.plan import Plan, say
+from cened.bench.process import DaemonProcess
 from cened.config import Settings
-from cened.testing import DaemonProcess
 
 #: The settings that change the figures: the timed daemons run with the
 #: user's values, and the report names them.

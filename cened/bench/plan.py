@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
-from cened.testing import LARGE
+from cened.bench.photos import LARGE
 
 #: 150 px photos per end-to-end burst.  A burst pays once for filling and
 #: emptying the pipeline, which the model limit, timed on a running model,

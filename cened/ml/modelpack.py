@@ -19,7 +19,6 @@ A model directory holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cened.errors import ModelError
+from cened.hashing import sha256_file
 
 FORMAT = "cened-model/1"
 METADATA_FILE = "metadata.json"
@@ -91,22 +91,6 @@ class ModelMeta:
         if min(meta.input_size) < 8:
             raise ModelError(f"input size {meta.input_size} is too small")
         return meta
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_or_none(path: Path) -> str | None:
-    """The file's sha256, or None when it cannot be read (gone, no permission)."""
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
 
 
 def read_meta(model_dir: Path) -> ModelMeta:

@@ -30,7 +30,7 @@ import threadpoolctl
 from cened.errors import ModelError
 from cened.ml import modelpack
 
-#: Layers pooled into the embedding, by their names in :mod:`cened.ml.backbone`.
+#: Layers pooled into the embedding, by their names in :mod:`cened.training.backbone`.
 DEFAULT_LAYERS = ("pool", "block10_add", "block14_add", "block15_project_bn")
 
 

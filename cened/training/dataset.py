@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imaging import decode
+from cened.ml.imaging import decode
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 

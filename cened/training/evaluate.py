@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from cened import logsetup
+from cened.bench.photos import unlike_photos
 from cened.config import Settings
 from cened.errors import ConfigError
-from cened.testing import unlike_photos
-
-from . import dataset, modelpack
-from .classifying import AlbumKind, Backend, Classifier, decide_all, softmax
+from cened.ml import modelpack
+from cened.ml.classifying import AlbumKind, Backend, Classifier, decide_all, softmax
+from cened.training import dataset
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "landscapes"
 #: The confidence threshold the daemon files with unless configured otherwise.
@@ -172,7 +172,7 @@ def as_preview(data: bytes, short_side: int, quality: int = 85) -> bytes:
     """
     from PIL import Image
 
-    from .imaging import upright_rgb
+    from cened.ml.imaging import upright_rgb
 
     with Image.open(io.BytesIO(data)) as im:
         rgb = upright_rgb(im)
@@ -194,7 +194,7 @@ def preview_accuracy(
     its own pixels.  The training photos are small, so previews larger than
     them are upscaled; the figure then only shows that re-encoding costs little.
     """
-    from .imaging import decode
+    from cened.ml.imaging import decode
 
     out = {}
     for side in sides:
@@ -552,7 +552,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   sha256 of names + contents `{str(tr.get("data_sha256", "?"))[:16]}…`.
 - Stratified split, seed {tr.get("split_seed", "?")}, validation fraction {tr.get("val_fraction", "?")}:
   {tr.get("num_train", "?")} training / {tr.get("num_val", "?")} validation images
-  (`cened.ml.dataset.split_indices`). The project's final test set was not used.
+  (`cened.training.dataset.split_indices`). The project's final test set was not used.
 
 ## Validation figures (`cened evaluate`, Keras model, temperature applied)
 
@@ -629,7 +629,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="also measure N made-up photos of each kind cened.testing.unlike_photos draws "
+        help="also measure N made-up photos of each kind cened.bench.photos.unlike_photos draws "
         "(documents, screenshots, plain colours and noise)",
     )
     parser.add_argument(
@@ -872,9 +872,3 @@ def _run_learned(args: argparse.Namespace, meta: modelpack.ModelMeta, listing: d
     (report_dir / "learned.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {report_dir / 'learned.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    from cened.cli import main
-
-    sys.exit(main(["evaluate", *sys.argv[1:]]))

