@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cened import layout, moving, recovery
+from cened import executing, layout, moving, recovery
 from cened.config import Settings, load_settings
 from cened.errors import JournalError, Refused
 from cened.hashing import sha256_file
@@ -132,22 +132,32 @@ def repair(
             )
         )
         done.append(f"adopted {os.fsdecode(path)}")
+    if rows:
+        journal.add(rows)
+    # Moved like any other file: its intent is journaled first (cened.executing).
+    partials: list[Entry] = []
     for path in report.partials:
-        dst = moving.free_name(quarantine, f"{moving.completed_path(path).name}.partial")
-        sha = sha256_file(path)
-        moving.move(path, dst)
-        rows.append(
+        try:
+            sha = sha256_file(path)
+        except OSError:
+            continue
+        name = f"{moving.completed_path(path).name}.partial"
+        dst = moving.free_name(quarantine, name, {e.destination for e in partials if e.destination})
+        partials.append(
             Entry(
                 action=Action.QUARANTINED,
                 source=path,
                 destination=dst,
                 sha256=sha,
                 reason="stray partial copy",
+                state=State.PENDING,
             )
         )
-        done.append(f"quarantined stray partial {os.fsdecode(path)}")
-    if rows:
-        journal.add(rows)
+    for moved in executing.execute(journal, partials):
+        if moved.error is None:
+            done.append(f"quarantined stray partial {os.fsdecode(moved.entry.source)}")
+        else:
+            done.append(f"could not quarantine {os.fsdecode(moved.entry.source)} ({moved.entry.reason})")
     # Companions a photo moved by hand left behind go to it, as the daemon has them do.
     for entry in follow_companions(journal, places, found_rows):
         what = "moved" if entry.state == State.DONE else f"could not move ({entry.reason})"

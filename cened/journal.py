@@ -23,7 +23,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -195,6 +195,27 @@ class Entry:
     # The photo's row this companion moves with, when both are added together: its id,
     # known once it is inserted, becomes ``group_id``. Not a column.
     lead: Entry | None = field(default=None, repr=False, compare=False)
+
+    def follow_up(self, action: Action, **changes: Any) -> Entry:
+        """A new row about this row's file: its content and the model's decision carried over.
+
+        It names this row (``ref_id``) and starts afresh in all that is the new
+        event's own (state, time, reason, batch, human label, novelty);
+        ``changes`` set the rest (at least where the file is now).
+        """
+        fresh: dict[str, Any] = {
+            "action": action,
+            "ref_id": self.id,
+            "id": None,
+            "state": State.DONE,
+            "time": now_iso(),
+            "reason": None,
+            "batch_id": None,
+            "human_label": None,
+            "novelty": None,
+            "lead": None,
+        }
+        return replace(self, **(fresh | changes))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view, as printed by ``cened history --json``."""

@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from cened import companions, locking, undoing
 from cened.config import DUPLICATES_FOLDER, Settings
@@ -50,6 +53,8 @@ from cened.ml.learning import Labelled
 from cened.ml.versions import SHIPPED, Learned, VersionStore, new_version_name
 from cened.pipeline import Verdict, prepare
 from cened.watching import scan
+
+log = structlog.get_logger("cened.learn")
 
 ALBUMS_FILE = "albums.json"
 FEATURES_FILE = "features.npz"
@@ -586,3 +591,71 @@ def version_list(settings: Settings) -> list[str]:
         mark = "*" if name == active else " "
         lines.append(f"{mark} {name}\ton {v.base}\t{len(v.classes)} classes ({new}); {figures}")
     return lines
+
+
+#: With learn_after, the daemon learns once nothing has been filed for LEARN_QUIET_S,
+#: looking every LEARN_CHECK_S: a learn takes a core for a few seconds, so not mid-burst.
+LEARN_QUIET_S = 30.0
+LEARN_CHECK_S = 5.0
+
+
+class AutoLearner(threading.Thread):
+    """The learner thread: ``cened learn`` by itself, once ``learn_after`` labelled photos are new.
+
+    Only while the inbox is quiet (``last_busy``: the monotonic time the daemon
+    last filed or had photos queued), and never while a command changes what
+    is learned.  The version made is put in use only if it is not worse, and
+    the daemon switches to it as to any other.  A learn that fails is logged
+    (once while it fails alike) and not tried again until more photos are labelled.
+    """
+
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        classifier: Classifier,
+        stopping: threading.Event,
+        last_busy: Callable[[], float],
+    ) -> None:
+        super().__init__(name="learner", daemon=True)
+        self._settings = settings
+        self._classifier = classifier
+        self._stopping = stopping
+        self._last_busy = last_busy
+
+    def run(self) -> None:
+        failed: tuple[int | None, str] | None = None  # what was due, and the error
+        looked: object = None  # what the files were like at the last look
+        while not self._stopping.wait(LEARN_CHECK_S):
+            s = self._settings()
+            if not s.learn_after or time.monotonic() - self._last_busy() < LEARN_QUIET_S:
+                continue
+            now = (stamp(s), s.learn_after)
+            if now == looked:
+                continue  # counting reads every correction in the journal: only when it changed
+            looked, due = now, None
+            meta = self._classifier.meta
+            try:
+                due = unlearned(s, meta.classes, meta.version)
+                if due < s.learn_after or (failed is not None and due == failed[0]):
+                    continue
+                with changing(s, wait=False) as held:
+                    if not held:
+                        looked = None  # a command is at it; look again
+                        continue
+                    log.info("learning", new_labelled=due)
+                    outcome = learn(s, classifier=self._classifier)
+            except Exception as exc:  # noqa: BLE001 - learning must never stop the service
+                if failed != (due, str(exc)):
+                    log.warning("learn-failed", error=str(exc), new_labelled=due)
+                failed = (due, str(exc))
+                continue
+            failed = None
+            log.info(
+                "learned",
+                version=outcome.version,
+                in_use=outcome.accepted,
+                classes=list(outcome.classes),
+                yours_right=[outcome.current["yours"].right, outcome.new["yours"].right],
+                validation=[outcome.current["validation"].accuracy, outcome.new["validation"].accuracy],
+                seconds=round(outcome.seconds, 1),
+            )

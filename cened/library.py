@@ -21,14 +21,17 @@ sha256 (:func:`match`); ``cened doctor --fix`` uses the same search.  One not
 found anywhere is ``missing`` there: only a deletion seen as it happened says
 that the user took it out.
 
-The daemon's ``library`` thread (cened.daemon) feeds :class:`Changes` from a
-watchdog observer on the library and applies :func:`record` to them.
+The daemon's ``library`` thread, :class:`LibraryFollower`, feeds :class:`Changes`
+from a watchdog observer on the library and applies :func:`record` to them.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import stat
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,7 @@ from cened import layout, moving, undoing
 from cened.config import DUPLICATES_FOLDER, Settings
 from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, SUPERSEDING_ACTIONS, Action, Entry, Journal, State
+from cened.watching import LibraryWatcher
 
 log = structlog.get_logger("cened.library")
 
@@ -421,38 +425,25 @@ def _found(row: Entry, where: Path, places: Places, reason: str) -> Entry:
     corrected = (
         row.group_id is None and album is not None and album != row.album and album != places.review_album
     )
-    return Entry(
-        action=Action.CORRECTED if corrected else Action.RELOCATED,
+    return row.follow_up(
+        Action.CORRECTED if corrected else Action.RELOCATED,
         source=row.destination or row.source,
         destination=where,
-        sha256=row.sha256,
-        size=row.size,
-        label=row.label,
         album=album,
-        confidence=row.confidence,
-        probabilities=row.probabilities,
-        model_version=row.model_version,
-        pixel_source=row.pixel_source,
-        ref_id=row.id,
         human_label=places.label_for(album, row) if corrected and album is not None else None,
-        group_id=row.group_id,
         reason=reason,
     )
 
 
 def _gone(row: Entry, action: Action, reason: str) -> Entry:
     """A photo no longer in the library; a missing row keeps the path it went missing from, as ever."""
-    return Entry(
-        action=action,
+    return row.follow_up(
+        action,
         source=row.destination or row.source,
         destination=row.destination if action == Action.MISSING else None,
-        sha256=row.sha256,
-        size=row.size,
-        label=row.label,
-        album=row.album,
-        model_version=row.model_version,
-        ref_id=row.id,
-        group_id=row.group_id,
+        confidence=None,
+        probabilities=None,
+        pixel_source=None,
         reason=reason,
     )
 
@@ -486,3 +477,111 @@ def _log(done: Recorded) -> None:
             source=os.fsdecode(e.source),
             destination=os.fsdecode(e.destination or ""),
         )
+
+
+#: How often the follower looks for events and stop; as the daemon's other threads.
+TICK = 0.1
+#: Changes in the library are handled once none has come for this long (a folder
+#: dragged elsewhere is a burst of events), or at the latest after LIBRARY_SETTLE_MAX_S.
+LIBRARY_SETTLE_S = 1.0
+LIBRARY_SETTLE_MAX_S = 5.0
+#: A change to a photo that an undo or correction (another process) is moving is looked
+#: at again this often, and dropped after LIBRARY_WAIT_MAX_S: that mover's intent then
+#: stays pending until recovery, and the next reconcile pass catches anything missed.
+LIBRARY_RECHECK_S = 1.0
+LIBRARY_WAIT_MAX_S = 60.0
+#: After a failure (the journal busy for longer than its timeout), the whole library is
+#: compared with the journal again this much later.
+LIBRARY_RETRY_S = 30.0
+
+
+class LibraryFollower(threading.Thread):
+    """The library thread: record what is moved or removed by hand in the library.
+
+    It has its own journal connection (one per thread), and waits for a
+    burst of changes to end before looking, so that the disk and the
+    journal it reads then tell what happened, not the events.  ``watched``
+    is set once it watches and has compared the whole library with the journal.
+    """
+
+    def __init__(self, settings: Settings, stopping: threading.Event, watched: threading.Event) -> None:
+        super().__init__(name="library", daemon=True)
+        self._settings = settings
+        self._stopping = stopping
+        self.watched = watched
+        self._events: queue.SimpleQueue[tuple[Path, Path | None, bool]] = queue.SimpleQueue()
+        self._reconcile = threading.Event()  # compare every row with the disk: start, lost events
+
+    def _on_change(self, src: Path, dest: Path | None, folder: bool) -> None:
+        if dest is None and src.name.endswith(moving.PARTIAL_SUFFIX):
+            return  # the daemon's own temporary of a copy across filesystems, linked into place
+        self._events.put((src, dest, folder))
+
+    def run(self) -> None:
+        s = self._settings
+        places = Places.of(s)
+        journal = Journal(s.database)
+        watcher: LibraryWatcher | None = LibraryWatcher(s.library, self._on_change, self._reconcile.set)
+        try:
+            watcher.start()
+        except OSError as exc:  # out of inotify watches: recorded at the next start instead
+            log.warning("library-not-watched", library=str(s.library), error=exc.strerror)
+            watcher = None
+        self._reconcile.set()  # after the watch starts, so that nothing falls between
+        changes = Changes()
+        first = last = retry_at = next_look = 0.0
+        waiting: dict[Change, float] = {}  # changes to look at again, and when to give up
+        try:
+            while not self._stopping.is_set():
+                try:
+                    src, dest, folder = self._events.get(timeout=TICK)
+                except queue.Empty:
+                    pass
+                else:
+                    if dest is None:
+                        changes.gone(src, folder=folder)
+                    else:
+                        changes.moved(src, dest, folder=folder)
+                    last = time.monotonic()
+                    first = first or last
+                    continue
+                now = time.monotonic()
+                if self._reconcile.is_set() and now >= retry_at:
+                    self._reconcile.clear()
+                    retry_at = self._step(journal, places, None, waiting)
+                    self.watched.set()
+                if changes and (now - last >= LIBRARY_SETTLE_S or now - first >= LIBRARY_SETTLE_MAX_S):
+                    retry_at = self._step(journal, places, changes.take(), waiting)
+                    first = 0.0
+                if waiting and now >= next_look:
+                    looked, waiting = waiting, {}
+                    retry_at = self._step(journal, places, list(looked), waiting)
+                    # Each keeps its first deadline: a mover that never finishes is given up on.
+                    for change in list(waiting):
+                        waiting[change] = looked.get(change, waiting[change])
+                        if waiting[change] <= now:
+                            log.warning("library-change-dropped", file=os.fsdecode(change.src))
+                            del waiting[change]
+                    next_look = now + LIBRARY_RECHECK_S
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            journal.close()
+
+    def _step(
+        self, journal: Journal, places: Places, changes: list[Change] | None, waiting: dict[Change, float]
+    ) -> float:
+        """Record ``changes``, or compare the whole library with the journal (None).
+
+        Returns the time before which no reconcile is retried: a failure must
+        not end the thread, and the next reconcile pass makes up for it.
+        """
+        try:
+            done = reconcile(journal, places) if changes is None else record(journal, places, changes)
+        except Exception:
+            log.exception("library-failed", retry_in_s=LIBRARY_RETRY_S)
+            self._reconcile.set()
+            return time.monotonic() + LIBRARY_RETRY_S
+        for change in done.waiting:
+            waiting.setdefault(change, time.monotonic() + LIBRARY_WAIT_MAX_S)
+        return 0.0

@@ -30,9 +30,9 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from cened import companions, layout, moving
+from cened import companions, executing, layout, moving
 from cened.config import RAW_EXTENSIONS, Duplicates, Settings
-from cened.faults import crash_point, hang_point
+from cened.faults import hang_point
 from cened.hashing import sha256_bytes, sha256_or_none, sha256_rewound, sha256_stream
 from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
 from cened.ml import imaging
@@ -273,6 +273,42 @@ def prepare_companion(path: Path) -> Prepared:
 
 
 @dataclass
+class Plan:
+    """What one scored batch is to do: a value, worked out before anything is written.
+
+    ``intents`` are the moves (each with its pending row), ``notes`` the rows
+    without a move, ``outcomes`` what becomes of the files that neither moves.
+    """
+
+    settings: Settings
+    batch: Sequence[Prepared]
+    batch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    intents: list[tuple[Prepared, Entry]] = field(default_factory=list)
+    notes: list[Entry] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    reserved: set[Path] = field(default_factory=set)  # names taken by earlier moves of this plan
+    riding: dict[Path, Prepared] = field(init=False)  # the batch's companions, by path
+    claimed: set[Path] = field(init=False)  # files a move of this plan takes
+
+    def __post_init__(self) -> None:
+        self.riding = {p.path: p for p in self.batch if p.verdict == Verdict.COMPANION}
+        self.claimed = {p.path for p in self.batch if p.verdict != Verdict.COMPANION}  # one plan each
+
+    def reserve(self, folder: Path, name: str) -> Path:
+        """A free name in ``folder``, not one an earlier move of this plan will take."""
+        dst = moving.free_name(folder, name, self.reserved)
+        self.reserved.add(dst)
+        return dst
+
+    def would_be(self) -> list[Outcome]:
+        """What each move would do, for a dry run."""
+        return [
+            Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
+            for prep, entry in self.intents
+        ]
+
+
+@dataclass
 class Processor:
     """Classifies and files prepared batches.
 
@@ -307,91 +343,89 @@ class Processor:
     def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[Outcome]:
         """Decide, journal and move one scored batch (``scores`` from :meth:`score`).
 
+        The :meth:`plan` is carried out (:meth:`commit`), or with ``simulate`` only reported.
+        """
+        plan = self.plan(batch, scores)
+        if self.simulate:
+            return plan.outcomes + plan.would_be()
+        return self.commit(plan)
+
+    def plan(self, batch: Sequence[Prepared], scores: Scores | None) -> Plan:
+        """Where each file of a scored batch goes: reads the journal and the disk, writes nothing.
+
         A photo's companions (cened.companions) found beside it, in the batch or
         on disk, are planned with it: one intent, committed before anything moves.
         """
-        settings = self.settings()
-        batch_id = uuid.uuid4().hex[:12]
-        outcomes: list[Outcome] = []
-        intents: list[tuple[Prepared, Entry]] = []
-        notes: list[Entry] = []
-        reserved: set[Path] = set()
-        riding = {p.path: p for p in batch if p.verdict == Verdict.COMPANION}
-        claimed = {p.path for p in batch if p.verdict != Verdict.COMPANION}  # each file has one plan
+        plan = Plan(self.settings(), batch)
+        self._plan_photos(plan, [p for p in batch if p.verdict == Verdict.DECODED], scores)
+        self._plan_unread(plan)
+        self._plan_companions(plan)
+        return plan
 
-        def reserve(folder: Path, name: str) -> Path:
-            """A free name in ``folder``, not one an earlier photo of this batch will take."""
-            dst = moving.free_name(folder, name, reserved)
-            reserved.add(dst)
-            return dst
+    def commit(self, plan: Plan) -> list[Outcome]:
+        """Journal, move and settle a plan's intents (cened.executing), and count and log every outcome."""
+        outcomes = plan.outcomes + self._commit(plan.intents, plan.notes)
+        for outcome in outcomes:
+            self.counters[outcome.fate] = self.counters.get(outcome.fate, 0) + 1
+            _log_outcome(outcome)
+        return outcomes
 
-        def place(prep: Prepared, entry: Entry, folder: Path) -> None:
-            """Plan ``prep``'s move into ``folder``, with its companions under the same stem."""
-            members = self._companions(prep, settings, riding, claimed)
-            stem = prep.path.stem
-            tails = [p.path.name[len(stem) :] for p in (prep, *members)]
-            names = (
-                moving.free_names(folder, stem, tails, reserved)
-                if members
-                else [reserve(folder, prep.path.name)]
-            )
-            reserved.update(names)
-            entry.destination = names[0]
-            intents.append((prep, entry))
-            for member, dst in zip(members, names[1:], strict=True):
-                intents.append((member, _companion_entry(member, entry, dst, batch_id, lead=entry)))
-
+    def _plan_photos(self, plan: Plan, decoded: list[Prepared], scores: Scores | None) -> None:
+        """The decoded photos: into an album, review or other, or apart as duplicates."""
+        settings = plan.settings
         firsts: dict[str | None, Path] = {}  # content → the photo of this batch that has it
-        decoded = [p for p in batch if p.verdict == Verdict.DECODED]
         for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
             if self._restored_by_undo(prep):
-                outcomes.append(Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo"))
+                plan.outcomes.append(
+                    Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+                )
                 continue
-            entry.batch_id = batch_id
+            entry.batch_id = plan.batch_id
             follow = self._filed_lead(prep.path, settings) if _is_raw(prep.path) else None
             if follow is not None:  # a RAW whose JPEG was filed before: classified once, from the JPEG
-                intents.append((prep, self._follower(prep, follow, batch_id, reserve)))
+                plan.intents.append((prep, self._follower(prep, follow, plan.batch_id, plan.reserve)))
                 continue
             first = firsts.setdefault(prep.sha256, prep.path)
             twin_of = first if first != prep.path and settings.duplicates != Duplicates.KEEP else None
             if twin_of is not None and not self.simulate:
                 # Compared with the library once the first is filed, in a later batch.
                 reason = f"waits for {twin_of.name}, of the same content, to be filed first"
-                outcomes.append(Outcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=reason, twin=True))
                 continue
-            if self._is_duplicate(prep, entry, twin_of, settings):
-                if settings.duplicates == Duplicates.SKIP:
-                    note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
-                    if self._is_new_note(note):
-                        notes.append(note)
-                    outcomes.append(
-                        Outcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
-                    )
-                    continue
-                entry.action, entry.album = Action.DUPLICATE, None
-                place(prep, entry, settings.duplicates_dir)
-            else:
+            if not self._is_duplicate(prep, entry, twin_of, settings):
                 album = entry.album or settings.review_album
-                place(prep, entry, settings.album_folder(album, _taken(prep)))
+                self._place(plan, prep, entry, settings.album_folder(album, _taken(prep)))
+            elif settings.duplicates == Duplicates.SKIP:
+                note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
+                self._note(plan, note)
+                plan.outcomes.append(
+                    Outcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+                )
+            else:
+                entry.action, entry.album = Action.DUPLICATE, None
+                self._place(plan, prep, entry, settings.duplicates_dir)
 
-        for prep in batch:
+    def _plan_unread(self, plan: Plan) -> None:
+        """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
+        for prep in plan.batch:
             if prep.verdict == Verdict.RETRY:
-                outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
+                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
             elif prep.verdict == Verdict.SKIP:
                 if prep.reason == "vanished" and self._moved_with_photo(prep.path):
-                    outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
+                    plan.outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
                     continue
                 entry = Entry(
                     action=Action.SKIPPED,
                     source=prep.path,
                     size=prep.size,
                     reason=prep.reason,
-                    batch_id=batch_id,
+                    batch_id=plan.batch_id,
                 )
-                if self._is_new_note(entry):
-                    notes.append(entry)
+                self._note(plan, entry)
                 keep = prep.sig if prep.reason != "vanished" else None
-                outcomes.append(Outcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason))
+                plan.outcomes.append(
+                    Outcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason)
+                )
             elif prep.verdict == Verdict.REJECTED:
                 entry = Entry(
                     action=Action.QUARANTINED,
@@ -399,36 +433,44 @@ class Processor:
                     sha256=prep.sha256,
                     size=prep.size,
                     reason=f"{prep.reason}: {prep.detail}",
-                    batch_id=batch_id,
+                    batch_id=plan.batch_id,
                     state=State.PENDING,
                 )
-                place(prep, entry, settings.quarantine_dir)
+                self._place(plan, prep, entry, plan.settings.quarantine_dir)
 
-        for prep in riding.values():
-            if prep.path in claimed:
+    def _plan_companions(self, plan: Plan) -> None:
+        """The companions of the batch that no photo of it took along."""
+        for prep in plan.riding.values():
+            if prep.path in plan.claimed:
                 continue
-            planned = self._alone(prep, settings, batch_id, reserve)
+            planned = self._alone(prep, plan.settings, plan.batch_id, plan.reserve)
             if isinstance(planned, Entry):
-                intents.append((prep, planned))
+                plan.intents.append((prep, planned))
             else:
-                outcomes.append(planned)
-                if planned.entry is not None and self._is_new_note(planned.entry):
-                    notes.append(planned.entry)
+                plan.outcomes.append(planned)
+                if planned.entry is not None:
+                    self._note(plan, planned.entry)
 
-        if self.simulate:
-            outcomes += [
-                Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
-                for prep, entry in intents
-            ]
-            return outcomes
-        assert self.journal is not None
-        self.journal.add([e for _, e in intents] + notes)
-        crash_point("after-intent")
-        outcomes += self._move_all(intents)
-        for outcome in outcomes:
-            self.counters[outcome.fate] = self.counters.get(outcome.fate, 0) + 1
-            _log_outcome(outcome)
-        return outcomes
+    def _place(self, plan: Plan, prep: Prepared, entry: Entry, folder: Path) -> None:
+        """Plan ``prep``'s move into ``folder``, with its companions under the same stem."""
+        members = self._companions(prep, plan.settings, plan.riding, plan.claimed)
+        stem = prep.path.stem
+        tails = [p.path.name[len(stem) :] for p in (prep, *members)]
+        names = (
+            moving.free_names(folder, stem, tails, plan.reserved)
+            if members
+            else [plan.reserve(folder, prep.path.name)]
+        )
+        plan.reserved.update(names)
+        entry.destination = names[0]
+        plan.intents.append((prep, entry))
+        for member, dst in zip(members, names[1:], strict=True):
+            plan.intents.append((member, _companion_entry(member, entry, dst, plan.batch_id, lead=entry)))
+
+    def _note(self, plan: Plan, entry: Entry) -> None:
+        """A row without a move, unless it would repeat the file's last one."""
+        if self._is_new_note(entry):
+            plan.notes.append(entry)
 
     def _companions(
         self, photo: Prepared, settings: Settings, riding: dict[Path, Prepared], claimed: set[Path]
@@ -607,41 +649,35 @@ class Processor:
         recent = self.journal.history(file=entry.source, limit=1)
         return not (recent and recent[0].action == Action.SKIPPED and recent[0].reason == entry.reason)
 
-    def _move_all(self, intents: list[tuple[Prepared, Entry]]) -> list[Outcome]:
+    def _commit(self, intents: list[tuple[Prepared, Entry]], notes: list[Entry]) -> list[Outcome]:
+        """Journal, move and settle the batch's intents (cened.executing), and say what became of each."""
         assert self.journal is not None
+        failures: dict[int, Outcome] = {}  # by id() of the entry
+
+        def on_failure(entry: Entry, exc: OSError) -> str | None:
+            prep = next(p for p, e in intents if e is entry)
+            outcome = failures[id(entry)] = _not_moved(prep, entry, exc)
+            return None if self._repeats(outcome) else outcome.reason
+
+        executed = executing.execute(
+            self.journal,
+            [e for _, e in intents],
+            notes=notes,
+            orphan=executing.Orphan.DROP,
+            on_failure=on_failure,
+        )
         outcomes: list[Outcome] = []
-        updates: list[tuple[int, State, str | None]] = []
-        failed: list[Outcome] = []
-        touched: set[Path] = set()
-        left: list[int] = []  # companions of photos that stayed: no move, no row
-        for prep, entry in intents:
-            assert entry.destination is not None and entry.id is not None
-            if entry.lead is not None and entry.lead.state != State.DONE:
-                # It goes with its photo's next try, found beside it again.
-                left.append(entry.id)
+        for (prep, entry), done in zip(intents, executed, strict=True):
+            if done.orphaned:  # it goes with its photo's next try, found beside it again
                 outcomes.append(Outcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True))
-                continue
-            try:
-                moving.move(prep.path, entry.destination)
-            except OSError as exc:
-                failed.append(_not_moved(prep, entry, exc))
-                outcomes.append(failed[-1])
-                continue
-            entry.state = State.DONE
-            updates.append((entry.id, State.DONE, None))
-            touched.update((prep.path.parent, entry.destination.parent))
-            outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
-        # Companions first: their rows name their photo's, which may be dropped too.
-        discard = left + self._repeats(failed)
-        updates += [(o.entry.id, State.FAILED, o.reason) for o in failed if o.entry and not o.repeat]
-        moving.fsync_dirs(touched)
-        crash_point("before-done")
-        if updates or discard:
-            self.journal.set_state(updates, discard=discard)
+            elif done.error is not None:
+                outcomes.append(failures[id(entry)])
+            else:
+                outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
         return outcomes
 
-    def _repeats(self, failed: list[Outcome]) -> list[int]:
-        """The intents of failures that repeat their photo's last one, to be dropped rather than kept.
+    def _repeats(self, outcome: Outcome) -> bool:
+        """Whether a failure repeats its photo's last one: its intent is then dropped rather than kept.
 
         A photo retried on a full disk or a read-only inbox would otherwise
         leave a failed row (and a warning) at every try: the row of the first
@@ -650,22 +686,20 @@ class Processor:
         recovered as always.
         """
         assert self.journal is not None
-        drop: list[int] = []
-        for outcome in failed:
-            entry = outcome.entry
-            assert entry is not None and entry.id is not None
-            entry.state, entry.reason = State.FAILED, outcome.reason
-            last = self.journal.last_from(entry.source, before=entry.id)
-            if (
-                last is not None
-                and last.state == State.FAILED
-                and last.reason == outcome.reason
-                and last.sha256 == entry.sha256
-            ):
-                drop.append(entry.id)
-                entry.id = last.id
-                outcome.repeat = True
-        return drop
+        entry = outcome.entry
+        assert entry is not None and entry.id is not None
+        entry.state, entry.reason = State.FAILED, outcome.reason
+        last = self.journal.last_from(entry.source, before=entry.id)
+        if (
+            last is None
+            or last.state != State.FAILED
+            or last.reason != outcome.reason
+            or last.sha256 != entry.sha256
+        ):
+            return False
+        entry.id = last.id
+        outcome.repeat = True
+        return True
 
     def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
         """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads.
@@ -718,16 +752,15 @@ def _companion_entry(
     prep: Prepared, photo: Entry, destination: Path, batch_id: str, lead: Entry | None = None
 ) -> Entry:
     """The row of a file moving with ``photo``: the photo's decision, its own content and place."""
-    return Entry(
-        action=photo.action,
+    return photo.follow_up(
+        photo.action,
+        ref_id=None,
         source=prep.path,
         destination=destination,
         sha256=prep.sha256,
         size=prep.size,
-        label=photo.label,
-        album=photo.album,
-        confidence=photo.confidence,
-        model_version=photo.model_version,
+        probabilities=None,
+        pixel_source=None,
         reason=f"with {photo.source.name}",
         batch_id=batch_id,
         state=State.PENDING,

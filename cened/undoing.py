@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cened import layout, moving
+from cened import executing, layout, moving
 from cened.config import Settings
 from cened.errors import ConfigError, Refused
 from cened.hashing import sha256_file
@@ -275,7 +275,7 @@ def carry_out(
     lead: Entry | None = None,
     settings: Settings | None = None,
 ) -> list[Entry]:
-    """Journal the moves as intents, move, then mark them done (see :mod:`cened.pipeline`).
+    """Journal the moves as intents, move, then mark them done (:mod:`cened.executing`).
 
     A file that travels with a photo moves only once the photo has.  ``lead``
     is a photo's row already done (moved by hand, cened.library) that plans
@@ -283,49 +283,21 @@ def carry_out(
     With ``settings``, date folders of its layout left empty are removed.
     """
     entries = [
-        Entry(
-            action=action,
+        p.row.follow_up(
+            action,
             source=p.source,
             destination=p.destination,
-            sha256=p.row.sha256,
-            size=p.row.size,
-            label=p.row.label,
             album=p.album,  # only a correction's plans have one
-            confidence=p.row.confidence,
-            probabilities=p.row.probabilities,
-            model_version=p.row.model_version,
-            pixel_source=p.row.pixel_source,
-            ref_id=p.row.id,
             human_label=label if p.lead is None else None,
             group_id=lead.id if lead is not None and p.lead is None else None,
             state=State.PENDING,
-            time=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         for p in plans
     ]
     for plan, entry in zip(plans, entries, strict=True):
         if plan.lead is not None:
             entry.lead = next(e for p, e in zip(plans, entries, strict=True) if p is plan.lead)
-    journal.add(entries)
-    updates: list[tuple[int, State, str | None]] = []
-    for plan, entry in zip(plans, entries, strict=True):
-        assert entry.id is not None
-        if entry.lead is not None and entry.lead.state != State.DONE:
-            entry.state, entry.reason = State.FAILED, "not moved: its photo was not"
-            updates.append((entry.id, State.FAILED, entry.reason))
-            continue
-        try:
-            moving.make_folder(plan.destination.parent)
-            moving.move(plan.source, plan.destination)
-        except OSError as exc:
-            entry.state = State.FAILED
-            entry.reason = f"move failed: {exc.strerror or exc}"
-            updates.append((entry.id, State.FAILED, entry.reason))
-            continue
-        entry.state = State.DONE
-        updates.append((entry.id, State.DONE, None))
-    moving.fsync_dirs(p for plan in plans for p in (plan.source.parent, plan.destination.parent))
-    journal.set_state(updates)
+    executing.execute(journal, entries, make_folders=True)
     if settings is not None:
         left = {p.source.parent for p, e in zip(plans, entries, strict=True) if e.state == State.DONE}
         remove_empty_date_folders(settings, left)

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -36,6 +39,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+if TYPE_CHECKING:
+    from cened.config import Settings
+
+log = structlog.get_logger("cened.watching")
 
 
 def is_candidate(path: Path, inbox: Path, extensions: list[str], ignore_suffixes: list[str]) -> bool:
@@ -343,3 +351,144 @@ class LibraryWatcher(TreeWatcher):
         on_overflow: Callable[[], None],
     ) -> None:
         super().__init__(library, _LibraryHandler(on_change), self._EVENTS, on_overflow)
+
+
+#: How long the pump waits for an inbox event before its periodic work.
+TICK = 0.1
+#: Shortest pause between two looks at the tracker, so a flood of write events
+#: from a slow copy cannot turn the pump into a busy loop.
+EVENT_GAP = 0.01
+#: How often the pump checks that the inbox is still the folder being watched
+#: (one stat): a folder removed and made again is noticed within this.
+INBOX_CHECK_S = 1.0
+
+
+class InboxPump(threading.Thread):
+    """The pump: watches the inbox and releases settled files from the tracker into the path queue.
+
+    Only as many as fit, so a 100,000-file backlog costs a set of paths, not
+    decoded images.  It runs the start-up, overflow and periodic rescans,
+    watches the inbox again when it is replaced, and calls ``tick`` every
+    ``tick_every`` seconds for the daemon's own periodic looks.
+    """
+
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        tracker: StabilityTracker,
+        paths: queue.Queue[Path],
+        stopping: threading.Event,
+        *,
+        tick: Callable[[], None],
+        tick_every: float,
+    ) -> None:
+        super().__init__(name="pump", daemon=True)
+        self._settings = settings
+        self._tracker = tracker
+        self._paths = paths
+        self._stopping = stopping
+        self._tick = tick
+        self._tick_every = tick_every
+        self._rescan = threading.Event()
+        self._activity = threading.Event()  # an inbox event: the pump looks now, not at the next tick
+        self._watcher: InboxWatcher | None = None
+        self._inbox_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder watched
+
+    def watch(self) -> None:
+        """Start watching the inbox folder that is there now, remembering which one it is."""
+        inbox = self._settings().inbox
+        st = os.stat(inbox)
+        watcher = InboxWatcher(inbox, self._on_event, self._rescan.set)
+        watcher.start()
+        self._watcher, self._inbox_id = watcher, (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        """Stop watching; the thread itself ends with ``stopping``."""
+        if self._watcher is not None:
+            self._watcher.stop()
+
+    def scan(self) -> None:
+        """Tell the tracker of every candidate in the inbox (those older than stable_seconds as settled)."""
+        s = self._settings()
+        found = 0
+        cutoff = time.time() - s.stable_seconds
+        for path in scan(s.inbox):
+            if not is_candidate(path, s.inbox, s.watched_extensions, s.ignore_suffixes):
+                continue
+            try:
+                old = os.lstat(path).st_mtime < cutoff
+            except OSError:
+                continue
+            self._tracker.touch(path, old=old)
+            found += 1
+        log.info("scanned", inbox=str(s.inbox), candidates=found)
+
+    def run(self) -> None:
+        last_scan = time.monotonic()  # the daemon scanned just before starting us
+        next_tick = last_scan
+        last_check = last_scan
+        while not self._stopping.is_set():
+            if time.monotonic() >= last_check + INBOX_CHECK_S:
+                self._check_inbox()
+                last_check = time.monotonic()
+            # Read the interval each time, so a reload that changes it applies at once.
+            interval = self._settings().rescan_interval_s or float("inf")
+            if self._rescan.is_set() or time.monotonic() >= last_scan + interval:
+                self._rescan.clear()
+                self.scan()
+                last_scan = time.monotonic()
+            self._activity.clear()
+            room = self._paths.maxsize - self._paths.qsize()
+            for path in self._tracker.ready(room):
+                self._paths.put(path)
+            if time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + self._tick_every
+            # At most one pass per EVENT_GAP however many events arrive, but the
+            # gap comes after a pass, not before it: a photo closed by its writer
+            # in an idle inbox is queued at once, not up to a TICK later.
+            self._stopping.wait(EVENT_GAP)
+            self._activity.wait(TICK)
+
+    def _on_event(self, path: Path, closed: bool) -> None:
+        s = self._settings()
+        if is_candidate(path, s.inbox, s.watched_extensions, s.ignore_suffixes):
+            self._tracker.touch(path, closed=closed)
+            self._activity.set()
+
+    def _check_inbox(self) -> None:
+        """Watch the inbox again if it was removed and made again, or came back.
+
+        The kernel's watch dies with the folder it was on, and watchdog then
+        ends its thread; without this, new photos would wait for the periodic
+        rescan.  Both signs are checked: a new folder often gets the inode
+        number the old one freed, and a folder moved away keeps its watch.
+        """
+        inbox = self._settings().inbox
+        try:
+            st = os.stat(inbox)
+        except OSError as exc:
+            if self._inbox_id is not None:
+                log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+                self._inbox_id = None
+            return
+        watcher = self._watcher
+        same = (st.st_dev, st.st_ino) == self._inbox_id
+        if same and watcher is not None and watcher.alive:
+            return
+        log.warning(
+            "inbox-replaced",
+            inbox=str(inbox),
+            sign="the watch ended" if same else "another folder",
+            action="watching it again and rescanning",
+        )
+        if watcher is not None:
+            watcher.stop()
+            self._watcher = None
+        try:
+            self.watch()
+        except OSError as exc:  # gone again already: the next check tries again
+            log.warning("inbox-missing", inbox=str(inbox), error=exc.strerror)
+            self._inbox_id = None
+            return
+        self._rescan.set()

@@ -353,10 +353,9 @@ def test_the_daemon_learns_by_itself_once_enough_photos_are_labelled(
     taught: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole loop with the defaults: dragged into `magenta`, learned without a command, filed there."""
-    from cened import daemon as daemon_module
 
-    monkeypatch.setattr(daemon_module, "LEARN_QUIET_S", 1.0)
-    monkeypatch.setattr(daemon_module, "LEARN_CHECK_S", 0.2)
+    monkeypatch.setattr(learn, "LEARN_QUIET_S", 1.0)
+    monkeypatch.setattr(learn, "LEARN_CHECK_S", 0.2)
     assert taught.learn_after == 20
     store = VersionStore(taught.learned_dir)
     with RunningDaemon(taught) as daemon:
@@ -382,11 +381,10 @@ def test_a_daemon_that_cannot_learn_says_so_once_and_goes_on_filing(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The plain test model has no "other" detector, so nothing can be learned on it."""
-    from cened import daemon as daemon_module
     from cened import logsetup
 
-    monkeypatch.setattr(daemon_module, "LEARN_QUIET_S", 0.5)
-    monkeypatch.setattr(daemon_module, "LEARN_CHECK_S", 0.1)
+    monkeypatch.setattr(learn, "LEARN_QUIET_S", 0.5)
+    monkeypatch.setattr(learn, "LEARN_CHECK_S", 0.1)
     plain = settings.model_copy(update={"learn_after": 1})
     logsetup.configure("json", "info")  # onto the captured stdout
     try:
