@@ -436,7 +436,7 @@ class Daemon:
             _check_albums(new, classes)
         except Exception as exc:  # noqa: BLE001 - a bad reload must never stop the service
             log.error("reload-refused", error=str(exc))
-            reloading.write_answer(reloading.Outcome.REFUSED, started, str(exc))
+            reloading.write_answer(reloading.Answer.REFUSED, started, str(exc))
             self.notifier.ready(self._status())
             return
         ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
@@ -448,7 +448,7 @@ class Daemon:
         imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
-        reloading.write_answer(reloading.Outcome.RELOADED, started)
+        reloading.write_answer(reloading.Answer.RELOADED, started)
         self.notifier.ready(self._status())
 
 

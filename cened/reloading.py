@@ -35,16 +35,20 @@ ANSWER_FILE = "reload-answer.json"
 POLL_S = 0.05
 
 
-class Outcome(StrEnum):
+class Answer(StrEnum):
+    """What the daemon made of a reload."""
+
     RELOADED = "reloaded"
     REFUSED = "refused"
 
 
 @dataclass(frozen=True)
-class Answer:
+class Reply:
+    """The daemon's answer to one reload, and which process gave it when."""
+
     pid: int
     started_usec: int  # CLOCK_MONOTONIC when the daemon began this reload
-    outcome: Outcome
+    answer: Answer
     error: str | None = None
 
 
@@ -64,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
             "cened reload waits for the daemon's answer in $RUNTIME_DIRECTORY, which systemd sets from "
             f"the unit's RuntimeDirectory=; outside systemd, send the signal yourself: kill -HUP {args.pid}"
         )
-    answer = request(args.pid, path, timeout=args.timeout)
-    if answer.outcome == Outcome.REFUSED:
-        raise Refused(f"the daemon refused the new config and keeps the old one: {answer.error}")
+    reply = request(args.pid, path, timeout=args.timeout)
+    if reply.answer == Answer.REFUSED:
+        raise Refused(f"the daemon refused the new config and keeps the old one: {reply.error}")
     return 0
 
 
@@ -80,12 +84,12 @@ def answer_path() -> Path | None:
     return Path(runtime) / ANSWER_FILE if runtime else None
 
 
-def write_answer(outcome: Outcome, started_usec: int, error: str | None = None) -> None:
+def write_answer(answer: Answer, started_usec: int, error: str | None = None) -> None:
     """The daemon's side, after each reload; never raises, since nobody may be waiting."""
     path = answer_path()
     if path is None:
         return
-    data = {"pid": os.getpid(), "started_usec": started_usec, "outcome": outcome, "error": error}
+    data = {"pid": os.getpid(), "started_usec": started_usec, "outcome": answer, "error": error}
     try:
         fd, tmp = tempfile.mkstemp(prefix=".reload-", dir=path.parent)
     except OSError:
@@ -99,16 +103,16 @@ def write_answer(outcome: Outcome, started_usec: int, error: str | None = None) 
             os.unlink(tmp)
 
 
-def read_answer(path: Path) -> Answer | None:
+def read_answer(path: Path) -> Reply | None:
     try:
         data = json.loads(path.read_text())
-        outcome = Outcome(data["outcome"])
-        return Answer(int(data["pid"]), int(data["started_usec"]), outcome, data.get("error"))
+        answer = Answer(data["outcome"])
+        return Reply(int(data["pid"]), int(data["started_usec"]), answer, data.get("error"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def request(pid: int, path: Path, *, timeout: float) -> Answer:
+def request(pid: int, path: Path, *, timeout: float) -> Reply:
     """Send SIGHUP to ``pid`` and return its answer to that very signal."""
     sent = monotonic_usec()
     try:
@@ -119,9 +123,9 @@ def request(pid: int, path: Path, *, timeout: float) -> Answer:
         raise Refused(f"not allowed to signal process {pid}") from None
     deadline = time.monotonic() + timeout
     while True:
-        answer = read_answer(path)
-        if answer is not None and answer.pid == pid and answer.started_usec >= sent:
-            return answer
+        reply = read_answer(path)
+        if reply is not None and reply.pid == pid and reply.started_usec >= sent:
+            return reply
         if not _alive(pid):
             raise Refused(f"process {pid} ended before it answered the reload")
         if time.monotonic() > deadline:

@@ -32,40 +32,40 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def answers_sighup() -> Iterator[list[reloading.Outcome]]:
-    """This process answers each SIGHUP with the next outcome of the list it is given."""
-    outcomes: list[reloading.Outcome] = []
+def answers_sighup() -> Iterator[list[reloading.Answer]]:
+    """This process answers each SIGHUP with the next answer of the list it is given."""
+    answers: list[reloading.Answer] = []
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
-        outcome = outcomes.pop(0)
-        error = "batch_size: must be at least 1" if outcome == reloading.Outcome.REFUSED else None
-        reloading.write_answer(outcome, reloading.monotonic_usec(), error)
+        answer = answers.pop(0)
+        error = "batch_size: must be at least 1" if answer == reloading.Answer.REFUSED else None
+        reloading.write_answer(answer, reloading.monotonic_usec(), error)
 
     saved = signal.signal(signal.SIGHUP, on_hup)
     try:
-        yield outcomes
+        yield answers
     finally:
         signal.signal(signal.SIGHUP, saved)
 
 
-def test_a_reload_waits_for_the_answer(runtime: Path, answers_sighup: list[reloading.Outcome]) -> None:
-    answers_sighup += [reloading.Outcome.RELOADED, reloading.Outcome.REFUSED]
+def test_a_reload_waits_for_the_answer(runtime: Path, answers_sighup: list[reloading.Answer]) -> None:
+    answers_sighup += [reloading.Answer.RELOADED, reloading.Answer.REFUSED]
     assert main(["reload", "--pid", str(os.getpid())]) == 0
     assert main(["reload", "--pid", str(os.getpid())]) == ExitCode.REFUSED
     assert answers_sighup == []
 
 
 def test_the_refusal_is_said(
-    runtime: Path, answers_sighup: list[reloading.Outcome], capsys: pytest.CaptureFixture[str]
+    runtime: Path, answers_sighup: list[reloading.Answer], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    answers_sighup.append(reloading.Outcome.REFUSED)
+    answers_sighup.append(reloading.Answer.REFUSED)
     assert main(["reload", "--pid", str(os.getpid())]) == ExitCode.REFUSED
     assert "refused the new config and keeps the old one: batch_size" in capsys.readouterr().err
 
 
 def test_an_older_answer_is_not_taken_for_this_one(runtime: Path) -> None:
     """An answer from before the signal (or from another process) is someone else's reload."""
-    reloading.write_answer(reloading.Outcome.RELOADED, reloading.monotonic_usec())
+    reloading.write_answer(reloading.Answer.RELOADED, reloading.monotonic_usec())
     saved = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a daemon that never answers
     try:
         started = time.monotonic()
@@ -113,7 +113,7 @@ def test_outside_systemd_it_says_how_to_reload(
 
 def test_the_daemon_side_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
-    reloading.write_answer(reloading.Outcome.RELOADED, 1)  # nowhere to write: nothing happens
+    reloading.write_answer(reloading.Answer.RELOADED, 1)  # nowhere to write: nothing happens
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "gone"))
-    reloading.write_answer(reloading.Outcome.RELOADED, 1)
+    reloading.write_answer(reloading.Answer.RELOADED, 1)
     assert not (tmp_path / "gone").exists()
