@@ -21,14 +21,11 @@ Without ``--fix`` nothing is changed and the exit code says whether all is well.
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cened import executing, layout, moving, recovery
-from cened.config import Settings, load_settings
-from cened.errors import JournalError, Refused
 from cened.hashing import sha256_file
 from cened.journal import Action, Entry, Journal, State
 from cened.library import (
@@ -41,9 +38,8 @@ from cened.library import (
     follow_ups,
     match,
 )
-from cened.locking import hold_lock
 
-__all__ = ["Report", "current_rows", "examine", "repair", "run"]
+__all__ = ["Report", "current_rows", "examine", "repair"]
 
 
 @dataclass
@@ -173,54 +169,3 @@ def _album(path: Path, library: Path, template: str) -> str:
         if album is not None:
             return album
     return path.parent.name
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fix", action="store_true", help="mend what was found (never deletes a file)")
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    if not os.path.lexists(settings.database):
-        # Opening would create an empty database, which is "all consistent" with any library.
-        raise JournalError(f"no database at {settings.database}: has cened run with this configuration?")
-    # Mending resolves intents and moves files: never beside a daemon doing the same.
-    lock = _lock_to_mend(settings.database) if args.fix else None
-    try:
-        return _run(args, settings)
-    finally:
-        if lock is not None:
-            os.close(lock)
-
-
-def _lock_to_mend(database: Path) -> int:
-    try:
-        return hold_lock(database)
-    except JournalError as exc:
-        raise Refused(
-            f"{exc}. `cened doctor --fix` mends a database no daemon is using: "
-            "stop the service, or run `cened doctor` without --fix to look only"
-        ) from exc
-
-
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    with Journal(settings.database) as journal:
-        report = examine(journal, settings.library, settings.quarantine_dir)
-        for e in report.pending:
-            print(f"interrupted move #{e.id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')}")
-        for e in report.missing:
-            print(f"missing: #{e.id} says {os.fsdecode(e.destination or '')}")
-        for p in report.unlogged:
-            print(f"not in the log: {os.fsdecode(p)}")
-        for p in report.partials:
-            print(f"stray partial copy: {os.fsdecode(p)}")
-        if report.clean:
-            print("all consistent")
-            return 0
-        if not args.fix:
-            print("run `cened doctor --fix` to mend these (nothing is deleted)")
-            return 1
-        places = Places.of(settings)
-        for line in repair(journal, report, settings.library, settings.quarantine_dir, places=places):
-            print(f"fixed: {line}")
-    return 0

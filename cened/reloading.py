@@ -17,7 +17,6 @@ systemd itself matches ``RELOADING=1`` to a reload request.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from cened.errors import ConfigError, Refused
+from cened.errors import Refused
 
 ANSWER_FILE = "reload-answer.json"
 #: How often the waiting command looks for the answer.
@@ -50,28 +49,6 @@ class Reply:
     started_usec: int  # CLOCK_MONOTONIC when the daemon began this reload
     answer: Answer
     error: str | None = None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Send SIGHUP to the daemon and wait until it has reloaded its config; exit 1 when it refused "
-        "the new config. Meant as a systemd unit's ExecReload= (it needs $RUNTIME_DIRECTORY)."
-    )
-    parser.add_argument("--pid", type=int, required=True, help="the daemon's process id ($MAINPID)")
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds to wait (default 90)")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = answer_path()
-    if path is None:
-        raise ConfigError(
-            "cened reload waits for the daemon's answer in $RUNTIME_DIRECTORY, which systemd sets from "
-            f"the unit's RuntimeDirectory=; outside systemd, send the signal yourself: kill -HUP {args.pid}"
-        )
-    reply = request(args.pid, path, timeout=args.timeout)
-    if reply.answer == Answer.REFUSED:
-        raise Refused(f"the daemon refused the new config and keeps the old one: {reply.error}")
-    return 0
 
 
 def monotonic_usec() -> int:

@@ -1,4 +1,4 @@
-"""``cened install-service``: a systemd unit for *this* installation, and how to enable it.
+"""The systemd unit ``cened install-service`` writes: the shipped one, made for *this* installation.
 
 The shipped units in ``systemd/`` are complete, commented files; installing
 one only rewrites the lines that depend on the machine: ``ExecStart=`` and
@@ -13,23 +13,18 @@ the Python that runs cened, as with pyenv's interpreters under ``/root`` or a
 private ``/home/NAME`` -- is refused with what to do instead, rather than
 written to fail with ``status=203/EXEC``.
 
-Nothing privileged happens by surprise: the command writes a user unit into
-the user's own ``~/.config/systemd/user``, writes the system unit only when
-it runs as root (or to an ``--output`` path), and otherwise prints the unit
-with the exact ``sudo`` commands.  It never runs ``systemctl`` itself.
+Everything here plans the unit (:func:`make_plan`) and writes nothing;
+writing it, and saying how to enable it, is :mod:`cened.commands.install_service`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import pwd
 import re
-import shlex
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,41 +54,6 @@ USER_CONFIG_TEXT = """\
 """
 #: Under these, ProtectHome=yes would hide the program from the system service.
 HOME_ROOTS = (Path("/home"), Path("/root"), Path("/run/user"))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Write a systemd unit for this cened (use the global --config to name the config file "
-        "the service should read: cened --config FILE install-service)."
-    )
-    parser.add_argument("--user", action="store_true", help="a `systemctl --user` unit for your own photos")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help=f"where to write the unit (default: ~/.config/systemd/user/cened.service with --user, "
-        f"else {SYSTEM_UNIT}, which needs root)",
-    )
-    parser.add_argument(
-        "--print",
-        "--dry-run",
-        dest="dry_run",
-        action="store_true",
-        help="print the unit and write nothing",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    exe = cened_executable()
-    if exe is None:
-        print("cened: cannot find the cened executable next to this Python", file=sys.stderr)
-        return 1
-    plan = make_plan(user=args.user, exe=exe, config=_config_arg(args))
-    if args.dry_run:
-        print(plan.text, end="")
-        return 0
-    if plan.user:
-        return _install_user(plan, args.output)
-    return _install_system(plan, args.output)
 
 
 # -- finding things ------------------------------------------------------------
@@ -141,11 +101,6 @@ def default_config(user: bool) -> Path:
 
 def _home() -> Path:
     return Path(os.environ.get("HOME") or Path.home())
-
-
-def _config_arg(args: argparse.Namespace) -> Path | None:
-    named = args.config or (Path(os.environ["CENED_CONFIG"]) if os.environ.get("CENED_CONFIG") else None)
-    return Path(os.path.abspath(named.expanduser())) if named is not None else None
 
 
 # -- planning ------------------------------------------------------------------
@@ -369,111 +324,3 @@ def unit_quote(value: str) -> str:
 def exec_quote(value: str) -> str:
     """Like :func:`unit_quote`, and ``$`` too, which ExecStart= expands as a variable."""
     return unit_quote(value.replace("$", "$$"))
-
-
-# -- installing ----------------------------------------------------------------
-
-
-def _install_user(plan: Plan, output: Path | None) -> int:
-    dest = output or user_unit_path()
-    if not plan.config_exists:
-        plan.config.parent.mkdir(parents=True, exist_ok=True)
-        plan.config.write_text(USER_CONFIG_TEXT)
-        print(f"created {plan.config} (defaults; edit it, then reload the service)")
-    # The daemon would create these itself, but inside the sandbox a
-    # ReadWritePaths= entry that does not exist stops the start (226/NAMESPACE).
-    for folder in (*plan.writable, plan.settings.inbox, plan.settings.library):
-        folder.mkdir(parents=True, exist_ok=True)
-    replaced = dest.exists()
-    _write(dest, plan.text)
-    print(f"{'replaced' if replaced else 'wrote'} {dest}")
-    print(f"  runs:   {plan.exe} --config {plan.config} run")
-    print(f"  writes: {', '.join(map(str, plan.writable))}")
-    print()
-    print("Enable and start it:")
-    print("  systemctl --user daemon-reload && systemctl --user enable --now cened")
-    print("Keep it running while you are logged out (optional):")
-    print('  loginctl enable-linger "$USER"')
-    print("Then:")
-    print("  systemctl --user status cened")
-    print("  systemctl --user reload cened     # after editing the config")
-    print("  journalctl --user -t cened -f -o cat")
-    return 0
-
-
-def _install_system(plan: Plan, output: Path | None) -> int:
-    root = os.geteuid() == 0
-    sudo = "" if root else "sudo "
-    if output is None and not root:
-        print(plan.text)
-        print("# Not root, so nothing was written.  To install it:")
-        install = f"{_reinvoke(plan)} | sudo tee {SYSTEM_UNIT} >/dev/null"
-    else:
-        dest = output or SYSTEM_UNIT
-        _write(dest, plan.text)
-        print(f"wrote {dest}")
-        install = ""
-        if dest != SYSTEM_UNIT:
-            install = f"{sudo}install -m 0644 {shlex.quote(str(dest))} {SYSTEM_UNIT}"
-    for command in [*_system_setup(plan, sudo), install]:
-        if command:
-            print(command)
-    print(f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now cened")
-    print(f"systemctl status cened; {sudo}systemctl reload cened  # after editing {plan.config}")
-    print("journalctl -t cened -f -o cat")
-    if plan.protect_home:
-        under = ", ".join(f"{p} ({role})" for role, p in plan.under_home)
-        print(
-            f"# note: under a home directory: {under}; so the unit uses ProtectHome=read-only; "
-            "install cened on a Python outside /home and /root (e.g. /opt/cened) for ProtectHome=yes",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _system_setup(plan: Plan, sudo: str) -> list[str]:
-    """The one-time commands before the first start, only those still needed."""
-    commands = []
-    try:
-        pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        commands.append(
-            f"{sudo}useradd --system --user-group --home-dir {STATE_DIRECTORY} "
-            f"--shell /usr/sbin/nologin {SERVICE_USER}"
-        )
-    # ReadWritePaths= entries must exist before the start (226/NAMESPACE otherwise).
-    wanted = dict.fromkeys((*plan.writable, plan.settings.inbox.absolute(), plan.settings.library.absolute()))
-    missing = [p for p in wanted if not p.exists()]
-    if missing:
-        names = " ".join(shlex.quote(str(p)) for p in missing)
-        commands.append(f"{sudo}install -d -o {SERVICE_USER} -g {SERVICE_USER} -m 2775 {names}")
-    if not plan.config_exists:
-        body = "".join(f"{k} = {_toml_string(str(v))}\n" for k, v in SYSTEM_DEFAULTS.items())
-        commands.append(f"{sudo}install -d -m 0755 {shlex.quote(str(plan.config.parent))}")
-        commands.append(f"{sudo}tee {shlex.quote(str(plan.config))} >/dev/null <<'EOF'\n{body}EOF")
-    return commands
-
-
-def _reinvoke(plan: Plan) -> str:
-    """This same command with --print, for piping into ``sudo tee``."""
-    config = ["--config", str(plan.config)] if plan.config_exists else []
-    return shlex.join([str(plan.exe), *config, "install-service", "--print"])
-
-
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _write(dest: Path, text: str) -> None:
-    """Atomically, so a half-written unit is never what systemd reads."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cened-unit-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

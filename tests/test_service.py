@@ -259,8 +259,6 @@ def test_install_service_follows_the_config(
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.setenv("CENED_INBOX", str(tmp_path / "not-this"))
-    # "--config=PATH", not "--config PATH": cli.main takes the first word not
-    # starting with "-" as the command whose options it loads.
     assert main([f"--config={config}", "install-service", "--user"]) == 0
     capsys.readouterr()
     unit_path = home / ".config" / "systemd" / "user" / "cened.service"

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cened.commands import evaluate as evaluate_command
+from cened.commands import train as train_command
 from cened.ml import modelpack
 from cened.training import dataset, evaluate, train
 
@@ -110,7 +112,7 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     data = _tiny_data(tmp_path / "data")
     out = tmp_path / "models" / "tiny"
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_command.add_arguments(parser)
     args = parser.parse_args(
         [
             "--data",
@@ -136,7 +138,7 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
             "--no-tflite",
         ]
     )
-    assert train.run(args) == 0
+    assert train_command.run(args) == 0
     meta = modelpack.read_meta(out)
     assert meta.classes == ("blue", "green", "red") and meta.input_size == (32, 32)
     assert meta.training["val_fraction"] == 0.3 and len(meta.training["data_sha256"]) == 64
@@ -154,10 +156,10 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert model.output_shape == (None, 3)
 
     parser = argparse.ArgumentParser()
-    evaluate.add_arguments(parser)
+    evaluate_command.add_arguments(parser)
     # --previous: the model a new one replaces, on the same photos (here itself: the same figure).
     args = ["--data", str(data), "--model", str(out), "--previous", str(out)]
-    assert evaluate.run(parser.parse_args(args)) == 0
+    assert evaluate_command.run(parser.parse_args(args)) == 0
     card = (out / "MODEL_CARD.md").read_text()
     previous = json.loads((out / "evaluation.json").read_text())["previous"]
     assert previous["accuracy"] == previous["this"] and f"`{meta.version}` (32 px" in card

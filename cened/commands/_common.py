@@ -1,0 +1,111 @@
+"""What several commands share: their settings, a read-only log, and how they show paths and shares."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cened.config import Settings, load_settings
+from cened.errors import ExitCode
+
+if TYPE_CHECKING:
+    from cened import learn
+    from cened.journal import Entry, Journal
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings of the file the global ``--config`` names (default: ``$CENED_CONFIG``)."""
+    return load_settings(args.config)
+
+
+def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
+    """Settings for a command that reads photos as the daemon does: its limits, warnings on stderr."""
+    from cened import logsetup
+    from cened.ml import imaging
+
+    loaded = settings_of(args)
+    logsetup.configure("json" if json else loaded.log_format, "warning", stream=sys.stderr)
+    imaging.set_pixel_limit(loaded.max_pixels)
+    imaging.release_freed_images()
+    return loaded
+
+
+def readonly_journal(settings: Settings) -> Journal:
+    from cened.journal import Journal
+
+    return Journal(settings.database, readonly=True)
+
+
+def short(path: Path | None, settings: Settings) -> str:
+    """Paths relative to the inbox or library, which is what a person scans a table for."""
+    if path is None:
+        return ""
+    for root, prefix in ((settings.inbox, "inbox/"), (settings.library, "")):
+        if path.is_relative_to(root):
+            return prefix + os.fsdecode(path.relative_to(root))
+    return os.fsdecode(path)
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    """A share as a percentage (``0.1234`` is ``12.3%``); nothing for None."""
+    return "" if x is None else f"{x:.{digits}%}"
+
+
+def report_moves(entries: list[Entry], verb: str) -> int:
+    """What ``undo`` and ``correct`` moved, one line each; failures on stderr and in the exit code."""
+    from cened.journal import State
+
+    failed = 0
+    for e in entries:
+        if e.state == State.DONE:
+            print(
+                f"{verb} #{e.ref_id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')} (#{e.id})"
+            )
+        else:
+            failed += 1
+            print(f"cened: failed #{e.ref_id}: {e.reason}", file=sys.stderr)
+    return ExitCode.REFUSED if failed else ExitCode.OK
+
+
+def print_learned(outcome: learn.Outcome) -> None:
+    """A learned version against the one in use, as ``learn`` and ``album add/remove`` report it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{outcome.version} against {outcome.previous}", header_style="bold")
+    table.add_column("measured on")
+    table.add_column("in use", justify="right")
+    table.add_column("new", justify="right")
+    yours_old, yours_new = outcome.current["yours"], outcome.new["yours"]
+    val_old, val_new = outcome.current["validation"], outcome.new["validation"]
+    table.add_row(
+        f"your photos held back ({yours_new.n}): filed right", pct(yours_old.right), pct(yours_new.right)
+    )
+    table.add_row(f"shipped validation ({val_new.n}): top-1", pct(val_old.accuracy), pct(val_new.accuracy))
+    table.add_row("shipped validation: to other", pct(val_old.to_other), pct(val_new.to_other))
+    for label in outcome.classes:
+        new = yours_new.per_label.get(label)
+        if new and new["n"]:
+            old = yours_old.per_label.get(label, {"precision": 0.0, "recall": 0.0})
+            table.add_row(
+                f"  {label} ({new['n']}): precision / recall",
+                f"{pct(old['precision'])} / {pct(old['recall'])}",
+                f"{pct(new['precision'])} / {pct(new['recall'])}",
+            )
+    console = Console()
+    console.print(table)
+    for note in outcome.notes:
+        console.print(f"note: {note}")
+    trained = ", ".join(f"{k} {v}" for k, v in sorted(outcome.examples.items()))
+    console.print(f"learned from: {trained or 'nothing new'} ({outcome.seconds:.1f} s)")
+    if outcome.accepted:
+        forced = " (forced: it measured worse)" if outcome.forced else ""
+        console.print(f"in use now: {outcome.version}{forced}")
+    else:
+        console.print(
+            f"kept, not in use: it measured worse than {outcome.previous}; "
+            f"`cened model use {outcome.version}` or `cened learn --force` to use it anyway"
+        )

@@ -1,0 +1,71 @@
+"""``cened doctor``: where the log and the disk disagree (cened.doctor); ``--fix`` mends it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cened.commands import _common
+from cened.config import Settings
+from cened.errors import JournalError, Refused
+
+NAME = "doctor"
+HELP = "find and fix disagreements between the log and the disk"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fix", action="store_true", help="mend what was found (never deletes a file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _common.settings_of(args)
+    if not os.path.lexists(settings.database):
+        # Opening would create an empty database, which is "all consistent" with any library.
+        raise JournalError(f"no database at {settings.database}: has cened run with this configuration?")
+    # Mending resolves intents and moves files: never beside a daemon doing the same.
+    lock = _lock_to_mend(settings.database) if args.fix else None
+    try:
+        return _examine(settings, fix=args.fix)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _lock_to_mend(database: Path) -> int:
+    from cened.locking import hold_lock
+
+    try:
+        return hold_lock(database)
+    except JournalError as exc:
+        raise Refused(
+            f"{exc}. `cened doctor --fix` mends a database no daemon is using: "
+            "stop the service, or run `cened doctor` without --fix to look only"
+        ) from exc
+
+
+def _examine(settings: Settings, *, fix: bool) -> int:
+    from cened.doctor import examine, repair
+    from cened.journal import Journal
+    from cened.library import Places
+
+    with Journal(settings.database) as journal:
+        report = examine(journal, settings.library, settings.quarantine_dir)
+        for e in report.pending:
+            print(f"interrupted move #{e.id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')}")
+        for e in report.missing:
+            print(f"missing: #{e.id} says {os.fsdecode(e.destination or '')}")
+        for p in report.unlogged:
+            print(f"not in the log: {os.fsdecode(p)}")
+        for p in report.partials:
+            print(f"stray partial copy: {os.fsdecode(p)}")
+        if report.clean:
+            print("all consistent")
+            return 0
+        if not fix:
+            print("run `cened doctor --fix` to mend these (nothing is deleted)")
+            return 1
+        places = Places.of(settings)
+        for line in repair(journal, report, settings.library, settings.quarantine_dir, places=places):
+            print(f"fixed: {line}")
+    return 0
