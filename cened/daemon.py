@@ -55,7 +55,7 @@ from cened.ml import imaging
 from cened.ml.classifying import Classifier
 from cened.ml.versions import VersionStore
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict
+from cened.pipeline import Fate, FileOutcome, Pending, Prepared, Processor, Verdict
 from cened.watching import InboxPump, StabilityTracker, signature
 
 log = structlog.get_logger("cened.daemon")
@@ -329,7 +329,7 @@ class Daemon:
 
     def _handle(self, scored: Scored, processor: Processor) -> None:
         prepared = scored.prepared
-        outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
+        outcomes = [FileOutcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
         if not scored.failed and self._fatal is None:
             try:
                 outcomes = processor.file(prepared, scored.scores)
@@ -360,7 +360,7 @@ class Daemon:
         self.notifier.status(f"stopping: {exc}")
         self.stopping.set()
 
-    def _settle(self, outcome: Outcome) -> None:
+    def _settle(self, outcome: FileOutcome) -> None:
         path = outcome.path
         if outcome.fate == Fate.RETRY and outcome.reason in set(Pending):
             # Still being written: no failure, it is taken again once it holds still.

@@ -99,7 +99,7 @@ class Prepared:
 
 
 @dataclass
-class Outcome:
+class FileOutcome:
     """What happened to one path, for the caller's bookkeeping (tracker, stats)."""
 
     path: Path
@@ -285,7 +285,7 @@ class Plan:
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     intents: list[tuple[Prepared, Entry]] = field(default_factory=list)
     notes: list[Entry] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[FileOutcome] = field(default_factory=list)
     reserved: set[Path] = field(default_factory=set)  # names taken by earlier moves of this plan
     riding: dict[Path, Prepared] = field(init=False)  # the batch's companions, by path
     claimed: set[Path] = field(init=False)  # files a move of this plan takes
@@ -300,10 +300,10 @@ class Plan:
         self.reserved.add(dst)
         return dst
 
-    def would_be(self) -> list[Outcome]:
+    def would_be(self) -> list[FileOutcome]:
         """What each move would do, for a dry run."""
         return [
-            Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
+            FileOutcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
             for prep, entry in self.intents
         ]
 
@@ -328,7 +328,7 @@ class Processor:
         if self.journal is None and not self.simulate:
             raise ValueError("only a simulating Processor may run without a journal")
 
-    def process(self, batch: Sequence[Prepared]) -> list[Outcome]:
+    def process(self, batch: Sequence[Prepared]) -> list[FileOutcome]:
         return self.file(batch, self.score(batch))
 
     def score(self, batch: Sequence[Prepared]) -> Scores | None:
@@ -340,7 +340,7 @@ class Processor:
         pixels = [p.pixels for p in batch if p.pixels is not None]
         return self.classifier.score(pixels) if pixels else None
 
-    def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[Outcome]:
+    def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[FileOutcome]:
         """Decide, journal and move one scored batch (``scores`` from :meth:`score`).
 
         The :meth:`plan` is carried out (:meth:`commit`), or with ``simulate`` only reported.
@@ -362,7 +362,7 @@ class Processor:
         self._plan_companions(plan)
         return plan
 
-    def commit(self, plan: Plan) -> list[Outcome]:
+    def commit(self, plan: Plan) -> list[FileOutcome]:
         """Journal, move and settle a plan's intents (cened.executing), and count and log every outcome."""
         outcomes = plan.outcomes + self._commit(plan.intents, plan.notes)
         for outcome in outcomes:
@@ -377,7 +377,7 @@ class Processor:
         for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
             if self._restored_by_undo(prep):
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+                    FileOutcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
                 )
                 continue
             entry.batch_id = plan.batch_id
@@ -390,7 +390,7 @@ class Processor:
             if twin_of is not None and not self.simulate:
                 # Compared with the library once the first is filed, in a later batch.
                 reason = f"waits for {twin_of.name}, of the same content, to be filed first"
-                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=reason, twin=True))
                 continue
             if not self._is_duplicate(prep, entry, twin_of, settings):
                 album = entry.album or settings.review_album
@@ -399,7 +399,7 @@ class Processor:
                 note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
                 self._note(plan, note)
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+                    FileOutcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
                 )
             else:
                 entry.action, entry.album = Action.DUPLICATE, None
@@ -409,10 +409,10 @@ class Processor:
         """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
         for prep in plan.batch:
             if prep.verdict == Verdict.RETRY:
-                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=prep.reason))
             elif prep.verdict == Verdict.SKIP:
                 if prep.reason == "vanished" and self._moved_with_photo(prep.path):
-                    plan.outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
+                    plan.outcomes.append(FileOutcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
                     continue
                 entry = Entry(
                     action=Action.SKIPPED,
@@ -424,7 +424,7 @@ class Processor:
                 self._note(plan, entry)
                 keep = prep.sig if prep.reason != "vanished" else None
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason)
+                    FileOutcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason)
                 )
             elif prep.verdict == Verdict.REJECTED:
                 entry = Entry(
@@ -492,32 +492,32 @@ class Processor:
 
     def _alone(
         self, prep: Prepared, settings: Settings, batch_id: str, reserve: Callable[[Path, str], Path]
-    ) -> Entry | Outcome:
+    ) -> Entry | FileOutcome:
         """A companion without its photo in the batch: it follows the photo filed, or waits, or stays."""
         path = prep.path
         if not os.path.lexists(path):
             if self._moved_with_photo(path):
-                return Outcome(path, Fate.SKIPPED, reason="moved with its photo")
+                return FileOutcome(path, Fate.SKIPPED, reason="moved with its photo")
             note = Entry(
                 action=Action.SKIPPED, source=path, size=prep.size, reason="vanished", batch_id=batch_id
             )
-            return Outcome(path, Fate.SKIPPED, entry=note, reason=note.reason)
+            return FileOutcome(path, Fate.SKIPPED, entry=note, reason=note.reason)
         if self._restored_by_undo(prep):
-            return Outcome(path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+            return FileOutcome(path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
         if companions.leads(path, settings):
             # The photo takes it along when it is filed, or it follows the photo at a later try.
-            return Outcome(path, Fate.RETRY, reason="waits for its photo", waiting=True)
+            return FileOutcome(path, Fate.RETRY, reason="waits for its photo", waiting=True)
         follow = self._filed_lead(path, settings)
         if follow is not None:
             return self._follower(prep, follow, batch_id, reserve)
         if _is_raw(path):  # its JPEG went away unfiled: the RAW is a photo of its own after all
-            return Outcome(path, Fate.RETRY, reason="read again as a photo: no JPEG beside it now")
+            return FileOutcome(path, Fate.RETRY, reason="read again as a photo: no JPEG beside it now")
         try:
             age = time.time() - os.lstat(path).st_ctime
         except OSError:
             age = settings.companion_wait_s
         if age < settings.companion_wait_s:  # its photo may be on its way
-            return Outcome(path, Fate.RETRY, reason="waits for a photo of its name", waiting=True)
+            return FileOutcome(path, Fate.RETRY, reason="waits for a photo of its name", waiting=True)
         what = companions.kind(path, settings)
         if what == companions.Kind.VIDEO and settings.videos_album:
             taken = datetime.fromtimestamp(prep.sig[1] / 1e9) if prep.sig else None
@@ -541,7 +541,7 @@ class Processor:
             reason=f"a {what} without a photo of its name",
             batch_id=batch_id,
         )
-        return Outcome(path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+        return FileOutcome(path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
 
     def _follower(
         self, prep: Prepared, follow: Entry, batch_id: str, reserve: Callable[[Path, str], Path]
@@ -649,10 +649,10 @@ class Processor:
         recent = self.journal.history(file=entry.source, limit=1)
         return not (recent and recent[0].action == Action.SKIPPED and recent[0].reason == entry.reason)
 
-    def _commit(self, intents: list[tuple[Prepared, Entry]], notes: list[Entry]) -> list[Outcome]:
+    def _commit(self, intents: list[tuple[Prepared, Entry]], notes: list[Entry]) -> list[FileOutcome]:
         """Journal, move and settle the batch's intents (cened.executing), and say what became of each."""
         assert self.journal is not None
-        failures: dict[int, Outcome] = {}  # by id() of the entry
+        failures: dict[int, FileOutcome] = {}  # by id() of the entry
 
         def on_failure(entry: Entry, exc: OSError) -> str | None:
             prep = next(p for p, e in intents if e is entry)
@@ -666,17 +666,19 @@ class Processor:
             orphan=executing.Orphan.DROP,
             on_failure=on_failure,
         )
-        outcomes: list[Outcome] = []
+        outcomes: list[FileOutcome] = []
         for (prep, entry), done in zip(intents, executed, strict=True):
             if done.orphaned:  # it goes with its photo's next try, found beside it again
-                outcomes.append(Outcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True))
+                outcomes.append(
+                    FileOutcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True)
+                )
             elif done.error is not None:
                 outcomes.append(failures[id(entry)])
             else:
-                outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
+                outcomes.append(FileOutcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
         return outcomes
 
-    def _repeats(self, outcome: Outcome) -> bool:
+    def _repeats(self, outcome: FileOutcome) -> bool:
         """Whether a failure repeats its photo's last one: its intent is then dropped rather than kept.
 
         A photo retried on a full disk or a read-only inbox would otherwise
@@ -701,7 +703,7 @@ class Processor:
         outcome.repeat = True
         return True
 
-    def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
+    def run(self, files: Sequence[Path], pool: Executor) -> Iterator[FileOutcome]:
         """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads.
 
         A photo that waited for a twin of its batch is taken again after the rest.
@@ -788,7 +790,7 @@ def _relative(path: Path, root: Path) -> str:
     return os.fsdecode(path.relative_to(root)) if path.is_relative_to(root) else os.fsdecode(path)
 
 
-def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
+def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> FileOutcome:
     """What a failed move leaves: the photo in the inbox, to retry or not, and why."""
     if isinstance(exc, moving.SourceKept):
         # A read-only inbox: the link or copy was taken back, so the photo is
@@ -796,19 +798,19 @@ def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
         if exc.undone:
             reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); kept there"
             fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-            return Outcome(prep.path, fate, entry=entry, reason=reason)
+            return FileOutcome(prep.path, fate, entry=entry, reason=reason)
         # In both places: a retry would only make a third copy.
         reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
-        return Outcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+        return FileOutcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
     if isinstance(exc, FileNotFoundError):
         if os.path.lexists(prep.path):
-            return Outcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
-        return Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
+            return FileOutcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
+        return FileOutcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
     fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-    return Outcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
+    return FileOutcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
 
 
-def _log_outcome(outcome: Outcome) -> None:
+def _log_outcome(outcome: FileOutcome) -> None:
     entry = outcome.entry
     fields: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
     if outcome.reason:

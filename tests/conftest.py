@@ -23,7 +23,7 @@ from cened.config import Settings, load_settings
 from cened.journal import Journal
 from cened.ml.classifying import Classifier
 from cened.ml.modelpack import ModelMeta
-from cened.pipeline import Outcome, Processor, prepare
+from cened.pipeline import FileOutcome, Processor, prepare
 
 #: The classes of the shipped model (and of the small test model built here).
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -132,7 +132,7 @@ def filing(settings: Settings, classifier: Classifier):
     """File paths as one batch with the real pipeline, under ``settings`` changed by keyword."""
     journal = Journal(settings.database)
 
-    def _file(*paths: Path, **changes: object) -> list[Outcome]:
+    def _file(*paths: Path, **changes: object) -> list[FileOutcome]:
         s = settings.model_copy(update=changes)
         processor = Processor(classifier, journal, lambda: s)
         return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])

@@ -20,7 +20,7 @@ from cened.config import Settings
 from cened.journal import Journal
 from cened.ml.classifying import Classifier
 from cened.ml.imaging import decode
-from cened.pipeline import Outcome, Processor, prepare
+from cened.pipeline import FileOutcome, Processor, prepare
 
 PHOTO = (800, 600)
 
@@ -50,7 +50,7 @@ def nearest_class(pixels: np.ndarray) -> str:
 def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)
 
-    def _run(path: Path, thumbnail_min_side: int) -> Outcome:
+    def _run(path: Path, thumbnail_min_side: int) -> FileOutcome:
         current = settings.model_copy(update={"thumbnail_min_side": thumbnail_min_side})
         processor = Processor(classifier, journal, lambda: current)
         (outcome,) = processor.process([prepare(path, current, classifier.meta.input_size)])

@@ -70,7 +70,7 @@ def report_moves(entries: list[Entry], verb: str) -> int:
     return ExitCode.REFUSED if failed else ExitCode.OK
 
 
-def print_learned(outcome: learn.Outcome) -> None:
+def print_learned(outcome: learn.LearnReport) -> None:
     """A learned version against the one in use, as ``learn`` and ``album add/remove`` report it."""
     from rich.console import Console
     from rich.table import Table

@@ -14,7 +14,7 @@ from cened.config import Settings
 from cened.errors import ExitCode
 
 if TYPE_CHECKING:
-    from cened.pipeline import Outcome
+    from cened.pipeline import FileOutcome
 
 NAME = "classify"
 HELP = "classify files or folders once; moves nothing without --apply"
@@ -64,7 +64,7 @@ def _expand(paths: Sequence[Path], settings: Settings) -> Iterator[Path]:
             yield path
 
 
-def _outcome_row(outcome: Outcome, *, applied: bool) -> dict[str, object]:
+def _outcome_row(outcome: FileOutcome, *, applied: bool) -> dict[str, object]:
     """One line of ``cened classify``: the decision, where the photo went (or would go), or why not."""
     from cened.journal import Action
 
@@ -84,7 +84,7 @@ def _outcome_row(outcome: Outcome, *, applied: bool) -> dict[str, object]:
     return row
 
 
-def _answered(outcome: Outcome) -> bool:
+def _answered(outcome: FileOutcome) -> bool:
     """The model classified the photo: filed in its album, or apart as a duplicate."""
     from cened.journal import Action
 

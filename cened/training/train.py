@@ -56,8 +56,7 @@ class TrainConfig:
     """Everything that determines the trained model besides the data (stored in metadata)."""
 
     variant: str = "lite0"
-    # The training photos are 150 px: at 160 the network costs 0.52-0.55x the CPU of 224 and measured
-    # 95.04% against 94.51% on the same split (README, "The model").
+    # The training photos are 150 px: 160 costs about half the CPU of 224 (docs/model.md).
     input_size: int = 160
     views: int = 6
     finetune_blocks: int = 5
