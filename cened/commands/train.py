@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     parser.add_argument(
-        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders with one sub-folder of images per class (several: their photos together)",
     )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
     parser.add_argument("--variant", default=d.variant, choices=["lite0", "lite1", "lite2", "lite3", "lite4"])
