@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     CONFIG = 2  # bad configuration or arguments
     MODEL = 3  # the model cannot be loaded or used
     DATABASE = 4  # the database cannot be used
+    PIPE = 141  # the reader of stdout went away (`| head`): what a shell says of a process SIGPIPE ended
 
 
 class CenedError(Exception):

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 NAME = "evaluate"
 HELP = "measure a model on the validation split and write its card"
+EXAMPLES = """
+cened evaluate --data ~/datasets/landscapes --model models/mine
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

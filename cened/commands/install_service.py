@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 NAME = "install-service"
 HELP = "write a systemd unit for cened and print how to enable it"
+EXAMPLES = """
+cened install-service --user
+cened install-service --print
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 NAME = "train"
 HELP = "train a model from a folder of labelled images"
+EXAMPLES = """
+cened train --data ~/datasets/landscapes --out models/mine   # needs the [train] extra
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
