@@ -43,8 +43,8 @@ def work(settings: Settings, other_model_dir: Path, tmp_path: Path) -> tuple[Pat
     return config, tmp_path
 
 
-def test_the_daemon_classify_and_learn_never_import_tensorflow(work: tuple[Path, Path]) -> None:
-    result = _without_tensorflow(*work, "classify", "apply", "learn", "daemon")
+def test_the_daemon_classify_learn_and_review_never_import_tensorflow(work: tuple[Path, Path]) -> None:
+    result = _without_tensorflow(*work, "classify", "apply", "learn", "daemon", "review")
     for step, run in result["steps"].items():
         assert run["code"] == 0, (step, run["err"][-2000:])
     assert "would move" in result["steps"]["classify"]["out"]

@@ -51,6 +51,33 @@ def _daemon(config: Path, work: Path) -> dict[str, object]:
     return {"code": 0 if filed else 1, "out": "", "err": ""}
 
 
+def _review(config: Path) -> dict[str, object]:
+    """The review page and a thumbnail, over HTTP, from a server in this process."""
+    import threading
+    import urllib.request
+
+    from cened.config import load_settings
+    from cened.journal import Journal
+    from cened.review import ReviewServer
+
+    settings = load_settings(config)
+    with Journal(settings.database, readonly=True) as journal:
+        row = journal.history(limit=1)[0]
+    server = ReviewServer(settings)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        with (
+            urllib.request.urlopen(server.url) as page,
+            urllib.request.urlopen(f"{server.url}thumb/{row.id}") as t,
+        ):
+            ok = page.status == 200 and t.status == 200 and t.read()[:2] == b"\xff\xd8"
+    finally:
+        server.close()
+        thread.join(timeout=10)
+    return {"code": 0 if ok else 1, "out": "", "err": ""}
+
+
 def main() -> None:
     config, work, steps = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     c = ["--config", str(config)]
@@ -59,6 +86,7 @@ def main() -> None:
         "apply": lambda: _cli(*c, "classify", str(work / "photos"), "--apply"),
         "learn": lambda: _cli(*c, "album", "add", "magenta", str(work / "magenta")),
         "daemon": lambda: _daemon(config, work),
+        "review": lambda: _review(config),
         "bench": lambda: _cli(*c, "bench", "--quick", "--json", "--cache", str(work / "cache")),
         "train": lambda: _cli("train", "--data", str(work / "photos"), "--out", str(work / "model")),
         "evaluate": lambda: _cli("evaluate", "--data", str(work / "photos"), "--model", str(work / "m")),

@@ -27,6 +27,7 @@ COMMANDS = (
     "history",
     "undo",
     "correct",
+    "review",
     "corrections",
     "stats",
     "album",
