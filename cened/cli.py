@@ -58,7 +58,12 @@ def _reader_gone() -> int:
     return ExitCode.PIPE
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, whole: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``cened``; ``whole``: with every command's options declared up front.
+
+    Normally a command's options are declared only once it is chosen (see
+    :class:`CommandParser`); shell completion needs them all at once.
+    """
     parser = argparse.ArgumentParser(prog="cened", description="Sort photos from an inbox into albums.")
     parser.add_argument("--version", action="version", version=f"cened {__version__}")
     parser.add_argument("-c", "--config", type=Path, help=CONFIG_HELP)
@@ -76,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         # SUPPRESS: when not given here, the global option's value (or None) stands.
         p.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
         p.set_defaults(func=command.run)
+        if whole:
+            p.declare()
     return parser
 
 
@@ -108,10 +115,14 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        self.declare()
+        return super().parse_known_args(args, namespace)
+
+    def declare(self) -> None:
+        """Declare the command's options, once."""
         command, self._command = self._command, None
         if command is not None:
             command.add_arguments(self)
-        return super().parse_known_args(args, namespace)
 
 
 if __name__ == "__main__":

@@ -39,4 +39,5 @@ COMMANDS = (
     "doctor",
     "bench",
     "reload",
+    "completion",
 )
