@@ -76,8 +76,13 @@ class Card:
         return self.row.destination.name if self.row.destination else self.row.source.name
 
 
-def make_app(settings: Settings, token: str, allowed_hosts: set[str]) -> Flask:
-    """The review page's WSGI app, every URL below ``/<token>/``."""
+def make_app(settings: Settings, token: str, allowed_hosts: set[str] | None) -> Flask:
+    """The review page's WSGI app, every URL below ``/<token>/``.
+
+    ``allowed_hosts``: the Host headers it answers to; None (bound to every
+    address, reached by names it cannot know) takes any, and then the token
+    alone keeps other sites out.
+    """
     app = Flask("cened.review", template_folder=str(Path(__file__).with_name("templates")))
     app.config.update(MAX_CONTENT_LENGTH=64 * 1024)  # forms of a few fields: nothing big is posted
     places = Places.of(settings)
@@ -89,7 +94,7 @@ def make_app(settings: Settings, token: str, allowed_hosts: set[str]) -> Flask:
         first = request.path.lstrip("/").split("/", 1)[0]
         if not hmac.compare_digest(first.encode(), token.encode()):
             abort(404)
-        if request.host not in allowed_hosts:
+        if allowed_hosts is not None and request.host not in allowed_hosts:
             abort(400, "this server answers only to the address it printed")
         if request.method not in ("GET", "HEAD"):
             _check_same_origin(token, allowed_hosts)
@@ -201,12 +206,13 @@ def _looked_at(settings: Settings) -> set[str]:
     return {settings.review_album, *([settings.other_album] if settings.other_album else [])}
 
 
-def _check_same_origin(token: str, allowed_hosts: set[str]) -> None:
+def _check_same_origin(token: str, allowed_hosts: set[str] | None) -> None:
     """A request that changes something must come from this page (see the module's docstring)."""
     if not hmac.compare_digest(request.form.get("token", "").encode(), token.encode()):
         abort(403, "the form's token is missing or wrong")
     origin = request.headers.get("Origin")
-    if origin is not None and (origin == "null" or urlsplit(origin).netloc not in allowed_hosts):
+    ours = allowed_hosts if allowed_hosts is not None else {request.host}
+    if origin is not None and (origin == "null" or urlsplit(origin).netloc not in ours):
         abort(403, "a request from another site")
     if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin", "none"):
         abort(403, "a request from another site")
@@ -326,7 +332,9 @@ class ReviewServer:
         )
         self.port = int(self._server.effective_port)
         shown = f"[{host}]" if ":" in host else host
-        allowed = {f"{name}:{self.port}" for name in (shown, "127.0.0.1", "localhost", "[::1]")}
+        allowed: set[str] | None = {f"{n}:{self.port}" for n in (shown, "127.0.0.1", "localhost", "[::1]")}
+        if host in ("0.0.0.0", "::", ""):  # every address: the names it is reached by are unknown here
+            allowed = None
         app.app = make_app(settings, self.token, allowed)
         self.url = f"http://{shown}:{self.port}/{self.token}/"
         self._stopping = threading.Event()

@@ -21,7 +21,7 @@ from conftest import write_config
 from cened.cli import main
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, ExitCode
-from cened.journal import Action, Entry, Journal
+from cened.journal import Action, Entry, Journal, State
 
 
 def _rows(settings: Settings) -> list[tuple]:
@@ -106,6 +106,30 @@ def test_messages_name_actions_not_their_enum(
     assert main(["--config", str(config), "undo", str(note.id)]) == ExitCode.REFUSED
     err = capsys.readouterr().err
     assert f"#{note.id} is a skipped row" in err and "<Action" not in err
+
+
+def test_history_says_an_other_photo_is_like_none_of_the_classes(
+    filed: tuple[Path, dict[str, int]],
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, _ = filed
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row: the table folds long cells
+    kitchen = Entry(
+        action=Action.OTHER,
+        source=settings.inbox / "kitchen.jpg",
+        destination=settings.library / "other" / "kitchen.jpg",
+        label="buildings",
+        album="other",
+        confidence=0.92,
+        state=State.DONE,
+    )
+    with Journal(settings.database) as journal:
+        journal.add([kitchen])
+    assert main(["--config", str(config), "history", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "none (nearest buildings)" in out
 
 
 def test_a_closed_pipe_ends_quietly(filed: tuple[Path, dict[str, int]], settings: Settings) -> None:

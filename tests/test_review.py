@@ -151,6 +151,22 @@ def test_a_row_that_leads_out_of_the_library_is_not_served(site: Site, tmp_path:
         assert site.get(f"thumb/{row.id}")[0] == 404
 
 
+def test_bound_to_every_address_it_takes_any_host_but_still_checks_the_origin(settings: Settings) -> None:
+    server = ReviewServer(settings, host="0.0.0.0")
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        site = Site(settings, server, {})
+        assert site.get("", headers={"Host": f"photos.lan:{server.port}"})[0] == 200
+        assert site.get("", headers={"Host": f"photos.lan:{server.port}"})[0] == 200
+        host = {"Host": f"photos.lan:{server.port}", "Origin": "http://evil.example"}
+        assert site.post("undo", host, id="1", token=server.token)[0] == 403
+        assert site.raw("GET", "/", headers={"Host": "photos.lan"})[0] == 404  # the token, still
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
 def test_a_request_from_another_site_changes_nothing(site: Site) -> None:
     before = site.rows()
     row = str(site.ids["unsure-1.jpg"])

@@ -69,7 +69,7 @@ def _table(rows: list[Entry], settings: Settings) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from cened.journal import State
+    from cened.journal import Action, State
 
     table = Table(show_lines=False, header_style="bold")
     for column in ("id", "time", "action", "file", "→", "label", "conf", "note"):
@@ -83,13 +83,15 @@ def _table(rows: list[Entry], settings: Settings) -> None:
         seen = _PIXEL_SOURCES.get(r.pixel_source or "")
         if seen:
             note = f"{seen}; {note}" if note else seen
+        # A photo in other is like none of the classes: its top class is only the nearest one.
+        label = f"none (nearest {r.label})" if r.action == Action.OTHER and r.label else r.label or ""
         table.add_row(
             str(r.id),
             r.time[5:16].replace("T", " "),
             action,
             _common.short(r.source, settings),
             dest,
-            r.label or "",
+            label,
             f"{r.confidence:.2f}" if r.confidence is not None else "",
             note,
         )

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         raise JournalError(f"no database at {settings.database} yet (has cened run?)")
     server = ReviewServer(settings, args.host, args.port)
     print(f"cened review: {server.url}", flush=True)
+    if args.host in ("0.0.0.0", "::"):
+        print(f"  on every address: use this machine's name or address in place of {args.host}", flush=True)
     print("  the address holds a secret: anyone with it may file your photos; Ctrl-C stops", flush=True)
     if args.open:
         webbrowser.open(server.url)
