@@ -9,6 +9,7 @@ that does nothing is the kind of mistake users never find.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from datetime import datetime
@@ -16,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -234,12 +236,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """
     if config is None and os.environ.get("CENED_CONFIG"):
         config = Path(os.environ["CENED_CONFIG"])
+    in_file: dict[str, Any] = {}
     if config is not None:
         config = config.expanduser()
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist")
         try:
-            tomllib.loads(config.read_text(encoding="utf-8"))
+            in_file = tomllib.loads(config.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {config} is not valid TOML: {exc}") from exc
 
@@ -249,10 +252,29 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     try:
         return _FromFile(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, config, in_file, overrides) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _problem(err: Any, config: Path | None, in_file: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """One validation error as a person can act on it: where the key was set, and for a
+    misspelt key the nearest one that exists."""
+    key = ".".join(str(p) for p in err["loc"])
+    top = str(err["loc"][0]) if err["loc"] else ""
+    env = f"{Settings.model_config['env_prefix']}{top.upper()}"
+    if top in overrides:
+        where = ""
+    elif top in in_file and config is not None:
+        where = f"{config}: "
+    elif top and env in os.environ:
+        where = f"${env}: "
+    else:
+        where = f"{config}: " if config is not None and top else ""
+    if err["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(top, list(Settings.model_fields), n=1, cutoff=0.6)
+        guess = f" (did you mean {near[0]!r}?)" if near else " (config.example.toml lists every key)"
+        return f"{where}unknown key {key!r}{guess}"
+    return f"{where}{key or 'config'}: {err['msg']}"
 
 
 def check_folders(settings: Settings) -> None:
@@ -275,7 +297,10 @@ def check_folders(settings: Settings) -> None:
     for key, folder in folders.items():
         probe = folder / f".cened-probe-{os.getpid()}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                # Named, since a missing inbox is as often a typo in the config as a first start.
+                structlog.get_logger("cened.config").info("created-folder", folder=key, path=str(folder))
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
         except OSError as exc:

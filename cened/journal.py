@@ -249,6 +249,26 @@ _COLUMNS = (
 )
 
 
+def _filters(
+    since: str | None, file: Path | None, batch_id: str | None, actions: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of :meth:`Journal.history` and :meth:`Journal.count`."""
+    clauses, params = ["1"], []
+    if since:
+        clauses.append("time >= ?")
+        params.append(since)
+    if file is not None:
+        clauses.append("(source = ? OR destination = ?)")
+        params += [path_to_db(file)] * 2
+    if batch_id:
+        clauses.append("batch_id = ?")
+        params.append(batch_id)
+    if actions:
+        clauses.append(f"action IN ({', '.join('?' * len(actions))})")
+        params += list(actions)
+    return " AND ".join(clauses), params
+
+
 def _to_row(entry: Entry) -> tuple[Any, ...]:
     values = []
     for col in _COLUMNS[1:]:
@@ -444,24 +464,25 @@ class Journal:
         actions: Sequence[str] | None = None,
     ) -> list[Entry]:
         """Newest last; ``file`` matches either end of a move."""
-        clauses, params = ["1"], []
-        if since:
-            clauses.append("time >= ?")
-            params.append(since)
-        if file is not None:
-            clauses.append("(source = ? OR destination = ?)")
-            params += [path_to_db(file)] * 2
-        if batch_id:
-            clauses.append("batch_id = ?")
-            params.append(batch_id)
-        if actions:
-            clauses.append(f"action IN ({', '.join('?' * len(actions))})")
-            params += list(actions)
-        where = " AND ".join(clauses)
+        where, params = _filters(since, file, batch_id, actions)
         if limit is None:
             return self._select(where, params)
         rows = self._select(where, params, f"ORDER BY id DESC LIMIT {int(limit)}")
         return rows[::-1]
+
+    def count(
+        self,
+        *,
+        since: str | None = None,
+        file: Path | None = None,
+        batch_id: str | None = None,
+        actions: Sequence[str] | None = None,
+    ) -> int:
+        """How many rows :meth:`history` would give without a limit."""
+        where, params = _filters(since, file, batch_id, actions)
+        with self._guard(reading=True):
+            (n,) = self.conn.execute(f"SELECT count(*) FROM decisions WHERE {where}", params).fetchone()
+        return int(n)
 
     def successor(self, row_id: int) -> Entry | None:
         """The undo or correction that superseded a row, if one was completed or is under way."""
@@ -535,6 +556,15 @@ class Journal:
         """The latest row about ``source`` older than row ``before``: what happened to it last time."""
         rows = self._select("source = ? AND id < ?", (path_to_db(source), before), "ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
+
+    def albums(self) -> list[str]:
+        """Every album a completed row filed or moved a photo into."""
+        with self._guard(reading=True):
+            rows = self.conn.execute(
+                "SELECT DISTINCT album FROM decisions WHERE state = ? AND album IS NOT NULL ORDER BY 1",
+                (State.DONE,),
+            )
+            return [album for (album,) in rows]
 
     def stats(self) -> Stats:
         """What ``cened stats`` shows: completed rows per album and per action."""

@@ -309,12 +309,23 @@ class Plan:
 
 
 @dataclass
+class Imagined:
+    """What a dry run's earlier batches would have done: names taken, contents filed, files moved."""
+
+    names: set[Path] = field(default_factory=set)
+    contents: dict[str | None, Path] = field(default_factory=dict)
+    moved: set[Path] = field(default_factory=set)
+
+
+@dataclass
 class Processor:
     """Classifies and files prepared batches.
 
     With ``simulate`` (``cened classify`` without ``--apply``) every decision
     and destination is worked out exactly as for real, and nothing is written
-    or moved; the journal, when there is one, is only read.
+    or moved; the journal, when there is one, is only read.  What earlier
+    batches would have done is kept (:class:`Imagined`), so a later batch
+    sees it as it would after a real run.
     """
 
     classifier: Classifier
@@ -323,6 +334,7 @@ class Processor:
     counters: dict[str, int] = field(default_factory=dict)
     simulate: bool = False
     listings: companions.Listings = field(default_factory=companions.Listings)
+    imagined: Imagined = field(default_factory=lambda: Imagined())
 
     def __post_init__(self) -> None:
         if self.journal is None and not self.simulate:
@@ -345,10 +357,14 @@ class Processor:
 
         The :meth:`plan` is carried out (:meth:`commit`), or with ``simulate`` only reported.
         """
-        plan = self.plan(batch, scores)
-        if self.simulate:
-            return plan.outcomes + plan.would_be()
-        return self.commit(plan)
+        if not self.simulate:
+            return self.commit(self.plan(batch, scores))
+        # A file an earlier batch's photo would have taken along is gone by now, for real.
+        gone = [p for p in batch if p.path in self.imagined.moved]
+        plan = self.plan([p for p in batch if p.path not in self.imagined.moved], scores)
+        self.imagined.moved.update(prep.path for prep, _ in plan.intents)
+        taken = [FileOutcome(p.path, Fate.SKIPPED, reason="moved with its photo") for p in gone]
+        return taken + plan.outcomes + plan.would_be()
 
     def plan(self, batch: Sequence[Prepared], scores: Scores | None) -> Plan:
         """Where each file of a scored batch goes: reads the journal and the disk, writes nothing.
@@ -356,7 +372,8 @@ class Processor:
         A photo's companions (cened.companions) found beside it, in the batch or
         on disk, are planned with it: one intent, committed before anything moves.
         """
-        plan = Plan(self.settings(), batch)
+        # A dry run's names stay taken from one batch to the next, as files in the library would.
+        plan = Plan(self.settings(), batch, reserved=self.imagined.names if self.simulate else set())
         self._plan_photos(plan, [p for p in batch if p.verdict == Verdict.DECODED], scores)
         self._plan_unread(plan)
         self._plan_companions(plan)
@@ -373,7 +390,8 @@ class Processor:
     def _plan_photos(self, plan: Plan, decoded: list[Prepared], scores: Scores | None) -> None:
         """The decoded photos: into an album, review or other, or apart as duplicates."""
         settings = plan.settings
-        firsts: dict[str | None, Path] = {}  # content → the photo of this batch that has it
+        # Content → the first photo that has it: of this batch, or of the whole dry run.
+        firsts: dict[str | None, Path] = self.imagined.contents if self.simulate else {}
         for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
             if self._restored_by_undo(prep):
                 plan.outcomes.append(

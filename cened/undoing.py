@@ -11,8 +11,10 @@ that is now taken, nothing is moved and every problem is reported.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from cened import executing, layout, moving
 from cened.config import Settings
-from cened.errors import ConfigError, Refused
+from cened.errors import ConfigError, ModelError, Refused
 from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 
@@ -35,6 +37,19 @@ class UndoError(Refused):
 
     def lines(self) -> list[str]:
         return [f"refused: {problem}" for problem in self.problems] + ["nothing was moved"]
+
+
+class UnknownAlbum(UndoError):
+    """A correction into an album cened does not know: most likely a typo, so nothing moves."""
+
+    def __init__(self, row_id: int, label: str, nearest: str | None) -> None:
+        self.row_id, self.label, self.nearest = row_id, label, nearest
+        guess = f"; did you mean {nearest!r}?" if nearest else ""
+        super().__init__([f"there is no album {label!r}{guess}"])
+
+    def lines(self) -> list[str]:
+        new = shlex.join(["cened", "correct", str(self.row_id), self.label, "--new-album"])
+        return [*super().lines()[:-1], f"to make {self.label!r} a new album: {new}", "nothing was moved"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ def origin(journal: Journal, row: Entry) -> Entry:
 def _check_current(journal: Journal, row: Entry) -> list[str]:
     """Problems that stop ``row``'s photo from being moved again."""
     if row.action not in MOVING_ACTIONS:
-        return [f"#{row.id} is a {row.action!r} row; only moves can be undone or corrected"]
+        return [f"#{row.id} is a {row.action} row; only moves can be undone or corrected"]
     if row.state != State.DONE:
         return [f"#{row.id} is {row.state}, not a completed move"]
     later = journal.successor(row.id or 0)
@@ -223,8 +238,36 @@ def plan_undo(journal: Journal, ids: Sequence[int]) -> list[Planned]:
     return plans
 
 
-def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) -> list[Planned]:
-    """The photo of row ``row_id`` into ``label``'s album, and the files that travel with it; photo first."""
+def known_albums(journal: Journal, settings: Settings) -> set[str]:
+    """What ``correct`` takes without ``new_album``: the model's classes and their albums, your
+    own albums, the albums of the log, and the album folders in the library."""
+    from cened.learn import Albums  # the learner's import is heavy; only a correction pays for it
+    from cened.ml import modelpack
+
+    known = set(journal.albums()) | set(Albums.load(settings.learned_dir).albums)
+    try:
+        classes = modelpack.read_meta(settings.model).classes
+    except ModelError:
+        classes = ()
+    known |= {*classes, *(settings.album_for(c) for c in classes), settings.review_album}
+    if settings.other_album:
+        known.add(settings.other_album)
+    if settings.layout.startswith("{album}") and settings.library.is_dir():
+        known |= {
+            p.name for p in settings.library.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+        }
+    return known
+
+
+def plan_correct(
+    journal: Journal, settings: Settings, row_id: int, label: str, *, new_album: bool = False
+) -> list[Planned]:
+    """The photo of row ``row_id`` into ``label``'s album, and the files that travel with it; photo first.
+
+    ``label`` must name an album cened knows (:func:`known_albums`) unless
+    ``new_album``: a typo would otherwise make an album of its own, and be
+    learned from as a label.
+    """
     row = journal.get(row_id)
     if row is None:
         raise UndoError([f"#{row_id} does not exist"])
@@ -234,8 +277,13 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     if problems:
         raise UndoError(problems)
     album = settings.album_for(label)
-    if not label or "/" in label or label in (".", ".."):
+    if not label or "/" in label or label in (".", "..") or "\0" in label:
         raise UndoError([f"{label!r} is not a usable album name"])
+    if not new_album:
+        known = known_albums(journal, settings)
+        if label not in known and album not in known:
+            near = difflib.get_close_matches(label, sorted(known), n=1, cutoff=0.6)
+            raise UnknownAlbum(row_id, label, near[0] if near else None)
     assert row.destination is not None
     # Dated folders come from the photo itself, so it keeps its date folders in its new album.
     taken = None

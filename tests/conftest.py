@@ -142,6 +142,23 @@ def filing(settings: Settings, classifier: Classifier):
 
 
 @pytest.fixture
+def filed(settings: Settings, classifier: Classifier, tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """Three photos filed by the real pipeline; returns (config path, {name: row id})."""
+    paths = [
+        write_photo(settings.inbox / "a.jpg", "sea", seed=1),
+        write_photo(settings.inbox / "b.jpg", "forest", seed=2),
+        write_photo(settings.inbox / "c.jpg", "glacier", seed=3),
+    ]
+    with Journal(settings.database) as journal:
+        outcomes = Processor(classifier, journal, lambda: settings).process(
+            [prepare(p, settings, classifier.meta.input_size) for p in paths]
+        )
+    assert [o.fate for o in outcomes] == ["moved"] * 3
+    config = write_config(tmp_path / "cened.toml", settings)
+    return config, {o.path.name: o.entry.id for o in outcomes}
+
+
+@pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, Path]:
     paths = {name: tmp_path / name for name in ("inbox", "library", "state")}
     for p in paths.values():

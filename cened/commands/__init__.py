@@ -27,6 +27,7 @@ COMMANDS = (
     "history",
     "undo",
     "correct",
+    "review",
     "corrections",
     "stats",
     "album",
@@ -38,4 +39,5 @@ COMMANDS = (
     "doctor",
     "bench",
     "reload",
+    "completion",
 )

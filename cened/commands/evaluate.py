@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cened.commands import _common
-from cened.errors import ConfigError
+from cened.errors import ConfigError, require
 
 if TYPE_CHECKING:
     from cened.ml.modelpack import ModelMeta
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 NAME = "evaluate"
 HELP = "measure a model on the validation split and write its card"
+EXAMPLES = """
+cened evaluate --data ~/datasets/landscapes --model models/mine
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     An unusable model is a :class:`cened.errors.ModelError`; an unusable data
     folder, or ``--split val`` for a model that names no split, a :class:`ConfigError`.
     """
+    require("tensorflow", "cened evaluate")
     import numpy as np
 
     from cened import logsetup

@@ -9,13 +9,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from cened.errors import ConfigError, Refused
+from cened.errors import ConfigError, Refused, require
 
 if TYPE_CHECKING:
     from cened.training.train import TrainConfig
 
 NAME = "train"
 HELP = "train a model from a folder of labelled images"
+EXAMPLES = """
+cened train --data ~/datasets/landscapes --out models/mine   # needs the [train] extra
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     A missing or unusable data folder, or settings it cannot train with, are
     :class:`ConfigError`; a missing package (the ImageNet weights, torch) is :class:`Refused`.
     """
+    require("tensorflow", "cened train")
     from cened.ml import novelty
     from cened.training.train import Precision, fit_novelty, train
 
