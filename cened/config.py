@@ -120,7 +120,6 @@ class Settings(BaseSettings):
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)
-    max_megapixels: float = Field(100.0, gt=0)
     decode_memory_mb: float = Field(512.0, ge=16)
     retry_max_s: float = Field(300.0, ge=1.0)
 
@@ -191,10 +190,6 @@ class Settings(BaseSettings):
     @property
     def decode_memory_bytes(self) -> int:
         return int(self.decode_memory_mb * 1024 * 1024)
-
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1_000_000)
 
     def album_folder(self, album: str, taken: datetime | None = None) -> Path:
         """Where a photo of ``album`` goes, by ``layout``; ``taken`` is needed when the layout has dates."""

@@ -194,7 +194,7 @@ def _prepare(
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
     with os.fdopen(fd, "rb") as fh:
         try:
-            cost = imaging.decode_cost(fh, input_size, settings.max_pixels)
+            cost = imaging.decode_cost(fh, input_size, settings.thumbnail_min_side)
             fh.seek(0)
         except OSError as exc:
             return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
@@ -223,7 +223,7 @@ def _read_and_decode(
     hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
-            data, input_size, settings.max_pixels, settings.thumbnail_min_side, max_bytes=cost
+            data, input_size, settings.thumbnail_min_side, max_bytes=cost
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)

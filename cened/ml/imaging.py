@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,8 +27,11 @@ import rawpy
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageMode, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-#: Pixels above which we refuse to decode (a 12 MP photo is 12e6; 100 MP is generous).
-DEFAULT_MAX_PIXELS = 100_000_000
+#: The most pixels a file may claim per byte it holds; more is a decompression bomb.  The
+#: densest images made to test this hold about 1,300 (a flat GIF) and 830 (a flat PNG,
+#: deflate's best); real photos hold well under 100 (a 200 MP HEIC, 10 MB, holds 20).
+#: A few hundred bytes that claim gigapixels are refused whatever route would read them.
+MAX_PIXELS_PER_BYTE = 2000
 #: Bytes one decode may hold when no shared :class:`MemoryBudget` says otherwise.
 DEFAULT_MAX_DECODE_BYTES = 512 * 2**20
 
@@ -46,7 +50,9 @@ DECODERS: dict[str, float] = {
     "TIFF": 1.5,
     "WEBP": 4.5,
     "AVIF": 5.0,
-    "HEIF": 5.0,
+    # libheif's YCbCr planes beside the RGB image (7.2 bytes per pixel for a 36 MP
+    # HEIC of 512 px tiles, where 5.0 had estimated 20).
+    "HEIF": 2.0,
     "JPEG2000": 7.0,
     "PPM": 1.25,
     "TGA": 1.25,
@@ -87,8 +93,10 @@ cv2.setNumThreads(1)
 
 # Truncated files must raise, never decode to a half-grey image we would then file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Our own size check below is the limit; Pillow's warning between its limit and
-# twice that would only be noise in the logs.
+# What decoding costs in bytes (decode_cost) and the pixels per byte of the file
+# (MAX_PIXELS_PER_BYTE) decide, not a pixel count: Pillow's limit of 89 MP would
+# refuse what a current phone shoots (200 MP) before its thumbnail could be read.
+Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 # HEIF/HEIC through Pillow from here on.  One libheif thread per photo, as for OpenCV:
 # the daemon already decodes several photos at once.  Depth maps and other auxiliary
@@ -198,15 +206,6 @@ def _mib(nbytes: int) -> int:
     return math.ceil(nbytes / 2**20)
 
 
-def set_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow's own decompression-bomb guard agree with ours.
-
-    Pillow keeps this limit in a module global; the daemon sets it once from
-    its settings at start-up.
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
 #: Where the pixels a model saw came from; recorded in the log for each photo.
 FROM_PHOTO = "photo"
 FROM_PREVIEW = "exif-preview"
@@ -219,18 +218,16 @@ FROM_RAW_PREVIEW = "raw-preview"
 def decode(
     data: bytes,
     size: tuple[int, int],
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> np.ndarray:
     """The pixels of :func:`decode_with_source`, for callers that need not know where they came from."""
-    return decode_with_source(data, size, max_pixels, thumbnail_min_side, max_bytes)[0]
+    return decode_with_source(data, size, thumbnail_min_side, max_bytes)[0]
 
 
 def decode_with_source(
     data: bytes,
     size: tuple[int, int],
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> tuple[np.ndarray, str]:
@@ -251,13 +248,15 @@ def decode_with_source(
     (:data:`FROM_RAW_PREVIEW`, :func:`_raw_preview`).
 
     Before any pixel is decoded, what the decode will hold at its peak is
-    worked out from the header (:func:`decode_cost`); more than ``max_bytes``
-    is refused as too large.  Whatever goes wrong with the file's content ends
-    in :class:`Rejected`, never in another exception.
+    worked out from the header (:func:`decode_cost`), by the route it will
+    take (a thumbnail, a reduced decode or the whole image); more than
+    ``max_bytes`` is refused as too large, and a file that claims more pixels
+    than its bytes can hold as a decompression bomb.  Whatever goes wrong with
+    the file's content ends in :class:`Rejected`, never in another exception.
     """
     if not data:
         raise Rejected(Reason.EMPTY, "the file has zero bytes")
-    raw = _raw_preview(data, size, max_pixels)
+    raw = _raw_preview(data, size)
     if raw is not None:
         return raw
     _check_boxes(data)
@@ -265,7 +264,7 @@ def decode_with_source(
     try:
         with Image.open(io.BytesIO(data)) as im:
             stored = im.size
-            cost = _plan(im, size, max_pixels)
+            cost = _plan(im, size, thumbnail_min_side, len(data))
             if cost > max_bytes:
                 raise Rejected(
                     Reason.TOO_LARGE,
@@ -279,19 +278,12 @@ def decode_with_source(
                 preview = _exif_thumbnail(im, data, size, thumbnail_min_side, stored)
                 if preview is not None:
                     return fit(upright_rgb(preview), width, height), FROM_PREVIEW
-            if (
-                im.format == "HEIF"
-                and thumbnail_min_side > 0
-                and _use_heif_thumbnail(im, size, thumbnail_min_side)
-            ):
-                im.load()
-                return _fit_loaded(im, width, height), FROM_HEIF_THUMBNAIL
             im.load()
-            return _fit_loaded(im, width, height), FROM_PHOTO
+            # _plan() chose a HEIF's thumbnail where one can stand for the photo.
+            source = FROM_HEIF_THUMBNAIL if im.format == "HEIF" and im.size != stored else FROM_PHOTO
+            return _fit_loaded(im, width, height), source
     except Rejected:
         raise
-    except Image.DecompressionBombError as exc:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise Rejected(Reason.NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from exc
     except NotImplementedError as exc:
@@ -300,7 +292,7 @@ def decode_with_source(
         raise Rejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode_cost(fp: IO[bytes], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+def decode_cost(fp: IO[bytes], size: tuple[int, int], thumbnail_min_side: int = 0) -> int | None:
     """The bytes :func:`decode_with_source` will hold at most for the file open as ``fp``.
 
     Read from the header alone, so a caller can wait for room in a
@@ -308,26 +300,42 @@ def decode_cost(fp: IO[bytes], size: tuple[int, int], max_pixels: int = DEFAULT_
     says nothing usable: decoding will then say what is wrong.
     """
     try:
+        nbytes = os.fstat(fp.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        nbytes = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+    try:
         with Image.open(fp) as im:
-            return _plan(im, size, max_pixels)
+            return _plan(im, size, thumbnail_min_side, nbytes)
     except Exception:  # noqa: BLE001 - the decode itself gives the verdict
         return None
 
 
-def _plan(im: Image.Image, size: tuple[int, int], max_pixels: int) -> int:
-    """Check an opened image against the limits, set up a reduced decode, and return its cost in bytes.
+def check_density(pixels: int, nbytes: int, what: str) -> None:
+    """Refuse a file whose header claims more pixels than ``nbytes`` can hold (MAX_PIXELS_PER_BYTE)."""
+    if pixels > MAX_PIXELS_PER_BYTE * max(nbytes, 1):
+        raise Rejected(
+            Reason.DECOMPRESSION_BOMB,
+            f"{what} claims {pixels} pixels in {nbytes} bytes, more than"
+            f" {MAX_PIXELS_PER_BYTE} pixels per byte that any image holds",
+        )
+
+
+def _plan(im: Image.Image, size: tuple[int, int], thumbnail_min_side: int, nbytes: int) -> int:
+    """Check an opened image, choose the route its decode takes, and return that route's cost in bytes.
 
     The cost is the decoder's peak (its own buffers and the image), plus what
     turning the image into the model's input holds beside it.  A JPEG's
-    ``draft()`` is applied here, so the decode that follows is the one costed.
+    ``draft()`` is applied here, and so is the choice of a HEIF's thumbnail,
+    so the decode that follows is the one costed.  ``nbytes`` is the file's
+    size, against which the pixels the header claims are checked.
     """
     fmt = im.format or "unknown"
     overhead = DECODERS.get(fmt)
     if overhead is None:
         raise Rejected(Reason.UNSUPPORTED, f"{fmt} is not a photo format cened decodes")
     w, h = im.size
-    if w * h > max_pixels:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+    check_density(w * h, nbytes, f"its {w}x{h} {fmt} header")
     cost = 0
     if fmt in ("JPEG", "MPO"):
         if im.info.get("progressive"):
@@ -338,6 +346,8 @@ def _plan(im: Image.Image, size: tuple[int, int], max_pixels: int) -> int:
         # larger side leaves enough pixels after EXIF rotation and the crop.
         side = max(size)
         im.draft("RGB", (side, side))
+        w, h = im.size
+    elif fmt == "HEIF" and thumbnail_min_side > 0 and _use_heif_thumbnail(im, size, thumbnail_min_side):
         w, h = im.size
     cost += math.ceil(_image_bytes(im.mode, w, h) * overhead)
     # The orientation is not always known before decoding (a PNG may store its
@@ -640,7 +650,7 @@ def _check_boxes(data: bytes) -> None:
         at += length
 
 
-def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str] | None:
+def _raw_preview(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, str] | None:
     """The pixels of a camera RAW file's embedded preview, or None when the file is no RAW.
 
     Every camera embeds a JPEG (sometimes a bitmap) preview in its RAW files, made
@@ -666,11 +676,7 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
         except rawpy.LibRawError as exc:
             raise Rejected(Reason.CORRUPT, f"LibRaw cannot open it: {_libraw_message(exc)}") from exc
         sizes = raw.sizes
-        if sizes.raw_width * sizes.raw_height > max_pixels:
-            raise Rejected(
-                Reason.DECOMPRESSION_BOMB,
-                f"{sizes.raw_width}x{sizes.raw_height} sensor pixels exceeds the limit of {max_pixels}",
-            )
+        check_density(sizes.raw_width * sizes.raw_height, len(data), "its sensor")
         try:
             thumb = raw.extract_thumb()
         except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError) as exc:
@@ -688,25 +694,28 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
             return None
         raise Rejected(Reason.RAW_WITHOUT_PREVIEW, f"the RAW file embeds no preview we can read ({missing})")
     try:
-        preview = _raw_thumbnail_image(thumb, orientation)
+        preview = _raw_thumbnail_image(thumb, orientation, size)
         rgb = upright_rgb(preview)
-    except Image.DecompressionBombError as exc:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, f"its preview: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         detail = f"its preview does not decode: {type(exc).__name__}: {exc}"
         raise Rejected(Reason.RAW_WITHOUT_PREVIEW, detail) from exc
     return fit(rgb, size[1], size[0]), FROM_RAW_PREVIEW
 
 
-def _raw_thumbnail_image(thumb: rawpy.Thumbnail, orientation: int) -> Image.Image:
+def _raw_thumbnail_image(thumb: rawpy.Thumbnail, orientation: int, size: tuple[int, int]) -> Image.Image:
     """A RAW's preview as a loaded Pillow image carrying the orientation it is to be shown in.
 
     A JPEG preview's own EXIF orientation wins (LibRaw writes the RAW's into
     previews that have no EXIF block); a preview stored without one, or with
-    "as stored", takes the RAW's (``sizes.flip``).
+    "as stored", takes the RAW's (``sizes.flip``).  Many cameras embed a preview
+    of the sensor's full size: it is decoded at the smallest scale that still
+    gives the model's ``size``, as a large JPEG is (:func:`_plan`).
     """
     if thumb.format == rawpy.ThumbFormat.JPEG:
         im = Image.open(io.BytesIO(thumb.data))
+        check_density(im.size[0] * im.size[1], len(thumb.data), "its preview")
+        side = max(size)
+        im.draft("RGB", (side, side))
         im.load()
     else:
         pixels = np.asarray(thumb.data)
