@@ -54,6 +54,14 @@ class Duplicates(StrEnum):
     SKIP = "skip"  # left in the inbox, noted once
 
 
+class NearDuplicates(StrEnum):
+    """What becomes of a photo that is the same picture as one in the library, or a frame of its burst."""
+
+    GROUP = "group"  # filed beside it, in its album, as one group that undo and correct move together
+    SEPARATE = "separate"  # the same picture goes to <library>/_duplicates; a burst frame is grouped
+    KEEP = "keep"  # filed like any photo
+
+
 def _home() -> Path:
     return Path(os.environ.get("HOME") or Path.home())
 
@@ -98,6 +106,7 @@ class Settings(BaseSettings):
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
     duplicates: Duplicates = Duplicates.SEPARATE
+    near_duplicates: NearDuplicates = NearDuplicates.GROUP
     # A video with no photo of its name goes here, unclassified; "" leaves it in the inbox.
     videos_album: str = ""
     # How long a sidecar or video with no photo of its name waits for one to arrive.

@@ -34,6 +34,7 @@ COMMANDS = (
     "model",
     "train",
     "evaluate",
+    "near_duplicates",
     "install_service",
     "doctor",
     "bench",
