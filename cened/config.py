@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64)
     model_threads: int = Field(0, ge=0, le=64)
     model_workers: int = Field(0, ge=0, le=16)
-    thumbnail_min_side: int = Field(240, ge=0, le=10_000)
+    thumbnail_min_side: int = Field(160, ge=0, le=10_000)
 
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     review_album: str = "review"

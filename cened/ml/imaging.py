@@ -209,6 +209,8 @@ def _mib(nbytes: int) -> int:
 #: Where the pixels a model saw came from; recorded in the log for each photo.
 FROM_PHOTO = "photo"
 FROM_PREVIEW = "exif-preview"
+#: A camera JPEG's large preview, stored after the photo as a second image (CIPA MPF).
+FROM_MPF_PREVIEW = "mpf-preview"
 #: A HEIF's own thumbnail item (iPhones store one beside every photo).
 FROM_HEIF_THUMBNAIL = "heif-thumbnail"
 #: The preview a camera embeds in its RAW file (a RAW is never demosaiced here).
@@ -274,10 +276,13 @@ def decode_with_source(
             small = _small_jpeg_pixels(im, data, size)
             if small is not None:
                 return enlarge(small, width, height), FROM_PHOTO
-            if im.format == "JPEG" and thumbnail_min_side > 0:
+            if im.format in ("JPEG", "MPO") and thumbnail_min_side > 0:
                 preview = _exif_thumbnail(im, data, size, thumbnail_min_side, stored)
                 if preview is not None:
                     return fit(upright_rgb(preview), width, height), FROM_PREVIEW
+                preview = _mpf_preview(im, data, size, thumbnail_min_side, stored)
+                if preview is not None:
+                    return fit(upright_rgb(preview), width, height), FROM_MPF_PREVIEW
             im.load()
             # _plan() chose a HEIF's thumbnail where one can stand for the photo.
             source = FROM_HEIF_THUMBNAIL if im.format == "HEIF" and im.size != stored else FROM_PHOTO
@@ -340,8 +345,7 @@ def _plan(im: Image.Image, size: tuple[int, int], thumbnail_min_side: int, nbyte
     if fmt in ("JPEG", "MPO"):
         if im.info.get("progressive"):
             cost += math.ceil(COEFFICIENT_BYTES * w * h * _jpeg_samples_per_pixel(im))
-        if fmt == "JPEG":
-            cost += math.ceil(PREVIEW_MAX_PIXELS * RGB_PIXEL_BYTES * overhead)
+        cost += math.ceil(PREVIEW_MAX_PIXELS * RGB_PIXEL_BYTES * overhead)  # a preview tried first
         # draft() keeps both sides >= the request; asking for a square of the
         # larger side leaves enough pixels after EXIF rotation and the crop.
         side = max(size)
@@ -600,6 +604,71 @@ def _exif_thumbnail(
         return thumb
     except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
         return None
+
+
+def _mpf_preview(
+    im: Image.Image, data: bytes, size: tuple[int, int], min_side: int, stored: tuple[int, int]
+) -> Image.Image | None:
+    """A camera JPEG's large preview (an MPF "large thumbnail"), loaded, or None to decode the photo.
+
+    Cameras store a 1-2 MP copy of the photo after it in the same file (CIPA
+    DC-007: VGA- or Full-HD-sized "large thumbnails"), which decodes at 1/8
+    scale in a few milliseconds where the photo's own Huffman data costs tens.
+    Only those two image types are taken: other second images are another eye
+    of a stereo pair, a panorama's next frame or a phone's HDR gain map.  The
+    same rules as for the EXIF preview (:func:`_exif_thumbnail`): a large photo,
+    a preview at least ``min_side`` on its short side and of the photo's shape.
+    It comes after the photo, so a preview that ends in the file with its
+    end-of-image marker proves the photo's bytes all there.
+    """
+    w, h = stored
+    if im.format != "MPO" or w * h < THUMBNAIL_MIN_RATIO * size[0] * size[1]:
+        return None
+    try:
+        base = _mpf_base(data)
+        entries = getattr(im, "mpinfo", {}).get(0xB002, [])
+        if base is None:
+            return None
+        for entry in sorted(entries[1:], key=lambda e: e["Size"]):  # the smallest good one is cheapest
+            if not str(entry["Attribute"]["MPType"]).startswith("Large Thumbnail"):
+                continue
+            start = base + entry["DataOffset"]
+            blob = data[start : start + entry["Size"]]
+            if len(blob) != entry["Size"] or not (blob.startswith(b"\xff\xd8") and blob.endswith(_JPEG_EOI)):
+                continue
+            preview = Image.open(io.BytesIO(blob))
+            tw, th = preview.size
+            if (
+                preview.format != "JPEG"
+                or tw * th >= w * h
+                or min(tw, th) < min_side
+                or abs(tw / th - w / h) > THUMBNAIL_ASPECT_TOLERANCE * (w / h)
+            ):
+                continue
+            side = max(size)
+            preview.draft("RGB", (side, side))
+            if preview.size[0] * preview.size[1] > PREVIEW_MAX_PIXELS:
+                continue
+            preview.load()
+            # Stored as the sensor saw it, like the photo: the photo's EXIF turns it.
+            preview.info["exif"] = im.info.get("exif", b"")
+            return preview
+    except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
+        return None
+    return None
+
+
+def _mpf_base(data: bytes) -> int | None:
+    """Where the MPF offsets count from (its TIFF header, in the APP2 segment), or None without one."""
+    at = 2
+    while at + 8 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in (0xDA, 0xD9):  # the image data begins: no more headers
+            return None
+        if marker == 0xE2 and data[at + 4 : at + 8] == b"MPF\x00":
+            return at + 8
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
 
 
 def _use_heif_thumbnail(im: Image.Image, size: tuple[int, int], min_side: int) -> bool:
