@@ -164,7 +164,7 @@ def _kill_run(
     made: list[tuple[int, str, str]] = []  # (index, extension, format) of each photo dropped
     copies = 0
     groups: dict[str, list[str]] = {}  # a photo's name: its companions' names
-    variants: dict[str, str] = {}  # a near-duplicate's name (halved, re-encoded): its original's
+    variants: dict[str, str] = {}  # a near-duplicate's name (halved, re-encoded): its original's sha256
     staging = tmp_path / "staging"
     staging.mkdir()
 
@@ -201,7 +201,7 @@ def _kill_run(
                 data = (staging / name).read_bytes()
                 os.replace(staging / name, settings.inbox / name)
                 hashes[hashlib.sha256(data).hexdigest()] += 1
-                variants[name] = original.name
+                variants[name] = hashlib.sha256(original.read_bytes()).hexdigest()
             if duplicates and rng.random() < 0.1:  # a copy beside it: most likely in the same batch
                 write(f"img_{i:03d} copy", i, ext, fmt)
                 copies += 1
@@ -293,15 +293,19 @@ def _kill_run(
         there = Path(moved[str(settings.inbox / photo)])
         for name in names:
             assert Path(moved[str(settings.inbox / name)]) == there.with_name(there.stem + Path(name).suffix)
-    # Each near-duplicate is in its original's folder, one of the two naming the other's group.
+    # Each near-duplicate is in the folder of its original's content in the library (the
+    # original itself, or an exact copy filed before it), one of the two naming the other's group.
     assert len(variants) >= 5 if near else not variants
     with sqlite3.connect(settings.database) as db:
-        similar = dict(db.execute("SELECT source, similar_id FROM decisions WHERE state = 'done'").fetchall())
+        rows = db.execute(
+            "SELECT source, destination, sha256, similar_id FROM decisions "
+            "WHERE state = 'done' AND action IN ('moved', 'review', 'other')"
+        ).fetchall()
     for variant, original in variants.items():
-        there = Path(moved[str(settings.inbox / original)])
-        assert Path(moved[str(settings.inbox / variant)]).parent == there.parent, (variant, there)
-        grouped = [similar[str(settings.inbox / name)] for name in (variant, original)]
-        assert any(g is not None for g in grouped), (variant, grouped)
+        (held,) = [(Path(dst), group) for _, dst, sha, group in rows if sha == original]
+        (mine,) = [(Path(dst), group) for src, dst, _, group in rows if src == str(settings.inbox / variant)]
+        assert mine[0].parent == held[0].parent, (variant, held, mine)
+        assert held[1] is not None or mine[1] is not None, (variant, held, mine)
     # Filed photos are as deep as the layout says (album and date folders); the rest are flat.
     for destination, _, action in done:
         depth = layout.count("/") + 2 if action in ("moved", "review", "other") else 2
