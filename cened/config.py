@@ -56,6 +56,14 @@ class Duplicates(StrEnum):
     SKIP = "skip"  # left in the inbox, noted once
 
 
+class NearDuplicates(StrEnum):
+    """What becomes of a photo that is the same picture as one in the library, or a frame of its burst."""
+
+    GROUP = "group"  # filed beside it, in its album, as one group that undo and correct move together
+    SEPARATE = "separate"  # the same picture goes to <library>/_duplicates; a burst frame is grouped
+    KEEP = "keep"  # filed like any photo
+
+
 def _home() -> Path:
     return Path(os.environ.get("HOME") or Path.home())
 
@@ -92,7 +100,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64)
     model_threads: int = Field(0, ge=0, le=64)
     model_workers: int = Field(0, ge=0, le=16)
-    thumbnail_min_side: int = Field(240, ge=0, le=10_000)
+    thumbnail_min_side: int = Field(160, ge=0, le=10_000)
 
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     review_album: str = "review"
@@ -100,6 +108,7 @@ class Settings(BaseSettings):
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
     duplicates: Duplicates = Duplicates.SEPARATE
+    near_duplicates: NearDuplicates = NearDuplicates.GROUP
     # A video with no photo of its name goes here, unclassified; "" leaves it in the inbox.
     videos_album: str = ""
     # How long a sidecar or video with no photo of its name waits for one to arrive.
@@ -122,7 +131,6 @@ class Settings(BaseSettings):
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)
-    max_megapixels: float = Field(100.0, gt=0)
     decode_memory_mb: float = Field(512.0, ge=16)
     retry_max_s: float = Field(300.0, ge=1.0)
 
@@ -193,10 +201,6 @@ class Settings(BaseSettings):
     @property
     def decode_memory_bytes(self) -> int:
         return int(self.decode_memory_mb * 1024 * 1024)
-
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1_000_000)
 
     def album_folder(self, album: str, taken: datetime | None = None) -> Path:
         """Where a photo of ``album`` goes, by ``layout``; ``taken`` is needed when the layout has dates."""

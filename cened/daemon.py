@@ -138,7 +138,6 @@ class Daemon:
         """Start, serve until a stop signal, shut down cleanly; returns the exit code."""
         s = self._settings
         check_folders(s)  # creates them too; an unwritable one stops the start with a clear error
-        imaging.set_pixel_limit(s.max_pixels)
         imaging.release_freed_images()
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
@@ -445,7 +444,6 @@ class Daemon:
             new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
         self._settings = new
         self.tracker.stable_seconds = new.stable_seconds
-        imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
         reloading.write_answer(reloading.Answer.RELOADED, started)

@@ -32,7 +32,7 @@ from typing import Any
 from cened.errors import JournalError
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: What to do about a database SQLite finds damaged; cened never deletes or rebuilds one itself.
 DAMAGED = "the database is damaged: move it aside to start a new one, or restore it from a backup"
 
@@ -127,6 +127,15 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE decisions ADD COLUMN group_id INTEGER REFERENCES decisions(id);
     CREATE INDEX decisions_group ON decisions(group_id) WHERE group_id IS NOT NULL
     """,
+    # Near-duplicates and bursts (cened.grouping): the perceptual signature of the pixels the
+    # model saw (cened.ml.similar), the EXIF capture time in seconds (local wall clock), and
+    # the row of the first photo of the group a near-duplicate or burst frame was filed with.
+    5: """
+    ALTER TABLE decisions ADD COLUMN signature BLOB;
+    ALTER TABLE decisions ADD COLUMN shot_at REAL;
+    ALTER TABLE decisions ADD COLUMN similar_id INTEGER REFERENCES decisions(id);
+    CREATE INDEX decisions_similar ON decisions(similar_id) WHERE similar_id IS NOT NULL
+    """,
 }
 
 
@@ -188,6 +197,9 @@ class Entry:
     pixel_source: str | None = None
     novelty: float | None = None
     group_id: int | None = None
+    signature: bytes | None = field(default=None, repr=False)
+    shot_at: float | None = None
+    similar_id: int | None = None
     batch_id: str | None = None
     state: State = State.DONE
     time: str = field(default_factory=now_iso)
@@ -222,6 +234,7 @@ class Entry:
         out = {k: getattr(self, k) for k in _COLUMNS}
         out["source"] = os.fsdecode(self.source)
         out["destination"] = os.fsdecode(self.destination) if self.destination else None
+        out["signature"] = self.signature.hex() if self.signature is not None else None
         return out
 
 
@@ -246,6 +259,9 @@ _COLUMNS = (
     "pixel_source",
     "novelty",
     "group_id",
+    "signature",
+    "shot_at",
+    "similar_id",
 )
 
 
@@ -519,6 +535,25 @@ class Journal:
                 return None
             row = later
         return row
+
+    def signed(self, after: int) -> list[tuple[int, bytes, float | None]]:
+        """Rows after row ``after`` that put a photo with a signature in the library: id, signature, shot_at.
+
+        Any state: an intent may be done by the time it is compared with; whether
+        it is, and still there, is the caller's to check (cened.grouping).
+        """
+        sql = (
+            "SELECT id, signature, shot_at FROM decisions WHERE id > ? AND signature IS NOT NULL "
+            f"AND group_id IS NULL AND state != {_literal(State.FAILED)} "
+            f"AND action IN ({_one_of(LIBRARY_ACTIONS)}) ORDER BY id"
+        )
+        with self._guard(reading=True):
+            return [(i, bytes(sig), shot) for i, sig, shot in self.conn.execute(sql, (after,))]
+
+    def similar_to(self, row_id: int) -> list[Entry]:
+        """The photos filed with row ``row_id``'s as one group (near-duplicates, a burst), as they are now."""
+        rows = self._select("similar_id = ? AND state = ?", (row_id, State.DONE))
+        return [r for r in rows if r.action in MOVING_ACTIONS and self.successor(r.id or 0) is None]
 
     def group(self, row_id: int) -> list[Entry]:
         """The companions that moved with row ``row_id``'s photo and were not moved apart since."""

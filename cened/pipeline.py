@@ -30,12 +30,12 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from cened import companions, executing, layout, moving
-from cened.config import RAW_EXTENSIONS, Duplicates, Settings
+from cened import companions, executing, grouping, layout, moving
+from cened.config import RAW_EXTENSIONS, Duplicates, NearDuplicates, Settings
 from cened.faults import hang_point
 from cened.hashing import sha256_bytes, sha256_or_none, sha256_rewound, sha256_stream
 from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
-from cened.ml import imaging
+from cened.ml import imaging, similar
 from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_as_configured
 from cened.watching import signature
 
@@ -92,6 +92,8 @@ class Prepared:
     reason: str | None = None
     detail: str | None = None  # what was wrong with a rejected file
     taken: datetime | None = None  # when the photo was taken, read only for a layout with dates
+    signature: bytes | None = field(default=None, repr=False)  # what it looks like (cened.ml.similar)
+    shot_at: float | None = None  # its EXIF capture time in seconds, for bursts (cened.layout.shot_at)
 
     @classmethod
     def rejected(cls, base: Prepared, rejected: imaging.Rejected) -> Prepared:
@@ -194,7 +196,7 @@ def _prepare(
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
     with os.fdopen(fd, "rb") as fh:
         try:
-            cost = imaging.decode_cost(fh, input_size, settings.max_pixels)
+            cost = imaging.decode_cost(fh, input_size, settings.thumbnail_min_side)
             fh.seek(0)
         except OSError as exc:
             return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
@@ -223,10 +225,11 @@ def _read_and_decode(
     hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
-            data, input_size, settings.max_pixels, settings.thumbnail_min_side, max_bytes=cost
+            data, input_size, settings.thumbnail_min_side, max_bytes=cost
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)
+    base.signature, base.shot_at = similar.signature(base.pixels), layout.shot_at(data)
     if layout.uses_date(settings.layout):
         base.taken = layout.taken(data, after.st_mtime)
     return base
@@ -287,6 +290,8 @@ class Plan:
     notes: list[Entry] = field(default_factory=list)
     outcomes: list[FileOutcome] = field(default_factory=list)
     reserved: set[Path] = field(default_factory=set)  # names taken by earlier moves of this plan
+    # The photos of this plan with a signature, filed new (None) or beside a photo of the library.
+    signed: list[tuple[Prepared, Entry, grouping.Match | None]] = field(default_factory=list)
     riding: dict[Path, Prepared] = field(init=False)  # the batch's companions, by path
     claimed: set[Path] = field(init=False)  # files a move of this plan takes
 
@@ -335,6 +340,7 @@ class Processor:
     simulate: bool = False
     listings: companions.Listings = field(default_factory=companions.Listings)
     imagined: Imagined = field(default_factory=lambda: Imagined())
+    index: grouping.LibraryIndex = field(default_factory=grouping.LibraryIndex)
 
     def __post_init__(self) -> None:
         if self.journal is None and not self.simulate:
@@ -392,7 +398,10 @@ class Processor:
         settings = plan.settings
         # Content → the first photo that has it: of this batch, or of the whole dry run.
         firsts: dict[str | None, Path] = self.imagined.contents if self.simulate else {}
-        for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
+        planned = list(zip(decoded, self._entries(decoded, scores, settings), strict=True))
+        # In the order they were taken, so each frame of a burst meets the one before it first.
+        planned.sort(key=lambda pair: (pair[0].shot_at is None, pair[0].shot_at or 0.0))
+        for prep, entry in planned:
             if self._restored_by_undo(prep):
                 plan.outcomes.append(
                     FileOutcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
@@ -411,8 +420,11 @@ class Processor:
                 plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=reason, twin=True))
                 continue
             if not self._is_duplicate(prep, entry, twin_of, settings):
-                album = entry.album or settings.review_album
-                self._place(plan, prep, entry, settings.album_folder(album, _taken(prep)))
+                if not self._near(plan, prep, entry, settings):
+                    album = entry.album or settings.review_album
+                    self._place(plan, prep, entry, settings.album_folder(album, _taken(prep)))
+                    if similar.usable(prep.signature):
+                        plan.signed.append((prep, entry, None))
             elif settings.duplicates == Duplicates.SKIP:
                 note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
                 self._note(plan, note)
@@ -422,6 +434,69 @@ class Processor:
             else:
                 entry.action, entry.album = Action.DUPLICATE, None
                 self._place(plan, prep, entry, settings.duplicates_dir)
+
+    def _near(self, plan: Plan, prep: Prepared, entry: Entry, settings: Settings) -> bool:
+        """Plan ``prep`` as a near-duplicate or burst frame, if it is one (``near_duplicates``); False if not.
+
+        A photo of this batch comes first: one near a photo filed new in it waits
+        for that one to be filed (it is then in the library), as a copy does; one
+        near a photo that goes beside a photo of the library goes there too.
+        """
+        if settings.near_duplicates == NearDuplicates.KEEP or prep.signature is None:
+            return False
+        if not similar.usable(prep.signature):
+            return False
+        shots = np.array([np.nan if p.shot_at is None else p.shot_at for p, _, _ in plan.signed])
+        batch = similar.Signatures.of([p.signature for p, _, _ in plan.signed if p.signature is not None])
+        # Exact copies are the duplicates setting's, also when it files them like any photo.
+        near = [
+            n
+            for n in grouping.kinds(prep.signature, prep.shot_at, batch, shots)
+            if plan.signed[n[0]][0].sha256 != prep.sha256
+        ]
+        if near:
+            index, kind = near[0]
+            other, planned, match = plan.signed[index]
+            if match is not None:
+                self._beside(plan, prep, entry, grouping.Match(match.row, kind, match.lead_id), settings)
+            elif self.simulate:  # a dry run files nothing, so beside where that one would go
+                assert planned.destination is not None
+                entry.album, entry.action = planned.album, planned.action
+                entry.reason = f"{kind} of {os.fsdecode(other.path)}, filed with it"
+                self._place(plan, prep, entry, planned.destination.parent)
+            else:
+                reason = f"waits for {other.path.name}, a {kind} of it, to be filed first"
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                plan.signed.append((prep, entry, None))  # the next frame of a burst waits too
+            return True
+        if self.journal is None:
+            return False
+        apart = (settings.duplicates_dir, settings.quarantine_dir)
+        found = self.index.match(
+            self.journal, prep.signature, prep.shot_at, settings.library, apart, not_sha256=prep.sha256
+        )
+        if found is None:
+            return False
+        self._beside(plan, prep, entry, found, settings)
+        return True
+
+    def _beside(
+        self, plan: Plan, prep: Prepared, entry: Entry, match: grouping.Match, settings: Settings
+    ) -> None:
+        """Plan ``prep`` with the photo of ``match``: into its folder, as a member of its group, or apart."""
+        row = match.row
+        assert row.destination is not None and row.id is not None
+        where = f"#{row.id}: {_relative(row.destination, settings.library)}"
+        if match.kind == grouping.Kind.SAME and settings.near_duplicates == NearDuplicates.SEPARATE:
+            entry.action, entry.album, entry.ref_id = Action.DUPLICATE, None, row.id
+            entry.reason = f"near-duplicate of {where}"
+            self._place(plan, prep, entry, settings.duplicates_dir)
+        else:
+            entry.similar_id, entry.album = match.lead_id, row.album
+            entry.action = row.action if row.action in (Action.REVIEW, Action.OTHER) else Action.MOVED
+            entry.reason = f"{match.kind} of {where}, filed with it"
+            self._place(plan, prep, entry, row.destination.parent)
+        plan.signed.append((prep, entry, match))
 
     def _plan_unread(self, plan: Plan) -> None:
         """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
@@ -614,6 +689,8 @@ class Processor:
                     novelty=decision.novelty,
                     model_version=scores.version,
                     pixel_source=prep.pixel_source,
+                    signature=prep.signature,
+                    shot_at=prep.shot_at,
                     state=State.PENDING,
                     reason=decision.reason,
                 )
@@ -781,6 +858,9 @@ def _companion_entry(
         size=prep.size,
         probabilities=None,
         pixel_source=None,
+        signature=None,  # a sidecar or a video is not the photo it goes with
+        shot_at=None,
+        similar_id=None,
         reason=f"with {photo.source.name}",
         batch_id=batch_id,
         state=State.PENDING,

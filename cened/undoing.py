@@ -150,6 +150,15 @@ def origin(journal: Journal, row: Entry) -> Entry:
     return row
 
 
+def lead_of(journal: Journal, row: Entry) -> int:
+    """The row of the first photo of ``row``'s group (cened.grouping): the one its members name."""
+    if row.similar_id is not None:
+        return row.similar_id
+    first = origin(journal, row).id
+    assert first is not None
+    return first
+
+
 def _check_current(journal: Journal, row: Entry) -> list[str]:
     """Problems that stop ``row``'s photo from being moved again."""
     if row.action not in MOVING_ACTIONS:
@@ -196,8 +205,39 @@ def _companion_problems(journal: Journal, row: Entry, photo: Entry) -> list[str]
     return problems
 
 
+def group_rows(journal: Journal, row: Entry) -> list[Entry]:
+    """``row`` and the photos filed with it as one group (near-duplicates, a burst), as they are now.
+
+    ``row`` first.  Only a completed move that nothing superseded brings its group
+    along: undoing or correcting a row already undone acts on nothing else.
+    """
+    rows = [row]
+    if row.state != State.DONE or row.action not in MOVING_ACTIONS or journal.successor(row.id or 0):
+        return rows
+    lead_id = lead_of(journal, row)
+    lead = journal.get(lead_id)
+    now = journal.current(lead) if lead is not None else None
+    for other in ([now] if now is not None else []) + journal.similar_to(lead_id):
+        if all(other.id != r.id for r in rows):
+            rows.append(other)
+    return rows
+
+
+def _with_groups(journal: Journal, ids: Sequence[int]) -> list[int]:
+    """``ids``, each followed by the other photos of its group (:func:`group_rows`) not named before."""
+    out: list[int] = []
+    for row_id in ids:
+        row = journal.get(row_id)
+        members = group_rows(journal, row) if row is not None else []
+        for member_id in [row_id, *(m.id for m in members[1:] if m.id is not None)]:
+            if member_id not in out:
+                out.append(member_id)
+    return out
+
+
 def plan_undo(journal: Journal, ids: Sequence[int]) -> list[Planned]:
-    """Each row's file back where it came from, a photo with the files that travel with it."""
+    """Each row's file back where it came from, a photo with the files that travel with it and its group."""
+    ids = _with_groups(journal, ids)
     problems: list[str] = []
     plans: list[Planned] = []
     targets: set[Path] = set()
@@ -262,7 +302,9 @@ def known_albums(journal: Journal, settings: Settings) -> set[str]:
 def plan_correct(
     journal: Journal, settings: Settings, row_id: int, label: str, *, new_album: bool = False
 ) -> list[Planned]:
-    """The photo of row ``row_id`` into ``label``'s album, and the files that travel with it; photo first.
+    """The photo of row ``row_id`` into ``label``'s album, with the files that travel with it and its group.
+
+    Each photo comes before the files that travel with it; the photo named first.
 
     ``label`` must name an album cened knows (:func:`known_albums`) unless
     ``new_album``: a typo would otherwise make an album of its own, and be
@@ -271,11 +313,6 @@ def plan_correct(
     row = journal.get(row_id)
     if row is None:
         raise UndoError([f"#{row_id} does not exist"])
-    problems = _check_current(journal, row)
-    members = companions_of(journal, row) if not problems else []
-    problems += [p for c in members for p in _companion_problems(journal, c, row)]
-    if problems:
-        raise UndoError(problems)
     album = settings.album_for(label)
     if not label or "/" in label or label in (".", "..") or "\0" in label:
         raise UndoError([f"{label!r} is not a usable album name"])
@@ -284,6 +321,29 @@ def plan_correct(
         if label not in known and album not in known:
             near = difflib.get_close_matches(label, sorted(known), n=1, cutoff=0.6)
             raise UnknownAlbum(row_id, label, near[0] if near else None)
+    plans: list[Planned] = []
+    problems: list[str] = []
+    reserved: set[Path] = set()
+    for photo in group_rows(journal, row):
+        found = _check_current(journal, photo)
+        members = companions_of(journal, photo) if not found else []
+        found += [p for c in members for p in _companion_problems(journal, c, photo)]
+        if found:
+            problems += found
+            continue
+        planned = _correct_one(settings, photo, members, album, reserved)
+        if planned is None and photo is row:
+            problems.append(f"#{row_id} is already in album {album!r}")
+        plans += planned or []
+    if problems:
+        raise UndoError(problems)
+    return plans
+
+
+def _correct_one(
+    settings: Settings, row: Entry, members: Sequence[Entry], album: str, reserved: set[Path]
+) -> list[Planned] | None:
+    """One photo and the files that travel with it into ``album``; None if it is there already."""
     assert row.destination is not None
     # Dated folders come from the photo itself, so it keeps its date folders in its new album.
     taken = None
@@ -291,7 +351,7 @@ def plan_correct(
         taken = layout.taken(row.destination, row.destination.stat().st_mtime)
     folder = settings.album_folder(album, taken)
     if row.destination.parent == folder:
-        raise UndoError([f"#{row_id} is already in album {album!r}"])
+        return None
     # One stem for the group, as the daemon filed it; a file named otherwise keeps its own name.
     stem = row.destination.stem
     along = [c for c in members if c.destination and c.destination.name.startswith(stem)]
@@ -299,7 +359,8 @@ def plan_correct(
     tails = [row.destination.name[len(stem) :]] + [
         c.destination.name[len(stem) :] for c in along if c.destination
     ]
-    names = moving.free_names(folder, stem, tails)
+    names = moving.free_names(folder, stem, tails, reserved)
+    reserved.update(names)
     lead = Planned(row, row.destination, names[0], album)
     plans = [lead]
     plans += [
@@ -309,7 +370,8 @@ def plan_correct(
     ]
     for c in apart:
         assert c.destination is not None
-        dst = moving.free_name(folder, c.destination.name, {p.destination for p in plans})
+        dst = moving.free_name(folder, c.destination.name, reserved)
+        reserved.add(dst)
         plans.append(Planned(c, c.destination, dst, album, lead))
     return plans
 

@@ -245,7 +245,7 @@ def test_a_version_3_log_gains_group_ids(settings: Settings) -> None:
         )
     old.close()
     with Journal(settings.database) as journal:
-        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION
         (row,) = journal.history()
         assert row.group_id is None
 

@@ -35,6 +35,7 @@ COMMANDS = (
     "model",
     "train",
     "evaluate",
+    "near_duplicates",
     "install_service",
     "doctor",
     "bench",

@@ -28,7 +28,6 @@ def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
 
     loaded = settings_of(args)
     logsetup.configure("json" if json else loaded.log_format, "warning", stream=sys.stderr)
-    imaging.set_pixel_limit(loaded.max_pixels)
     imaging.release_freed_images()
     return loaded
 

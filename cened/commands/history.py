@@ -25,6 +25,7 @@ cened history --file ~/Pictures/cened/albums/sea/IMG_2041.jpg
 #: The note on pixels that were not the photo's own (imaging.FROM_*; cened.ml is not imported here).
 _PIXEL_SOURCES = {
     "exif-preview": "from the EXIF preview",
+    "mpf-preview": "from the camera's MPF preview",
     "heif-thumbnail": "from the HEIF thumbnail",
     "raw-preview": "from the RAW preview",
 }
