@@ -11,6 +11,10 @@ from cened.config import shipped_model_dir
 
 NAME = "near-duplicates"
 HELP = "measure the near-duplicate limits: copies found, distinct photos taken for copies"
+EXAMPLES = """
+cened near-duplicates --data ../shared/data/intel/train ../shared/data/intel/more
+cened near-duplicates --data ~/Pictures/sorted --sample 500 --json
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
