@@ -18,7 +18,7 @@ from PIL import Image
 
 from cened import learn
 from cened.config import Settings
-from cened.errors import ModelError
+from cened.errors import ConfigError, ModelError
 from cened.ml import modelpack, novelty
 from cened.ml.classifying import AlbumKind, Classifier, decide_all
 from cened.ml.imaging import decode
@@ -312,3 +312,60 @@ def test_the_detector_is_fitted_with_negatives_and_stored_with_the_model(
     ordinary = [write_photo(negatives.parent / "o" / f"{c}.jpg", c, seed=99) for c in CLASSES]
     landscapes = classifier.score([decode(p.read_bytes(), size) for p in ordinary])
     assert np.median(fitted.novelty) > np.median(landscapes.novelty)
+
+
+@pytest.mark.slow
+def test_train_other_only_takes_negatives_and_evaluate_leaves_each_kind_out(
+    linear_model_dir: Path, colours: Path, negatives: Path, tmp_path: Path
+) -> None:
+    """``cened evaluate --leave-one-kind-out --full-size``: a table of every kind, and the card shows it."""
+    import argparse
+    import json
+
+    from cened.commands import evaluate as evaluate_command
+    from cened.commands import train as train_command
+
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    args = parser.parse_args(["--data", str(colours), "--out", str(tmp_path), "--negatives", str(negatives)])
+    assert args.negatives == [negatives] and args.other_crops == 3000
+
+    model = tmp_path / "model"
+    shutil.copytree(linear_model_dir, model)
+    parser = argparse.ArgumentParser()
+    evaluate_command.add_arguments(parser)
+    argv = ["--data", str(colours), "--model", str(model), "--ood", str(negatives), "--preview-sides", ""]
+    argv += ["--leave-one-kind-out", "--full-size", "6", "--unlike", "2"]
+    assert evaluate_command.run(parser.parse_args(argv)) == 0
+    report = json.loads((model / "evaluation.json").read_text())
+    loko = report["leave_one_kind_out"]
+    assert set(loko["kinds"]) == {
+        "noise",
+        "stripes",
+        "pages",
+        "checks",
+        "made: documents",
+        "made: screens",
+        "made: plain",
+    }
+    worst = loko["worst"]["as_is"]
+    assert worst["filed"] == max(
+        r["as_is"]["filed"] for r in loko["kinds"].values() if r["fitted_without_it"]
+    )
+    assert 0 <= loko["validation"]["to_other_mean"] <= 0.2
+    full = report["full_size"]
+    assert full["n"] == 6 and set(full) >= {"as is", "jpeg", "heic"}
+    assert full["jpeg"]["decoded_from"] == {"photo": 6} and full["heic"]["decoded_from"] == {"photo": 6}
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "### Leave one kind out" in card and f"**Worst kind: {worst['kind']}" in card
+    assert "| checks | 12 |" in card and "12 MP HEIC" in card and "linear score" in card
+
+    plain = tmp_path / "plain"
+    shutil.copytree(linear_model_dir, plain)
+    meta = modelpack.read_meta(plain)
+    modelpack.write_meta(
+        plain, dataclasses.replace(meta, novelty={k: v for k, v in meta.novelty.items() if k != "linear"})
+    )
+    argv[3] = str(plain)
+    with pytest.raises(ConfigError, match="no linear other detector"):
+        evaluate_command.run(parser.parse_args(argv))
