@@ -409,6 +409,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _size(mb: float) -> str:
+    return f"{mb:.1f} MB" if mb >= 0.1 else f"{1000 * mb:.0f} kB"
+
+
 def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c in classes:
@@ -656,7 +660,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   Training wall time {tr.get("wall_time_s", "?")} s on the training machine.
 - Calibration: softmax temperature {meta.temperature:.3f}, fitted by NLL on the **validation split**
   (so the ECE below is measured on the data it was fitted on; one parameter, little room to overfit).
-- Files: {", ".join(f"`{k}` {v:.1f} MB" for k, v in size_mb.items())}.
+- Files: {", ".join(f"`{k}` {_size(v)}" for k, v in size_mb.items())}.
 
 ## Data and split
 
@@ -686,9 +690,10 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 
 ## Limitations
 
-- Six scene classes only. Photos of anything else go to `other` when the novelty detector above finds
-  them unlike every training photo; one that resembles a scene (a wall, a textured surface, a photo of a
-  poster of a mountain) can still be filed, and the detector was checked on a few kinds of content only.
+- Six scene classes only. Photos of anything else go to `other` when the novelty detector above calls
+  them none of the classes; one that resembles a scene (a wall, a sea floor, a sky, a photo of a poster of a
+  mountain) can still be filed, and the detector was checked on a few dozen kinds of content only (the
+  leave-one-kind-out table, where there is one, says which kinds it files most).
 - The labels are noisy between `glacier`/`mountain` and `street`/`buildings`; most errors are there, and some
   "errors" are disputable labels. 150x150 source images, upscaled to the input size.
 - Figures come from {report["n"]} validation images drawn from the same collection as the training data;
