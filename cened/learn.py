@@ -420,7 +420,7 @@ def learn(
     say(f"fitting {len(classes)} classes on {len(train_part)} of your photos and {len(replay.train)} shipped")
     head = learning.fit_head(meta.classes, classes, meta.temperature, replay.train, train_part)
     assert shipped.detector is not None
-    prototypes = learning.fit_prototypes(train_part, meta.classes, shipped.detector.threshold)
+    prototypes = learning.fit_prototypes(train_part, meta.classes, shipped.detector.reach)
     learned = Learned(new_version_name(started), meta.version, head, prototypes, started.isoformat())
     new = shipped.with_learned(learned)
     # Only labels the new version knows are compared: an album just removed is no test of it.

@@ -6,6 +6,7 @@ the repository) and skips, saying so, on a machine without them.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from cened.training.dataset import list_images, split_indices
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "intel" / "train"
 OOD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood"
+OOD_BROAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "ood-broad"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def test_shipped_model_is_complete_and_small(shipped: Path) -> None:
     meta = modelpack.read_meta(shipped)  # checks every file's sha256
     assert meta.classes == CLASSES
     assert {modelpack.KERAS_FILE, modelpack.TFLITE_FILE, modelpack.NOVELTY_FILE} <= set(meta.files)
+    assert modelpack.OTHER_FILE in meta.files and meta.novelty["linear"]["file"] == modelpack.OTHER_FILE
     assert meta.novelty["rejection_rate"] <= 0.02
     assert sum((shipped / f).stat().st_size for f in meta.files) <= 25 * 1024 * 1024
     assert (shipped / "MODEL_CARD.md").is_file()
@@ -74,19 +77,25 @@ def _kinds(pixels: np.ndarray, classifier: Classifier) -> list[AlbumKind]:
 @pytest.mark.slow
 @pytest.mark.data
 def test_photos_of_none_of_the_classes_are_kept_out_of_the_albums(shipped: Path, tmp_path: Path) -> None:
-    """Pets and clothes (../shared/data/ood, never fitted on) and made-up documents, screenshots, noise."""
-    if not OOD.is_dir() or not DATA.is_dir():
-        pytest.skip(f"the photos are not at {OOD} and {DATA} (they are never copied into the repository)")
+    """Photos of the 23 kinds it was fitted against, and made-up documents, screenshots, noise it never saw.
+
+    The kinds of ../shared/data/ood and ood-broad are the detector's negatives, so this shows that the
+    daemon's runtime decides as the fit said; how it does on kinds it never saw is the card's
+    leave-one-kind-out table, checked below.
+    """
+    if not OOD.is_dir() or not OOD_BROAD.is_dir() or not DATA.is_dir():
+        pytest.skip(f"the photos are not at {OOD}, {OOD_BROAD} and {DATA} (never copied into the repository)")
     classifier = Classifier(shipped)
     size = classifier.meta.input_size
-    kinds = sorted(p for p in OOD.iterdir() if p.is_dir())
-    strangers = [path for kind in kinds for path in sorted(kind.glob("*.jpg"))[:15]]
+    kinds = sorted(p for folder in (OOD, OOD_BROAD) for p in folder.iterdir() if p.is_dir())
+    assert {k.name for k in kinds} == set(classifier.meta.novelty["linear"]["negatives"])
+    strangers = [path for kind in kinds for path in sorted(kind.glob("*.jpg"))[:10]]
     strangers += unlike_photos(tmp_path, per_kind=10)
     pixels = np.stack([decode(p.read_bytes(), size) for p in strangers])
     filed = [
         p for p, kind in zip(strangers, _kinds(pixels, classifier), strict=True) if kind == AlbumKind.FILE
     ]
-    assert len(filed) <= 0.03 * len(strangers), [p.name for p in filed]
+    assert len(filed) <= 0.02 * len(strangers), [p.name for p in filed]
 
     inliers, labels = _validation_sample(per_class=40)
     kinds_in = np.array(_kinds(inliers, classifier))
@@ -94,6 +103,31 @@ def test_photos_of_none_of_the_classes_are_kept_out_of_the_albums(shipped: Path,
     kept = kinds_in != AlbumKind.OTHER
     predicted = classifier.predict(inliers).argmax(1)
     assert (predicted[kept] == labels[kept]).mean() >= 0.9
+
+
+def test_the_card_measured_other_on_kinds_it_never_saw(shipped: Path) -> None:
+    """The shipped detector's figures from `cened evaluate --leave-one-kind-out`, as the card has them.
+
+    Every kind is under 5% filed when left out, but for underwater: the Intel data labels ~50 underwater
+    photos `sea`, so a sea floor is sea to a detector that was never shown one (docs/model.md).
+    """
+    report = json.loads((shipped / "evaluation.json").read_text())
+    meta = modelpack.read_meta(shipped)
+    loko = report["leave_one_kind_out"]
+    left_out = {k: r for k, r in loko["kinds"].items() if r["fitted_without_it"]}
+    assert set(left_out) == set(meta.novelty["linear"]["negatives"])
+    assert loko["worst"]["as_is"] == {"kind": "underwater", "filed": left_out["underwater"]["as_is"]["filed"]}
+    assert left_out["underwater"]["as_is"]["filed"] <= 0.2
+    assert all(r["as_is"]["filed"] <= 0.05 for k, r in left_out.items() if k != "underwater"), left_out
+    assert loko["pooled_filed"]["as_is"] <= 0.03
+    assert all(r["as_is"]["filed"] == 0 for k, r in loko["kinds"].items() if k.startswith("made: "))
+    v = loko["validation"]
+    assert (
+        v["to_other_max"] <= 0.025 and v["accuracy_not_other_min"] >= v["accuracy_without_detector"] - 0.002
+    )
+    full = report["full_size"]
+    assert full["n"] >= 100 and all(full[way]["to_other"] <= 0.03 for way in ("as is", "jpeg", "heic"))
+    assert report["other"]["inliers"]["to_other"] <= 0.02
 
 
 @pytest.mark.slow

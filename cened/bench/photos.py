@@ -78,9 +78,13 @@ def synthetic_photo(
     is the size of its EXIF preview, ``mpf`` of the large preview a camera
     stores after the photo (:func:`with_mpf_preview`).
     """
+    return camera_jpeg(synthetic_picture(seed, size), preview)
+
+
+def camera_jpeg(photo: Image.Image, preview: tuple[int, int] | None = None) -> bytes:
+    """``photo`` as a camera writes it: JPEG at :data:`JPEG_QUALITY`, with an EXIF preview of ``preview``."""
     from PIL import Image
 
-    photo = synthetic_picture(seed, size)
     exif = b""
     if preview is not None:
         small = io.BytesIO()
@@ -131,13 +135,16 @@ def synthetic_heic(seed: int, size: tuple[int, int], thumbnail: tuple[int, int] 
     ``thumbnail`` is the size of the HEIF thumbnail item (iPhones store 320x240).
     x265's fastest preset keeps making a few dozen 12 MP files bearable.
     """
-    import io
+    return camera_heic(synthetic_picture(seed, size), thumbnail)
 
+
+def camera_heic(photo: Image.Image, thumbnail: tuple[int, int] | None = None) -> bytes:
+    """``photo`` as an iPhone writes it: HEIC in tiles, with a thumbnail item of ``thumbnail``."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()  # for saving; it leaves the options cened.ml.imaging chose
     out = io.BytesIO()
-    synthetic_picture(seed, size).save(
+    photo.save(
         out,
         "HEIF",
         quality=HEIC_QUALITY,

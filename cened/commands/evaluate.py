@@ -15,6 +15,7 @@ from cened.commands import _common
 from cened.errors import ConfigError, require
 
 if TYPE_CHECKING:
+    from cened.ml.classifying import Classifier
     from cened.ml.modelpack import ModelMeta
     from cened.training.dataset import Listing
 
@@ -75,6 +76,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="also measure N made-up photos of each kind cened.bench.photos.unlike_photos draws "
         "(documents, screenshots, plain colours and noise)",
+    )
+    parser.add_argument(
+        "--leave-one-kind-out",
+        action="store_true",
+        help="with --ood (one sub-folder per kind) and a linear other detector: refit the detector "
+        "without each kind in turn, as the model's recipe fitted it, and measure that kind on it",
+    )
+    parser.add_argument(
+        "--full-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send N validation photos to other through the daemon's decoding of full-size photos: "
+        "each enlarged to 12 MP, as a JPEG with a 160 px EXIF preview and as a HEIC",
     )
     parser.add_argument(
         "--learned",
@@ -225,19 +240,25 @@ def run(args: argparse.Namespace) -> int:
         outliers: dict[str, np.ndarray] = {}
         for folder in args.ood:
             outliers |= evaluate.load_outliers(folder, meta.input_size)
+        made: dict[str, np.ndarray] = {}
         if args.unlike:
-            with tempfile.TemporaryDirectory() as made:
-                unlike_photos(Path(made), per_kind=args.unlike)
-                outliers |= {
-                    f"made: {k}": v for k, v in evaluate.load_outliers(Path(made), meta.input_size).items()
+            with tempfile.TemporaryDirectory() as folder:
+                unlike_photos(Path(folder), per_kind=args.unlike)
+                made = {
+                    f"made: {k}": v for k, v in evaluate.load_outliers(Path(folder), meta.input_size).items()
                 }
+        outliers |= made
         extra["other"] = evaluate.other_report(runner, pixels, listing.labels, outliers)
         extra["other"]["runtime"] = "LiteRT" if lite_classifier is not None else "Keras"
         extra["other"]["folders"] = [str(folder) for folder in args.ood] + (
             [f"--unlike {args.unlike}"] if args.unlike else []
         )
         _print_other(extra["other"])
-    elif args.ood or args.unlike:
+        if args.leave_one_kind_out:
+            extra["leave_one_kind_out"] = _leave_one_kind_out(args, meta, everything, pixels, runner, made)
+        if args.full_size:
+            extra["full_size"] = _full_size(args, meta, listing, pixels, runner)
+    elif args.ood or args.unlike or args.leave_one_kind_out or args.full_size:
         raise ConfigError(f"{args.model} has no novelty detector to measure (cened train --other-only)")
     print(
         f"Keras {extra['keras_ms_per_image']:.1f} ms/image (batch {args.batch_size}); "
@@ -265,6 +286,128 @@ def run(args: argparse.Namespace) -> int:
         + (f", {args.model / 'MODEL_CARD.md'}" if args.split == "val" else "")
     )
     return 0
+
+
+def _leave_one_kind_out(
+    args: argparse.Namespace,
+    meta: ModelMeta,
+    everything: Listing,
+    val_pixels: Any,
+    runner: Classifier,
+    made: dict[str, Any],
+) -> dict[str, Any]:
+    """``--leave-one-kind-out``: the linear detector refitted without each kind of ``--ood`` in turn."""
+    import numpy as np
+
+    from cened.training import dataset, other
+    from cened.training.evaluate import DEFAULT_CONFIDENCE
+
+    if not args.ood or args.split != "val":
+        raise ConfigError("--leave-one-kind-out needs --ood folders (a sub-folder per kind) and --split val")
+    if not meta.novelty.get("linear"):
+        raise ConfigError(f"{args.model} has no linear other detector (cened train --other-only --negatives)")
+    cfg = other.config_of(meta.novelty)
+    tr, va = dataset.split_indices(
+        everything.labels, float(meta.training["val_fraction"]), int(meta.training["split_seed"])
+    )
+    size, n, batch = meta.input_size, len(meta.classes), args.batch_size
+    kinds = other.list_kinds(args.ood)
+    say = lambda text: print(text, file=sys.stderr)  # noqa: E731
+    say(f"leave one kind out: {len(kinds)} kinds; decoding {len(everything.paths)} photos")
+    pixels = dataset.load_pixels(everything.paths, size)
+    positives = np.concatenate(
+        [other.view_outputs(runner.outputs, pixels, tr, v, cfg.seed, batch) for v in range(cfg.linear_views)]
+    )[:, n:]
+    del pixels
+    measured = {
+        variant: {
+            k: other.Measured.of(v, n)
+            for k, v in other.negative_outputs(
+                runner.outputs, kinds, size, cfg, batch, degraded=variant == "degraded"
+            ).items()
+        }
+        for variant in ("degraded", "as_is")
+    }
+    crops = other.crop_outputs(runner.outputs, [everything.paths[i] for i in tr], size, cfg, batch)[:, n:]
+    unseen = {name: other.Measured.of(runner.outputs(list(px)), n) for name, px in made.items()}
+    result = other.leave_one_kind_out(
+        positives,
+        other.Measured.of(runner.outputs(list(val_pixels)), n),
+        everything.labels[va],
+        measured["degraded"],
+        measured["as_is"],
+        crops,
+        cfg,
+        temperature=meta.temperature,
+        classes=meta.classes,
+        confidence=DEFAULT_CONFIDENCE,
+        unseen=unseen,
+        say=say,
+    )
+    result["runtime"] = "LiteRT" if runner.backend == "tflite" else "Keras"
+    result["folders"] = [str(folder) for folder in args.ood]
+    _print_leave_one_kind_out(result)
+    return result
+
+
+def _full_size(
+    args: argparse.Namespace, meta: ModelMeta, listing: Listing, val_pixels: Any, runner: Classifier
+) -> dict[str, Any]:
+    """``--full-size N``: N validation photos as a camera would store them, through the daemon's decoding."""
+    from collections import Counter
+
+    import numpy as np
+
+    from cened.config import load_settings
+    from cened.ml.classifying import AlbumKind, decide_all
+    from cened.pipeline import Verdict, prepare
+    from cened.training import other
+
+    per_class = max(1, args.full_size // len(meta.classes))
+    rng = np.random.default_rng(int(meta.training.get("split_seed", 0)))
+    classes = range(len(meta.classes))
+    picked = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(listing.labels == c))[:per_class] for c in classes])
+    )
+    labels = listing.labels[picked]
+    result: dict[str, Any] = {"n": len(picked), "megapixels": 12.0, "preview_side": 160}
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        settings = load_settings(
+            None, inbox=root / "inbox", library=root / "library", database=root / "state" / "db"
+        )
+        result["thumbnail_min_side"] = settings.thumbnail_min_side
+        print(f"full size: making {len(picked)} photos of 12 MP as JPEG and HEIC", file=sys.stderr)
+        made = other.full_size_copies([listing.paths[i] for i in picked], root / "photos")
+        ways = {"as is": (list(val_pixels[picked]), Counter({"photo": len(picked)}))}
+        for kind, files in made.items():
+            prepared = [prepare(path, settings, meta.input_size) for path in files]
+            bad = [p for p in prepared if p.verdict != Verdict.DECODED or p.pixels is None]
+            if bad:
+                why = f"{bad[0].reason} {bad[0].detail or ''}".strip()
+                raise ConfigError(f"the daemon could not decode {bad[0].path}: {why}")
+            ways[kind] = ([p.pixels for p in prepared], Counter(p.pixel_source for p in prepared))
+        for way, (images, sources) in ways.items():
+            scores = runner.score(images)
+            decided = decide_all(
+                scores, threshold=settings.confidence_threshold, albums={}, review_album="review"
+            )
+            kind = np.array([d.kind for d in decided])
+            right = scores.probabilities.argmax(axis=1) == labels
+            kept = kind != AlbumKind.OTHER
+            result[way] = {
+                "to_other": float((~kept).mean()),
+                "accuracy": float(right.mean()),
+                "accuracy_not_other": float(right[kept].mean()) if kept.any() else float("nan"),
+                "decoded_from": dict(sources),
+            }
+            print(
+                f"full size, {way}: {_pct(result[way]['to_other'])} to other, accuracy "
+                f"{_pct(result[way]['accuracy'])} ({', '.join(f'{k} {v}' for k, v in sources.items())})",
+                file=sys.stderr,
+            )
+    result["runtime"] = "LiteRT" if runner.backend == "tflite" else "Keras"
+    return result
 
 
 def _cross_validate(args: argparse.Namespace, meta: ModelMeta, listing: Listing) -> dict[str, Any]:
@@ -378,6 +521,27 @@ def _print_report(title: str, report: dict[str, Any], classes: Sequence[str]) ->
             f"{r['threshold']:.2f}", _pct(r["review_share"]), _pct(r["filed_accuracy"]), str(r["filed"])
         )
     con.print(th)
+
+
+def _print_leave_one_kind_out(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        "kind", "n", "filed (as is)", "filed (degraded)", "other (as is)", title="other, leave one kind out"
+    )
+    for name, r in result["kinds"].items():
+        degraded = _pct(r["degraded"]["filed"]) if "degraded" in r else "never fitted"
+        t.add_row(name, str(r["n"]), _pct(r["as_is"]["filed"]), degraded, _pct(r["as_is"]["to_other"]))
+    con = Console()
+    con.print(t)
+    w, v = result["worst"], result["validation"]
+    con.print(
+        f"worst kind: {w['as_is']['kind']} {_pct(w['as_is']['filed'])} filed as is, "
+        f"{w['degraded']['kind']} {_pct(w['degraded']['filed'])} degraded; validation photos to other "
+        f"{_pct(v['to_other_mean'])} (at most {_pct(v['to_other_max'])}), accuracy of the rest "
+        f"{_pct(v['accuracy_not_other_mean'])} (without the detector {_pct(v['accuracy_without_detector'])})"
+    )
 
 
 def _print_other(other: dict[str, Any]) -> None:

@@ -90,6 +90,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of validation photos the other threshold may send to other (default %(default)s)",
     )
     parser.add_argument("--other-prototypes", type=int, default=o.prototypes, help="training prototypes kept")
+    parser.add_argument(
+        "--negatives",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="photos of none of the classes, one sub-folder per kind (e.g. ../shared/data/ood "
+        "../shared/data/ood-broad): the other detector is then a linear one fitted with them as negatives",
+    )
+    parser.add_argument(
+        "--other-crops",
+        type=int,
+        default=o.crops,
+        metavar="N",
+        help="with --negatives: also N small crops of training photos as negatives (default %(default)s)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0: all cores)")
 
 
@@ -107,15 +123,20 @@ def run(args: argparse.Namespace) -> int:
     if cfg.views < 1 or cfg.finetune_blocks < 0:
         raise ConfigError("--views must be >= 1 and --finetune-blocks >= 0")
     _configure_tensorflow(args.threads, cfg.seed)
-    other = novelty.NoveltyConfig(prototypes=args.other_prototypes, rejection_rate=args.other_rejection_rate)
-    if not 0 < other.rejection_rate < 1 or other.prototypes < 1:
-        raise ConfigError("--other-rejection-rate must be between 0 and 1, --other-prototypes >= 1")
+    other = novelty.NoveltyConfig(
+        prototypes=args.other_prototypes, rejection_rate=args.other_rejection_rate, crops=args.other_crops
+    )
+    if not 0 < other.rejection_rate < 1 or other.prototypes < 1 or other.crops < 0:
+        raise ConfigError(
+            "--other-rejection-rate must be between 0 and 1, --other-prototypes >= 1, --other-crops >= 0"
+        )
     try:
         if args.other_only:
             fit_novelty(
                 args.out,
                 args.data,
                 other,
+                negatives=args.negatives,
                 batch_size=cfg.batch_size,
                 tflite=not args.no_tflite,
                 precision=Precision(args.tflite_precision),
@@ -128,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             tflite=not args.no_tflite,
             precision=Precision(args.tflite_precision),
             other=None if args.no_other else other,
+            negatives=args.negatives,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     except (FileNotFoundError, ValueError) as exc:

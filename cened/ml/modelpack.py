@@ -34,6 +34,7 @@ METADATA_FILE = "metadata.json"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 NOVELTY_FILE = "novelty.npy"  # the "other" detector's prototypes (cened.ml.novelty)
+OTHER_FILE = "other.npz"  # its linear detector, where one was fitted with negatives (cened.ml.novelty)
 REPLAY_FILE = "replay.npz"  # what learning keeps of the training data (cened.ml.learning)
 #: How pixels are prepared before the model sees them; the only one defined so far.
 PREPROCESSING = "rgb-exif-bilinear-0-255"
@@ -120,7 +121,7 @@ def write_meta(model_dir: Path, meta: ModelMeta) -> ModelMeta:
     """Hash the weight files present and write ``metadata.json`` atomically."""
     files = {
         name: sha256_file(model_dir / name)
-        for name in (KERAS_FILE, TFLITE_FILE, NOVELTY_FILE, REPLAY_FILE)
+        for name in (KERAS_FILE, TFLITE_FILE, NOVELTY_FILE, OTHER_FILE, REPLAY_FILE)
         if (model_dir / name).is_file()
     }
     meta = ModelMeta(**{**asdict(meta), "files": files})

@@ -409,6 +409,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _size(mb: float) -> str:
+    return f"{mb:.1f} MB" if mb >= 0.1 else f"{1000 * mb:.0f} kB"
+
+
 def markdown_tables(report: dict[str, Any], classes: Sequence[str]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     for c in classes:
@@ -441,20 +445,45 @@ def _previews_line(previews: dict[str, Any] | None) -> str:
     )
 
 
-def _other_section(meta: modelpack.ModelMeta, other: dict[str, Any] | None) -> str:
+def _other_section(meta: modelpack.ModelMeta, other: dict[str, Any] | None, extra: dict[str, Any]) -> str:
     nov = meta.novelty
     if not nov:
         return "## Other\n\nNo novelty detector: every photo goes to one of the classes (or review)."
     inl = other["inliers"] if other else None
-    lines = [
-        "## Other: photos of none of the classes",
-        "",
-        f"- Novelty = cosine distance to the nearest (k={nov['k']}) of {nov['prototypes']} prototypes of the "
-        f"training photos' embeddings ({nov['width']} values: pooled, L2-normalised activations of "
-        f"{', '.join(f'`{layer}`' for layer in nov['layers'])}); `cened.ml.novelty`.",
-        f"- Operating point: novelty above **{nov['threshold']:.4f}** goes to `other`, chosen so that "
-        f"{_pct(nov['rejection_rate'])} of the validation photos do (`cened train --other-rejection-rate`).",
-    ]
+    lin = nov.get("linear")
+    layers = ", ".join(f"`{layer}`" for layer in nov["layers"])
+    lines = ["## Other: photos of none of the classes", ""]
+    if lin:
+        kinds = lin.get("negatives", {})
+        views = ["the photo", "its mirror", "a crop with colour jitter"][: lin.get("linear_views", 1)]
+        low, high = lin.get("crop_area", (0, 0))
+        lines += [
+            "- Novelty = a linear score, the log-odds of none of the classes, on the standardised "
+            f"embedding ({nov['width']} values: pooled, L2-normalised activations of {layers}); "
+            "`cened.ml.novelty.Linear`, fitted by `cened train --negatives` (`cened.training.other`): "
+            "a logistic regression "
+            f"(C = {lin.get('c')}) of the training split ({', '.join(views)}) against "
+            f"{sum(kinds.values())} photos of {len(kinds)} kinds of none of the classes "
+            f"({', '.join(kinds)}), each degraded as the training photos were ({lin.get('negative_side')} px "
+            f"square, JPEG quality {lin.get('negative_quality')}), and {lin.get('crops')} crops of "
+            f"{low:.0%}-{high:.0%} of training photos (a texture is not a scene). Each kind, the crops "
+            "being one, weighs the same; the negatives together as much as the training photos.",
+            f"- Operating point: novelty above **{lin['threshold']:.4f}** goes to `other`, chosen so that "
+            f"{_pct(nov['rejection_rate'])} of the validation photos do "
+            f"(`cened train --other-rejection-rate`). The {nov['prototypes']} prototypes of the training "
+            "photos (cosine distance, reach "
+            f"{nov['threshold']:.4f}) now only serve learned albums: a photo within reach of one of their "
+            "examples is not other.",
+        ]
+    else:
+        lines += [
+            f"- Novelty = cosine distance to the nearest (k={nov['k']}) of {nov['prototypes']} prototypes of "
+            f"the training photos' embeddings ({nov['width']} values: pooled, L2-normalised activations of "
+            f"{layers}); `cened.ml.novelty`.",
+            f"- Operating point: novelty above **{nov['threshold']:.4f}** goes to `other`, chosen so that "
+            f"{_pct(nov['rejection_rate'])} of the validation photos do "
+            "(`cened train --other-rejection-rate`).",
+        ]
     if inl:
         lines.append(
             f"- Validation photos ({other['runtime']}, confidence threshold "
@@ -462,22 +491,95 @@ def _other_section(meta: modelpack.ModelMeta, other: dict[str, Any] | None) -> s
             f"{_pct(inl['to_review'])} to review; top-1 accuracy of the rest "
             f"**{_pct(inl['accuracy_not_other'])}**, of those filed {_pct(inl['accuracy_filed'])}."
         )
+    full = extra.get("full_size")
+    if full:
+        lines.append(_full_size_line(full))
     if other and other["outliers"]:
+        fitted = set(lin.get("negatives", {})) if lin else set()
+        note = (
+            " Kinds marked * are among the negatives the detector was fitted on, so their row says little "
+            "about kinds it never saw: the leave-one-kind-out table below does."
+            if fitted & set(other["outliers"])
+            else ""
+        )
         lines += [
             f"- Photos of none of the classes (`--ood` {', '.join(other['folders'])}), filed into a class's "
-            "album at this operating point (review and other are not):",
+            f"album at this operating point (review and other are not).{note}",
             "",
             "| folder | photos | filed in an album | other | review | AUROC |",
             "|---|---|---|---|---|---|",
         ]
         for name, r in other["outliers"].items():
+            star = " *" if name in fitted else ""
             lines.append(
-                f"| {name} | {r['n']} | {_pct(r['filed'])} | {_pct(r['to_other'])} | {_pct(r['to_review'])} "
-                f"| {r['auroc']:.4f} |"
+                f"| {name}{star} | {r['n']} | {_pct(r['filed'])} | {_pct(r['to_other'])} "
+                f"| {_pct(r['to_review'])} | {r['auroc']:.4f} |"
             )
         a = other["outliers_all"]
         lines.append(f"| **all** | {a['n']} | **{_pct(a['filed'])}** | | | {a['auroc']:.4f} |")
+    loko = extra.get("leave_one_kind_out")
+    if loko:
+        lines += ["", _loko_section(loko)]
     return "\n".join(lines)
+
+
+def _full_size_line(full: dict[str, Any]) -> str:
+    """The card's line on validation photos sent to other through the daemon's decoding of large photos."""
+    ways = [w for w in ("as is", "jpeg", "heic") if w in full]
+    names = {"as is": "as they are (150 px)", "jpeg": "12 MP JPEG", "heic": "12 MP HEIC"}
+    shares = "; ".join(
+        f"{names[w]} **{_pct(full[w]['to_other'])}** (top-1 {_pct(full[w]['accuracy'])})" for w in ways
+    )
+    return (
+        f"- The same through the daemon's own decoding of full-size photos ({full['runtime']}; "
+        f"{full['n']} validation photos, stratified, enlarged to {full['megapixels']:g} MP with a "
+        f"{full['preview_side']} px EXIF preview or HEIF thumbnail, which `thumbnail_min_side` = "
+        f"{full['thumbnail_min_side']} leaves unused, so the photo itself is decoded), sent to other: "
+        f"{shares}."
+    )
+
+
+def _loko_section(loko: dict[str, Any]) -> str:
+    """The leave-one-kind-out table of ``cened evaluate --leave-one-kind-out``."""
+    v, w = loko["validation"], loko["worst"]
+    rows = []
+    for name, r in loko["kinds"].items():
+        fit = loko["fits"].get(name if r["fitted_without_it"] else "(every kind)", {})
+        degraded = _pct(r["degraded"]["filed"]) if "degraded" in r else "never fitted on"
+        rows.append(
+            f"| {name} | {r['n']} | {_pct(r['as_is']['filed'])} | {degraded} "
+            f"| {_pct(r['as_is']['to_other'])} | {_pct(fit.get('validation_to_other', float('nan')))} "
+            f"| {_pct(fit.get('accuracy_not_other', float('nan')))} |"
+        )
+    pooled = loko["pooled_filed"]
+    n = sum(r["n"] for r in loko["kinds"].values() if r["fitted_without_it"])
+    header = (
+        "| kind left out | photos | filed (as is) | filed (degraded) | to other (as is) "
+        "| validation to other | accuracy of the rest |"
+    )
+    rows.append(f"| **all, pooled** | {n} | {_pct(pooled['as_is'])} | {_pct(pooled['degraded'])} | | | |")
+    return f"""### Leave one kind out (`cened evaluate --leave-one-kind-out`)
+
+For each kind of `--ood` ({", ".join(loko["folders"])}), the detector refitted by the model's own recipe
+without that kind's photos (the crops stay: they come from training photos) and measured on that kind
+({loko["runtime"]}): the share **filed into an album** (not other, confidence at least
+{loko["recipe"]["confidence_threshold"]}, as `decide` files), of its photos as they are and degraded like
+the training photos. Each refit's threshold is set on one half of the validation split and measured on the
+other, both ways, so "validation to other" is what a threshold does for photos it was not set on; the
+accuracy is the top-1 of the validation photos not sent to other. Made-up kinds (`--unlike`) are never
+fitted on: they are measured with the detector fitted on every kind.
+
+**Worst kind: {w["as_is"]["kind"]}, {_pct(w["as_is"]["filed"])} filed** as the photos are
+({w["degraded"]["kind"]} {_pct(w["degraded"]["filed"])} degraded); all kinds pooled
+{_pct(pooled["as_is"])} ({_pct(pooled["degraded"])} degraded). Validation photos sent to other
+**{_pct(v["to_other_mean"])}** (mean over the refits, at most {_pct(v["to_other_max"])}); top-1 accuracy
+of the rest **{_pct(v["accuracy_not_other_mean"])}** (at least {_pct(v["accuracy_not_other_min"])}),
+against {_pct(v["accuracy_without_detector"])} without the detector.
+
+{header}
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+"""
 
 
 def _full_phase(cfg: dict[str, Any]) -> str:
@@ -558,7 +660,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
   Training wall time {tr.get("wall_time_s", "?")} s on the training machine.
 - Calibration: softmax temperature {meta.temperature:.3f}, fitted by NLL on the **validation split**
   (so the ECE below is measured on the data it was fitted on; one parameter, little room to overfit).
-- Files: {", ".join(f"`{k}` {v:.1f} MB" for k, v in size_mb.items())}.
+- Files: {", ".join(f"`{k}` {_size(v)}" for k, v in size_mb.items())}.
 
 ## Data and split
 
@@ -580,7 +682,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 {_previews_line(extra.get("previews"))}
 
 {_crossval_section(extra.get("crossval"))}
-{_other_section(meta, extra.get("other"))}
+{_other_section(meta, extra.get("other"), extra)}
 
 {markdown_tables(report, meta.classes)}
 
@@ -588,9 +690,10 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 
 ## Limitations
 
-- Six scene classes only. Photos of anything else go to `other` when the novelty detector above finds
-  them unlike every training photo; one that resembles a scene (a wall, a textured surface, a photo of a
-  poster of a mountain) can still be filed, and the detector was checked on a few kinds of content only.
+- Six scene classes only. Photos of anything else go to `other` when the novelty detector above calls
+  them none of the classes; one that resembles a scene (a wall, a sea floor, a sky, a photo of a poster of a
+  mountain) can still be filed, and the detector was checked on a few dozen kinds of content only (the
+  leave-one-kind-out table, where there is one, says which kinds it files most).
 - The labels are noisy between `glacier`/`mountain` and `street`/`buildings`; most errors are there, and some
   "errors" are disputable labels. 150x150 source images, upscaled to the input size.
 - Figures come from {report["n"]} validation images drawn from the same collection as the training data;

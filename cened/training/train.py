@@ -455,12 +455,14 @@ def train(
     tflite: bool = True,
     precision: Precision = Precision.INT8,
     other: novelty.NoveltyConfig | None = None,
+    negatives: Sequence[Path] = (),
     verbose: int = 2,
     say: Callable[[str], None] | None = None,
 ) -> modelpack.ModelMeta:
     """Train, calibrate and save a model directory; returns the metadata written.
 
-    With ``other``, the novelty detector behind the "other" album is fitted last.
+    With ``other``, the novelty detector behind the "other" album is fitted last
+    (with ``negatives``: photos of other kinds, see :func:`fit_novelty`).
     """
     say = say or _say
     t0 = time.monotonic()
@@ -547,7 +549,14 @@ def train(
         t = time.monotonic()
         say("phase 4: the novelty detector behind the other album")
         meta = fit_novelty(
-            out_dir, data_dirs, other, batch_size=cfg.batch_size, tflite=tflite, precision=precision, say=say
+            out_dir,
+            data_dirs,
+            other,
+            negatives=negatives,
+            batch_size=cfg.batch_size,
+            tflite=tflite,
+            precision=precision,
+            say=say,
         )
         version = meta.version
         timings["novelty_s"] = time.monotonic() - t
@@ -571,6 +580,7 @@ def fit_novelty(
     data_dirs: Path | Sequence[Path],
     cfg: novelty.NoveltyConfig,
     *,
+    negatives: Sequence[Path] = (),
     batch_size: int = 64,
     tflite: bool = True,
     precision: Precision = Precision.INT8,
@@ -586,16 +596,26 @@ def fit_novelty(
     mirrored and as one random crop with colour jitter (the crops and colours
     of real photos differ from the data set's); the threshold from the
     validation split, so that ``cfg.rejection_rate`` of it is called novel.
-    It also writes the replay set that learning from the user needs
-    (:mod:`cened.ml.learning`): the outputs of a sample of the training split
-    and of the whole validation split.  The model's weights are not touched:
-    this is the last phase of ``cened train``, and ``cened train --other-only``
-    runs it alone on a trained model.
+    With ``negatives`` (folders of kinds of photos that are none of the
+    classes) the linear detector that decides is fitted too
+    (:mod:`cened.training.other`), on the first ``cfg.linear_views`` views of
+    the training split against those kinds and crops of the training photos,
+    with its threshold from the validation split.  It also writes the replay
+    set that learning from the user needs (:mod:`cened.ml.learning`): the
+    outputs of a sample of the training split and of the whole validation
+    split.  The model's weights are not touched: this is the last phase of
+    ``cened train``, and ``cened train --other-only`` runs it alone on a
+    trained model.
     """
     import keras
 
+    from cened.training import other
+
     say = say or _say
     t0 = time.monotonic()
+    if not 1 <= cfg.linear_views <= 3:
+        raise ConfigError("the linear detector takes 1 to 3 views of each training photo")
+    kinds = other.list_kinds(negatives) if negatives else {}
     meta = modelpack.read_meta(model_dir)
     tr = meta.training
     if "split_seed" not in tr or "val_fraction" not in tr:
@@ -628,21 +648,43 @@ def fit_novelty(
         task = bar.add_task("embedding", total=len(views) * len(train_idx) + len(val_idx))
 
         def embed(index: np.ndarray, view: int) -> np.ndarray:
-            """Embeddings of one view of the photos at ``index``, made and embedded a batch at a time."""
-            out = []
-            for start in range(0, len(index), batch_size):
-                chunk = [int(i) for i in index[start : start + batch_size]]
-                images = np.stack([make_view(pixels[i], view, view_rng(cfg.seed, i, view)) for i in chunk])
-                out.append(both(images))
-                bar.advance(task, len(chunk))
-            return np.concatenate(out)
+            """Outputs of one view of the photos at ``index``, made and run a batch at a time."""
+            advance = lambda k: bar.advance(task, k)  # noqa: E731
+            return other.view_outputs(both, pixels, index, view, cfg.seed, batch_size, advance)
 
         train_out = [embed(train_idx, view) for view in views]
         val_out = embed(val_idx, 0)
+        if kinds:
+            total = sum(map(len, kinds.values())) + cfg.crops
+            task = bar.add_task("negatives", total=total)
+            negative_out = other.negative_outputs(
+                both, kinds, meta.input_size, cfg, batch_size, progress=lambda k: bar.advance(task, k)
+            )
+            train_paths = [listing.paths[i] for i in train_idx]
+            crops_out = other.crop_outputs(
+                both, train_paths, meta.input_size, cfg, batch_size, lambda k: bar.advance(task, k)
+            )
     train_emb = np.concatenate([o[:, n_cls:] for o in train_out])
     detector, val_scores = novelty.fit(
         train_emb, np.tile(listing.labels[train_idx], len(views)), val_out[:, n_cls:], cfg
     )
+    linear_info: dict[str, Any] = {}
+    if kinds:
+        fitted = {k: v[:, n_cls:] for k, v in negative_out.items()}
+        if cfg.crops:
+            fitted[other.CROPS] = crops_out[:, n_cls:]
+        positives = np.concatenate([o[:, n_cls:] for o in train_out[: cfg.linear_views]])
+        linear = other.thresholded(
+            other.fit_linear(positives, fitted, cfg), val_out[:, n_cls:], cfg.rejection_rate
+        )
+        detector = detector.with_linear(linear)
+        linear_info = other.recipe(cfg) | {
+            "file": modelpack.OTHER_FILE,
+            "threshold": linear.threshold,
+            "negatives": {k: len(v) for k, v in kinds.items()},
+            "negative_folders": [str(folder) for folder in negatives],
+            "validation_other_share": float((linear.scores(val_out[:, n_cls:]) > linear.threshold).mean()),
+        }
     detector.save(model_dir)
     sample = learning.replay_sample(listing.labels[train_idx], learning.REPLAY_PER_CLASS, cfg.seed)
     names = np.asarray(meta.classes)
@@ -655,29 +697,38 @@ def fit_novelty(
         learning.Labelled(val_out[:, :n_cls], val_out[:, n_cls:], tuple(names[listing.labels[val_idx]])),
     ).save(model_dir)
     runtime = precision.value if tflite else "keras"
-    digest = hashlib.sha256(
-        detector.prototypes.tobytes() + repr(detector.threshold).encode() + runtime.encode()
-    ).hexdigest()
-    info = {
+    digest = hashlib.sha256(detector.prototypes.tobytes() + repr(detector.reach).encode() + runtime.encode())
+    if detector.linear is not None:
+        digest.update(modelpack.sha256_file(model_dir / modelpack.OTHER_FILE).encode())
+    info: dict[str, Any] = {
         "layers": list(cfg.layers),
         "k": cfg.k,
-        "threshold": detector.threshold,
+        "threshold": detector.reach,
         "prototypes": len(detector.prototypes),
         "width": detector.width,
         "rejection_rate": cfg.rejection_rate,
         "fitted_on": f"training split x {len(views)} views (prototypes), validation split (threshold)",
         "seed": cfg.seed,
-        "validation_other_share": float((val_scores > detector.threshold).mean()),
+        "validation_other_share": float((val_scores > detector.reach).mean()),
         # Whose outputs it was fitted on: the LiteRT file at this precision, or Keras.
         "fitted_with": runtime,
     }
-    version = f"{meta.version.split('+')[0]}+other-{digest[:8]}"
+    if linear_info:
+        info["linear"] = linear_info
+    version = f"{meta.version.split('+')[0]}+other-{digest.hexdigest()[:8]}"
     meta = modelpack.write_meta(model_dir, replace(meta, version=version, novelty=info))
     say(
         f"novelty detector: {info['prototypes']} prototypes of {info['width']} values, k={cfg.k}, "
-        f"threshold {detector.threshold:.4f} ({cfg.rejection_rate:.1%} of validation photos) "
+        f"threshold {detector.reach:.4f} ({cfg.rejection_rate:.1%} of validation photos) "
         f"in {time.monotonic() - t0:.0f} s"
     )
+    if linear_info:
+        say(
+            f"linear detector: {len(kinds)} kinds of negatives "
+            f"({sum(linear_info['negatives'].values())} photos) and {cfg.crops} crops; "
+            f"threshold {linear_info['threshold']:.4f}, validation photos to other "
+            f"{linear_info['validation_other_share']:.2%}"
+        )
     return meta
 
 
