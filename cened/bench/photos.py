@@ -78,11 +78,14 @@ def synthetic_photo(
     is the size of its EXIF preview, ``mpf`` of the large preview a camera
     stores after the photo (:func:`with_mpf_preview`).
     """
-    return camera_jpeg(synthetic_picture(seed, size), preview)
+    return camera_jpeg(synthetic_picture(seed, size), preview, mpf)
 
 
-def camera_jpeg(photo: Image.Image, preview: tuple[int, int] | None = None) -> bytes:
-    """``photo`` as a camera writes it: JPEG at :data:`JPEG_QUALITY`, with an EXIF preview of ``preview``."""
+def camera_jpeg(
+    photo: Image.Image, preview: tuple[int, int] | None = None, mpf: tuple[int, int] | None = None
+) -> bytes:
+    """``photo`` as a camera writes it: JPEG at :data:`JPEG_QUALITY`, with an EXIF preview of
+    ``preview`` and an MPF preview of ``mpf``."""
     from PIL import Image
 
     exif = b""
