@@ -44,6 +44,9 @@ VIDEO_EXTENSIONS = (".mov", ".mp4", ".m4v")
 
 #: The folder in the library that photos already there go to (duplicates = "separate").
 DUPLICATES_FOLDER = "_duplicates"
+#: Folders that the units' PrivateTmp= replaces with the service's own, deleted at every stop:
+#: photos or a database kept there would be lost without a word.
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
 
 
 class Duplicates(StrEnum):
@@ -255,6 +258,32 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"invalid configuration: {problems}") from exc
 
 
+def temporary_folders(settings: Settings) -> list[str]:
+    """The folders of ``settings`` that PrivateTmp= would make the service's own, each as ``key path``."""
+    folders = {
+        "inbox": settings.inbox,
+        "library": settings.library,
+        "quarantine": settings.quarantine_dir,
+        "database": settings.database,
+    }
+    return [
+        f"{key} {folder}"
+        for key, folder in folders.items()
+        if any(folder.resolve().is_relative_to(tmp) for tmp in PRIVATE_TMP)
+    ]
+
+
+def refuse_temporary(settings: Settings) -> None:
+    """Refuse (exit 2) folders under /tmp or /var/tmp, which a unit's PrivateTmp= deletes at every stop."""
+    found = temporary_folders(settings)
+    if found:
+        raise ConfigError(
+            f"{'; '.join(found)}: under /tmp or /var/tmp, which the service gets a private copy of "
+            "(PrivateTmp=) that is deleted whenever it stops, photos and log with it; "
+            "choose folders elsewhere in the config"
+        )
+
+
 def check_folders(settings: Settings) -> None:
     """Create the folders the daemon writes to, and prove each writable by making and removing a file.
 
@@ -264,8 +293,11 @@ def check_folders(settings: Settings) -> None:
     batch while the service looks healthy, or crash it into a restart loop.  A
     :class:`ConfigError` (exit 2; :class:`JournalError`, 4, for the database's
     folder) instead stops it, and the units' ``RestartPreventExitStatus=`` does
-    not restart it.
+    not restart it.  Under systemd, folders under /tmp are refused as well
+    (:func:`refuse_temporary`).
     """
+    if os.environ.get("INVOCATION_ID"):  # set by systemd for every unit it starts
+        refuse_temporary(settings)
     folders = {
         "inbox": settings.inbox,
         "library": settings.library,

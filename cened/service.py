@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cened import __version__
-from cened.config import Settings, load_settings
+from cened.config import Settings, load_settings, refuse_temporary
 from cened.errors import ConfigError, ModelError
 from cened.ml import modelpack
 
@@ -132,6 +132,7 @@ def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
     defaults = {} if user else SYSTEM_DEFAULTS
     with _without_cened_env():
         settings = load_settings(path) if exists else load_settings(None, **defaults)
+    refuse_temporary(settings)  # both units have PrivateTmp=yes
     covered = [] if user else [STATE_DIRECTORY]
     writable = writable_paths(settings, covered)
     protect_home = None

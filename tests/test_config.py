@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from conftest import write_config
 from daemon_helpers import run_cli
 
+from cened import config
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 
@@ -143,9 +146,28 @@ def test_every_folder_is_probed_and_systemd_gets_a_hint(
     ):
         check_folders(settings)
     monkeypatch.setenv("INVOCATION_ID", "0123")
+    monkeypatch.setattr(config, "PRIVATE_TMP", ())  # pytest's folders are under /tmp
     with pytest.raises(JournalError, match=r"ReadWritePaths=.*cened install-service"):
         check_folders(settings)
     # The probes leave nothing behind.
     assert [p for folder in (settings.inbox, settings.library) for p in folder.iterdir()] == [
         settings.library / "_quarantine"
     ]
+
+
+def test_under_systemd_folders_under_tmp_are_refused(settings: Settings, tmp_path: Path) -> None:
+    """The units' PrivateTmp= makes /tmp the service's own, deleted at stop: photos there would be lost."""
+    never = Path(f"/var/tmp/cened-test-{os.getpid()}-{tmp_path.name}")
+    cfg = write_config(tmp_path / "c.toml", settings, database=never / "cened.sqlite3")
+    env = {**os.environ, "INVOCATION_ID": "0123456789abcdef", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cened", "--config", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"database {never / 'cened.sqlite3'}" in result.stderr, result.stderr
+    assert f"library {settings.library}" in result.stderr and "PrivateTmp=" in result.stderr
+    assert not never.exists()

@@ -16,7 +16,7 @@ watchdog and points Python at this checkout, and then driven with
 * a daemon hung with SIGSTOP is killed by the watchdog and restarted;
 * ``systemctl stop`` ends it cleanly (exit 0, "stopped" logged);
 * a library outside ``ReadWritePaths=`` stops the start with exit code 2, not
-  restarted;
+  restarted, and so does a database under ``/var/tmp`` (``PrivateTmp=``);
 * every line of ``journalctl -t cened -o cat`` is JSON, and ``-p err`` has the
   refused reload.
 
@@ -346,6 +346,15 @@ def check_system_unit(box: Container) -> None:
     result = box.show("cened", "ActiveState", "ExecMainStatus", "NRestarts")
     assert result == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}, result
 
+    # A database under /var/tmp, which PrivateTmp= makes the service's own and deletes at every
+    # stop, with the log of every photo: refused at start (exit 2), never created.
+    box.path(CONFIG).write_text(config_text(database="/var/tmp/cened/cened.sqlite3"))
+    assert box.run("systemctl", "start", "cened", check=False, timeout=120).returncode != 0
+    time.sleep(2)
+    result = box.show("cened", "ActiveState", "ExecMainStatus", "NRestarts")
+    assert result == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}, result
+    assert not box.path(Path("/var/tmp/cened")).exists()
+
     # The journal: JSON only under -t cened, each line at its level's priority.
     seen = [e.get("event") for e in events(box)]
     for name in ("started", "filed", "quarantined", "reloaded", "reload-refused", "stopped"):
@@ -354,6 +363,7 @@ def check_system_unit(box: Container) -> None:
     assert "reload-refused" in [e.get("event") for e in errors], errors
     assert all(e.get("level") in ("error", "critical") for e in errors), errors
     assert any("not writable" in str(e.get("error")) for e in errors), errors
+    assert any("database /var/tmp/cened/cened.sqlite3" in str(e.get("error")) for e in errors), errors
     # watchdog's stop race (an emitter read after it was told to stop) is no error of ours.
     assert not any("thread is inactive" in json.dumps(e) for e in errors), errors
     # --all: without it journalctl shows a field over 4 KiB (the started line's config) as null.
