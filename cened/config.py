@@ -174,6 +174,15 @@ class Settings(BaseSettings):
         return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
 
     @property
+    def roots(self) -> list[Path]:
+        """The folders cened moves files below, never through a symbolic link (cened.moving).
+
+        The quarantine only where it is outside the library: ``_quarantine`` is the library's.
+        """
+        apart = not self.quarantine_dir.is_relative_to(self.library)
+        return [self.library, self.inbox, *([self.quarantine_dir] if apart else [])]
+
+    @property
     def watched_extensions(self) -> list[str]:
         """What the inbox watcher passes on: photos, and the files that travel with them."""
         return [*self.extensions, *SIDECAR_EXTENSIONS, *VIDEO_EXTENSIONS]

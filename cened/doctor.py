@@ -149,7 +149,7 @@ def repair(
                 state=State.PENDING,
             )
         )
-    for moved in executing.execute(journal, partials):
+    for moved in executing.execute(journal, partials, roots=places.roots):
         if moved.error is None:
             done.append(f"quarantined stray partial {os.fsdecode(moved.entry.source)}")
         else:

@@ -662,6 +662,7 @@ class Processor:
         executed = executing.execute(
             self.journal,
             [e for _, e in intents],
+            roots=self.settings().roots,
             notes=notes,
             orphan=executing.Orphan.DROP,
             on_failure=on_failure,
@@ -800,6 +801,8 @@ def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
         # In both places: a retry would only make a third copy.
         reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
         return Outcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+    if isinstance(exc, moving.LinkedFolder):  # waits, with backoff, until it is a folder again
+        return Outcome(prep.path, Fate.RETRY, entry=entry, reason=f"move failed: {exc.strerror}")
     if isinstance(exc, FileNotFoundError):
         if os.path.lexists(prep.path):
             return Outcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")

@@ -273,6 +273,7 @@ def carry_out(
     label: str | None = None,
     *,
     lead: Entry | None = None,
+    roots: Sequence[Path] = (),
     settings: Settings | None = None,
 ) -> list[Entry]:
     """Journal the moves as intents, move, then mark them done (:mod:`cened.executing`).
@@ -280,7 +281,9 @@ def carry_out(
     A file that travels with a photo moves only once the photo has.  ``lead``
     is a photo's row already done (moved by hand, cened.library) that plans
     without a lead of their own travel with: their rows name it as their group.
-    With ``settings``, date folders of its layout left empty are removed.
+    No folder below ``roots`` (and ``settings``' library, quarantine and
+    inbox) is reached through a link.  With ``settings``, date folders of its
+    layout left empty are removed.
     """
     entries = [
         p.row.follow_up(
@@ -297,7 +300,8 @@ def carry_out(
     for plan, entry in zip(plans, entries, strict=True):
         if plan.lead is not None:
             entry.lead = next(e for p, e in zip(plans, entries, strict=True) if p is plan.lead)
-    executing.execute(journal, entries, make_folders=True)
+    guarded = [*roots, *(settings.roots if settings is not None else ())]
+    executing.execute(journal, entries, roots=guarded)
     if settings is not None:
         left = {p.source.parent for p, e in zip(plans, entries, strict=True) if e.state == State.DONE}
         remove_empty_date_folders(settings, left)
@@ -313,3 +317,4 @@ def remove_empty_date_folders(settings: Settings, folders: Iterable[Path]) -> No
         kept = layout.kept_above(settings.layout, relative)
         if kept is not None:
             moving.remove_empty(folder, settings.library.joinpath(*relative.parts[:kept]))
+
