@@ -282,6 +282,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._identity = self._file_identity()  # the file this connection writes to
             self.conn.execute("PRAGMA busy_timeout = 10000")
             self._check_and_migrate(readonly)
             if not readonly:
@@ -291,6 +292,28 @@ class Journal:
             self.conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path} is not a usable cened database: {exc}") from exc
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def check_same_file(self) -> None:
+        """Fail if the database file was deleted or replaced since it was opened.
+
+        SQLite goes on writing into a deleted file without a word, so every
+        decision after that would be lost with it at the next start.
+        """
+        if self._identity is None:  # not made yet when it was opened
+            self._identity = self._file_identity()
+        if self._file_identity() != self._identity:
+            raise JournalError(
+                f"{self.path} was deleted or replaced while in use, its rows with it; nothing more "
+                "is written or moved. Restore it from a backup, or start again (a new one is made) "
+                "and run `cened doctor --fix` to adopt the photos already filed"
+            )
 
     @contextmanager
     def _guard(self, *, reading: bool = False) -> Iterator[None]:
@@ -351,7 +374,11 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later."""
+        """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later.
+
+        Never into a database file deleted or replaced meanwhile (:meth:`check_same_file`).
+        """
+        self.check_same_file()
         with self._guard():
             self.conn.execute("BEGIN IMMEDIATE")
             try:

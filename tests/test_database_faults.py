@@ -137,6 +137,30 @@ def test_a_journal_that_fails_while_running_stops_the_daemon_with_code_4(
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
+@pytest.mark.slow
+def test_a_database_deleted_under_the_daemon_stops_it_before_another_photo_is_filed(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """SQLite would go on writing into the deleted file, whose rows the next start would never see."""
+    config = write_config(tmp_path / "cened.toml", settings)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for("started", timeout=90)
+        write_photo(settings.inbox / "first.jpg", "sea")
+        daemon.wait_for("filed", timeout=30)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.database}{suffix}").unlink(missing_ok=True)
+        photo = write_photo(settings.inbox / "late.jpg", "forest")
+        failed = daemon.wait_for("journal-failed", timeout=30)
+        assert "deleted or replaced" in failed["error"], failed
+        assert wait_until(lambda: daemon.proc.poll() is not None, timeout=30)
+    finally:
+        code = daemon.stop(or_kill=True)
+    assert code == ExitCode.DATABASE
+    assert photo.exists() and not (settings.library / "forest").exists()
+    assert [e.get("event") for e in daemon.events].count("filed") == 1
+
+
 def _busy_error(path: Path) -> JournalError:
     """A real SQLITE_BUSY, as the journal raises it: another connection holds the write lock."""
     holder = sqlite3.connect(path, isolation_level=None)
