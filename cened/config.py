@@ -119,7 +119,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [".part", ".partial", ".crdownload", ".download", ".tmp", ".swp", "~"]
     )
     stable_seconds: float = Field(1.0, ge=0.0, le=3600)
-    unfinished_grace_s: float = Field(10.0, ge=0.0, le=86_400)
+    # Long enough for a writer that pauses two minutes (a phone's upload on a poor link).
+    unfinished_grace_s: float = Field(180.0, ge=0.0, le=86_400)
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)

@@ -52,6 +52,9 @@ class Action(StrEnum):
     MISSING = "missing"  # not on disk any more, nor found elsewhere (cened doctor, the daemon's start)
     REMOVED = "removed"  # taken out of the library by hand: deleted or moved out, seen as it happened
     ADOPTED = "adopted"  # a file in the library that no row knew (cened doctor)
+    # A quarantined file that changed since (its writer had not finished), put back in the
+    # inbox by cened to be read again; unlike an undo, the daemon then files it.
+    RETURNED = "returned"
 
 
 class State(StrEnum):
@@ -76,7 +79,14 @@ MOVING_ACTIONS = (
 FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED, Action.DUPLICATE)
 #: Rows whose ``ref_id`` ends the referred row's say over where its photo is. A duplicate
 #: or a skip note also names a row (the photo already filed), and supersedes nothing.
-SUPERSEDING_ACTIONS = (Action.UNDONE, Action.CORRECTED, Action.RELOCATED, Action.MISSING, Action.REMOVED)
+SUPERSEDING_ACTIONS = (
+    Action.UNDONE,
+    Action.CORRECTED,
+    Action.RELOCATED,
+    Action.MISSING,
+    Action.REMOVED,
+    Action.RETURNED,
+)
 #: Completed rows of these actions leave a photo in the library proper (not quarantine,
 #: not ``_duplicates``): what a new photo's content is compared with.
 LIBRARY_ACTIONS = (

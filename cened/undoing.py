@@ -318,3 +318,58 @@ def remove_empty_date_folders(settings: Settings, folders: Iterable[Path]) -> No
         if kept is not None:
             moving.remove_empty(folder, settings.library.joinpath(*relative.parts[:kept]))
 
+
+#: The reason of the row of a quarantined file put back in the inbox because it changed.
+CHANGED_IN_QUARANTINE = "changed after it was quarantined (still being written): put back to be read again"
+
+
+def changed_since_quarantined(row: Entry) -> bool:
+    """Whether a quarantined file is no longer what its row says (size, then sha256): still being written."""
+    if row.action != Action.QUARANTINED or row.destination is None or row.sha256 is None:
+        return False
+    try:
+        if row.size is not None and os.lstat(row.destination).st_size != row.size:
+            return True
+        return sha256_file(row.destination) != row.sha256
+    except OSError:
+        return False
+
+
+def return_changed(journal: Journal, row: Entry, roots: Sequence[Path]) -> list[Entry]:
+    """Put a quarantined file that changed since, and the files with it, back where they came from.
+
+    Its writer had paused longer than ``unfinished_grace_s`` and went on
+    writing into the quarantined file: read again from the inbox, the whole
+    photo is filed.  A ``returned`` row supersedes the quarantine's; unlike an
+    undo, it does not keep the daemon from filing the file.  A name taken in
+    the inbox meanwhile gets ``-1``.
+    """
+    assert row.destination is not None
+    entries: list[Entry] = []
+    taken: set[Path] = set()
+    for member in [row, *companions_of(journal, row)]:
+        assert member.destination is not None
+        home = origin(journal, member).source
+        back = moving.free_name(home.parent, home.name, taken)
+        taken.add(back)
+        try:
+            st = os.lstat(member.destination)
+            sha = sha256_file(member.destination)
+        except OSError:
+            continue
+        entries.append(
+            member.follow_up(
+                Action.RETURNED,
+                source=member.destination,
+                destination=back,
+                sha256=sha,
+                size=st.st_size,
+                reason=CHANGED_IN_QUARANTINE,
+                state=State.PENDING,
+                lead=entries[0] if entries and member is not row else None,
+            )
+        )
+    if not entries or entries[0].source != row.destination:
+        return []
+    executing.execute(journal, entries, roots=roots)
+    return entries

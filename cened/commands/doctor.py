@@ -59,6 +59,8 @@ def _examine(settings: Settings, *, fix: bool) -> int:
             print(f"not in the log: {os.fsdecode(p)}")
         for p in report.partials:
             print(f"stray partial copy: {os.fsdecode(p)}")
+        for e in report.changed:
+            print(f"changed since it was quarantined: #{e.id} {os.fsdecode(e.destination or '')}")
         if report.clean:
             print("all consistent")
             return 0
