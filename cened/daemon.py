@@ -493,8 +493,8 @@ class Daemon:
             learned = self._versions.load_active()
             _check_albums(self._settings, learned.classes if learned else classifier.meta.classes)
             classifier.use(learned)
-        except Exception as exc:  # noqa: BLE001 - a bad version must never stop the service
-            log.error("model-switch-refused", version=self._versions.active(), error=str(exc), kept=before)
+        except Exception as exc:  # noqa: BLE001 - a bad version (or active.json) must never stop the service
+            log.error("model-switch-refused", error=str(exc), kept=before)
             return
         if classifier.version != before:
             log.info("model-switched", model=classifier.version, was=before, classes=list(classifier.classes))

@@ -389,12 +389,12 @@ def learn(
         raise Refused(f"{settings.model} has no novelty detector; learning needs its embedding")
     replay = learning.Replay.load(settings.model)
     notes: list[str] = []
-    previous = store.active()
     try:
+        previous = store.active()
         current = shipped.with_learned(store.load_active())
     except Exception as exc:  # noqa: BLE001 - a broken version in use is compared as the shipped model
         notes.append(f"the version in use cannot be loaded ({exc}); compared with the shipped model")
-        current = shipped
+        previous, current = SHIPPED, shipped
     examples, more = labelled(settings, meta.classes)
     notes += more
     seen = dict(Counter(e.label for e in examples))
@@ -526,8 +526,8 @@ def remove_album(settings: Settings, name: str) -> Outcome | None:
     albums.albums.pop(name, None)
     shutil.rmtree(albums.folder(name), ignore_errors=True)  # our copies; DIR is untouched
     store = VersionStore(settings.learned_dir)
-    active = store.active()
-    in_use = active != "shipped" and name in store.load(active).classes
+    active = _active_or_shipped(store)
+    in_use = active != SHIPPED and name in store.load(active).classes
     if not known and not in_use:
         raise Refused(f"no album {name!r} of your own (see `cened album list`)")
     if name not in albums.removed:
@@ -566,14 +566,34 @@ def album_list(settings: Settings) -> list[str]:
                 lines.append(
                     f"{label}\t{n} corrections into a folder that is no class: {state} at `cened learn`"
                 )
-    lines.append(f"in use: {store.active()}")
+    lines.append(f"in use: {_in_use(store)}")
     return lines
+
+
+def _active_or_shipped(store: VersionStore) -> str:
+    """The version in use; the shipped model when ``active.json`` cannot be read (a learn mends it)."""
+    try:
+        return store.active()
+    except ModelError:
+        return SHIPPED
+
+
+def _in_use(store: VersionStore) -> str:
+    """The version in use, or why that cannot be told, for a listing."""
+    try:
+        return store.active()
+    except ModelError as exc:
+        return f"unknown: {exc}"
 
 
 def version_list(settings: Settings) -> list[str]:
     """Lines for ``cened model list``, oldest first; the one in use is marked."""
     store = VersionStore(settings.learned_dir)
-    active = store.active()
+    unreadable = ""
+    try:
+        active: str | None = store.active()
+    except ModelError as exc:  # listed all the same, with how to mend it
+        active, unreadable = None, str(exc)
     base = modelpack.read_meta(settings.model)
     lines = [f"{'*' if active == SHIPPED else ' '} {SHIPPED}\t{base.version}\t{len(base.classes)} classes"]
     for name in store.names():
@@ -590,6 +610,8 @@ def version_list(settings: Settings) -> list[str]:
         figures += f", validation {val.get('accuracy') or 0:.1%}"
         mark = "*" if name == active else " "
         lines.append(f"{mark} {name}\ton {v.base}\t{len(v.classes)} classes ({new}); {figures}")
+    if active is None:
+        lines.append(f"in use: unknown: {unreadable}")
     return lines
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CLASSES, write_config, write_photo
-from daemon_helpers import RunningDaemon, run_cli, wait_until
+from daemon_helpers import DaemonProcess, RunningDaemon, run_cli, wait_until
 from PIL import Image
 
 from cened import learn
@@ -423,3 +423,65 @@ def test_the_oldest_versions_never_used_are_forgotten(tmp_path: Path) -> None:
     kept = store.names()
     assert kept == [names[1], *names[-KEEP_UNUSED:]]
     assert store.active() == names[1] and store.load(names[1]).version == names[1]
+
+
+DAMAGED_ACTIVE = {
+    "not-utf8": b"\xff\xfe{\x00",
+    "garbage": b"{garbage",
+    "empty": b"",
+    "a-list": b"[]",
+    "null": b"null",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_ACTIVE))
+def test_a_damaged_active_file_stops_no_command_and_use_or_rollback_mends_it(
+    damage: str, taught: Settings, tmp_path: Path
+) -> None:
+    store = VersionStore(taught.learned_dir)
+    store.active_file.parent.mkdir(parents=True)
+    store.active_file.write_bytes(DAMAGED_ACTIVE[damage])
+    config = write_config(tmp_path / "cened.toml", taught)
+    listed = run_cli("model", "list", config=config)
+    assert listed.returncode == 0, listed.stderr
+    assert "cannot be read" in listed.stdout and "cened model use shipped" in listed.stdout
+    albums = run_cli("album", "list", config=config)
+    assert albums.returncode == 0 and "in use: unknown" in albums.stdout, albums.stderr
+    learned = run_cli("learn", config=config)  # nothing to learn from, which is the only problem
+    assert learned.returncode == 1 and "nothing to learn from" in learned.stderr, learned.stderr
+    mend = ["model", "use", "shipped"] if damage < "m" else ["model", "rollback"]
+    mended = run_cli(*mend, config=config)
+    assert mended.returncode == 0 and "in use now: shipped" in mended.stdout, mended.stderr
+    assert store.active() == SHIPPED
+
+
+@pytest.mark.slow
+def test_a_damaged_active_file_is_logged_and_the_daemon_keeps_its_model(
+    taught: Settings, tmp_path: Path
+) -> None:
+    """At start and while running: the pump thread lives on, photos are filed by the version in use."""
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    learn.add_album(taught, "magenta", tmp_path / "examples")
+    good = learn.learn(taught).version
+    store = VersionStore(taught.learned_dir)
+    with RunningDaemon(taught) as daemon:
+        assert daemon._classifier.version == good
+        store.active_file.write_bytes(b"{garbage")
+        time.sleep(3)  # the pump looks every 2 s
+        magenta(tmp_path / "b.jpg", 901).rename(taught.inbox / "b.jpg")
+        assert wait_until(lambda: daemon.filed >= 1, timeout=30)
+        assert daemon._classifier.version == good
+    assert (taught.library / "magenta" / "b.jpg").is_file()
+    # Started with it damaged: the shipped model, the damage logged, photos filed.
+    config = write_config(tmp_path / "cened.toml", taught)
+    daemon = DaemonProcess(config)
+    try:
+        refused = daemon.wait_for("model-switch-refused", timeout=90)
+        assert "cannot be read" in refused["error"], refused
+        daemon.wait_for("started", timeout=60)
+        magenta(tmp_path / "c.jpg", 902).rename(taught.inbox / "c.jpg")
+        daemon.wait_for("filed", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    assert (taught.library / "other" / "c.jpg").is_file()
