@@ -142,9 +142,22 @@ def prepare(
         budget = imaging.MemoryBudget(settings.decode_memory_bytes)
     try:
         return _prepare(path, settings, input_size, budget)
-    except Exception as exc:  # not the file's content (decoding raises only Rejected): retry it
-        log.exception("prepare-failed", file=os.fsdecode(path))
-        return Prepared(path, Verdict.RETRY, reason=f"prepare failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a decoder's bug is this file's outcome, never a retry loop
+        log.warning("prepare-failed", file=os.fsdecode(path), exc_info=True)
+        return _failed(path, exc)
+
+
+def _failed(path: Path, exc: Exception) -> Prepared:
+    """A file whose reading raised something unforeseen (a plugin closing our file: FTEX): quarantined.
+
+    Retried, it would fail alike forever, with a traceback each time.
+    """
+    st = _regular_file(path)
+    if isinstance(st, Prepared):
+        return st
+    base = Prepared(path, Verdict.DECODED, sig=signature(st), size=st.st_size, sha256=sha256_or_none(path))
+    detail = f"{type(exc).__name__}: {exc}"
+    return Prepared.rejected(base, imaging.Rejected(imaging.Reason.DECODER_FAILED, detail))
 
 
 def _regular_file(path: Path) -> os.stat_result | Prepared:
