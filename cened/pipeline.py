@@ -45,6 +45,10 @@ log = structlog.get_logger("cened.pipeline")
 RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EEXIST}
 
 
+#: Why a file is left where it is: its path is longer than the system takes (PATH_MAX, 4096 bytes).
+PATH_TOO_LONG = "path-too-long: longer than the system takes (PATH_MAX); move it into a shallower folder"
+
+
 class Verdict(StrEnum):
     """What reading a file found: what the batch can do with it."""
 
@@ -167,6 +171,8 @@ def _regular_file(path: Path) -> os.stat_result | Prepared:
     except FileNotFoundError:
         return Prepared(path, Verdict.SKIP, reason="vanished")
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # nothing can read or move it by its path: left, noted once
+            return Prepared(path, Verdict.SKIP, reason=PATH_TOO_LONG)
         return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
     if stat.S_ISLNK(st.st_mode):
         return Prepared(path, Verdict.SKIP, sig=signature(st), reason="symlink")

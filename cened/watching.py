@@ -14,6 +14,7 @@ reports lost events (inotify queue overflow), and periodically as a safety net.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -68,11 +69,20 @@ def is_candidate(path: Path, inbox: Path, extensions: list[str], ignore_suffixes
 
 
 def scan(inbox: Path) -> Iterator[Path]:
-    """Every entry below ``inbox`` that is not a directory, without following links."""
-    for root, dirs, files in os.walk(inbox, followlinks=False):
+    """Every entry below ``inbox`` that is not a directory, without following links.
+
+    Folder by folder through their descriptors, so a folder whose path is
+    longer than PATH_MAX is listed too (``os.walk`` skips it without a word).
+    """
+    for root, dirs, files, _fd in os.fwalk(inbox, follow_symlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             yield Path(root) / name
+
+
+def too_long(exc: OSError) -> bool:
+    """Whether a path could not be used for its length: it is reported, never silently dropped."""
+    return exc.errno == errno.ENAMETOOLONG
 
 
 def signature(st: os.stat_result) -> tuple[int, int]:
@@ -185,9 +195,12 @@ class StabilityTracker:
                 continue
             try:
                 st = os.lstat(path)
-            except OSError:
+            except OSError as exc:
                 with self._lock:
                     self._seen.pop(path, None)
+                    if too_long(exc):  # released all the same: reading it says why it cannot be filed
+                        self._busy.add(path)
+                        out.append(path)
                 continue
             current = signature(st)
             with self._lock:
@@ -417,8 +430,10 @@ class InboxPump(threading.Thread):
                 continue
             try:
                 old = os.lstat(path).st_mtime < cutoff
-            except OSError:
-                continue
+            except OSError as exc:
+                if not too_long(exc):
+                    continue
+                old = True
             self._tracker.touch(path, old=old)
             found += 1
         log.info("scanned", inbox=str(s.inbox), candidates=found)
