@@ -78,7 +78,10 @@ def shipped_model_dir() -> Path:
 class Settings(BaseSettings):
     """Every key here is documented, with its default, in ``config.example.toml``."""
 
-    model_config = SettingsConfigDict(env_prefix="CENED_", extra="forbid", validate_default=True)
+    # allow_inf_nan: `max_file_mb = inf` would pass every bound and then fail every photo.
+    model_config = SettingsConfigDict(
+        env_prefix="CENED_", extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     inbox: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "inbox")
     library: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "albums")
@@ -136,6 +139,20 @@ class Settings(BaseSettings):
     def _lower_suffixes(cls, value: list[str]) -> list[str]:
         return [v.lower() if v.startswith(".") or v == "~" else "." + v.lower() for v in value]
 
+    @field_validator("extensions")
+    @classmethod
+    def _real_extensions(cls, value: list[str]) -> list[str]:
+        # [], [""] or ["*"] would file nothing, ever, without a word.
+        if not value:
+            raise ValueError("at least one extension is needed, or nothing is ever filed")
+        for ext in value:
+            if len(ext) < 2 or not ext[1:].replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"{ext!r} is not an extension (such as .jpg); patterns are not taken")
+        doubled = sorted({ext for ext in value if value.count(ext) > 1})
+        if doubled:
+            raise ValueError(f"{', '.join(doubled)} listed twice")
+        return value
+
     @field_validator("review_album")
     @classmethod
     def _plain_name(cls, value: str) -> str:
@@ -155,6 +172,22 @@ class Settings(BaseSettings):
     @classmethod
     def _known_classes(cls, value: dict[str, str]) -> dict[str, str]:
         return {cls_name: _album_name(album) for cls_name, album in value.items()}
+
+    @model_validator(mode="after")
+    def _albums_apart(self) -> Settings:
+        """review, other and videos are albums of their own: a class's, or each other's, would mix them."""
+        named = {"review_album": self.review_album, "other_album": self.other_album}
+        if self.videos_album:
+            named["videos_album"] = self.videos_album
+        seen: dict[str, str] = {}
+        for key, album in named.items():
+            if album in seen:
+                raise ValueError(f"{key} and {seen[album]} are both {album!r}: each needs its own album")
+            if album in (DUPLICATES_FOLDER, "_quarantine") or (album and album.startswith(".")):
+                raise ValueError(f"{key}: {album!r} is a folder cened uses for something else")
+            if album:
+                seen[album] = key
+        return self
 
     @model_validator(mode="after")
     def _paths_apart(self) -> Settings:

@@ -558,3 +558,11 @@ def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:
     unknown = sorted(set(settings.albums) - set(classes))
     if unknown:
         raise ConfigError(f"albums: unknown class(es) {unknown}; the model knows {list(classes)}")
+    # A review album that is a class's would hide the unsure photos among the sure ones.
+    class_albums = {settings.album_for(c): c for c in classes}
+    for key in ("review_album", "other_album", "videos_album"):
+        album = getattr(settings, key)
+        if album and album in class_albums:
+            raise ConfigError(
+                f"{key}: {album!r} is the album of class {class_albums[album]!r}: it needs its own album"
+            )

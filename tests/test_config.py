@@ -68,6 +68,19 @@ def test_environment_wins_over_the_file(monkeypatch, tmp_path: Path) -> None:
         ('review_album = "a/b"', "review_album"),
         ('inbox = "/tmp/x"\nlibrary = "/tmp/x/albums"', "inbox and library"),
         ("batch_size = ", "not valid TOML"),
+        # Accepted once, then every photo failed forever, or a traceback (exit 1).
+        ("max_file_mb = inf", "max_file_mb"),
+        ("max_file_mb = nan", "max_file_mb"),
+        ("max_megapixels = inf", "max_megapixels"),
+        ("decode_memory_mb = inf", "decode_memory_mb"),
+        ("confidence_threshold = nan", "confidence_threshold"),
+        # Accepted once, and then nothing was ever filed.
+        ("extensions = []", "extensions"),
+        ('extensions = ["*"]', "extensions"),
+        ('extensions = [""]', "extensions"),
+        ('extensions = [".jpg", ".JPG"]', ".jpg listed twice"),
+        ('review_album = "other"', "other_album and review_album"),
+        ('other_album = "_duplicates"', "other_album"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, body: str, key: str) -> None:
@@ -108,6 +121,22 @@ def test_model_not_matching_its_metadata_is_refused(
     cfg = write_config(tmp_path / "c.toml", settings, model=str(broken))
     result = run_cli("run", config=cfg)
     assert result.returncode == 3 and "sha256" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["max_file_mb", "max_megapixels", "decode_memory_mb"])
+def test_an_infinite_limit_exits_2_with_one_line(tmp_path: Path, settings: Settings, key: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, **{key: "inf"})
+    cfg.write_text(cfg.read_text().replace('"inf"', "inf"))
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2 and key in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not settings.database.exists()
+
+
+def test_a_review_album_that_is_a_class_album_is_refused(tmp_path: Path, settings: Settings) -> None:
+    """Unsure photos filed among the sure ones of `sea` could never be told apart again."""
+    cfg = write_config(tmp_path / "c.toml", settings, review_album="sea")
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2 and "review_album: 'sea' is the album of class 'sea'" in result.stderr
 
 
 def test_unknown_class_in_album_mapping_is_refused(tmp_path: Path, settings: Settings) -> None:
