@@ -528,10 +528,16 @@ class Daemon:
             reloading.write_answer(reloading.Answer.REFUSED, started, str(exc))
             self.notifier.ready(self._status())
             return
-        ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
-        if ignored:
-            log.warning("reload-needs-restart", keys=ignored)
-            new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        restart = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        if restart:  # refused whole: half a config in use is one nobody wrote
+            why = (
+                f"{', '.join(restart)} only change(s) on a restart (systemctl restart cened); "
+                "nothing of the new config was applied"
+            )
+            log.error("reload-needs-restart", keys=restart, error=why)
+            reloading.write_answer(reloading.Answer.REFUSED, started, why)
+            self.notifier.ready(self._status())
+            return
         self._settings = new
         self.tracker.stable_seconds = new.stable_seconds
         imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global

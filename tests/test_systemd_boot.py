@@ -316,6 +316,12 @@ def check_system_unit(box: Container) -> None:
     refused = box.run("systemctl", "reload", "cened", check=False, timeout=120)
     assert refused.returncode != 0, refused
     assert box.show("cened", "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": first_pid}
+    # A key only a restart changes: the reload fails naming it, and nothing of it is taken.
+    box.path(CONFIG).write_text(config_text(queue_max=32, confidence_threshold=0.4))
+    refused = box.run("systemctl", "reload", "cened", check=False, timeout=120)
+    assert refused.returncode != 0, refused
+    needs = [e for e in events(box) if e.get("event") == "reload-needs-restart"]
+    assert needs and needs[-1]["keys"] == ["queue_max"], needs
     box.path(CONFIG).write_text(config_text())
 
     # A hung daemon: the watchdog kills it and systemd starts a new one.
