@@ -50,7 +50,7 @@ def _filled_database(path: Path) -> None:
         journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-@pytest.mark.parametrize("damage", ["garbage-inside", "zeros-inside", "replaced"])
+@pytest.mark.parametrize("damage", ["garbage-inside", "zeros-inside", "8-kib-inside", "replaced"])
 def test_a_damaged_database_is_refused_with_code_4_by_every_command(
     tmp_path: Path, settings: Settings, damage: str
 ) -> None:
@@ -61,12 +61,17 @@ def test_a_damaged_database_is_refused_with_code_4_by_every_command(
         replacement = tmp_path / "garbage"
         replacement.write_bytes(os.urandom(size))
         os.replace(replacement, settings.database)
+    elif damage == "8-kib-inside":  # two pages no query of a short history or of doctor may read
+        with open(settings.database, "r+b") as fh:
+            fh.seek(size // 2 // 4096 * 4096)
+            fh.write(os.urandom(8192))
     else:  # the middle third: SQLite finds broken pages; zeros also make rows with a NULL action
         with open(settings.database, "r+b") as fh:
             fh.seek(size // 3)
             fh.write(os.urandom(size // 3) if damage == "garbage-inside" else bytes(size // 3))
     config = write_config(tmp_path / "cened.toml", settings)
-    for command in (["stats"], ["history", "--limit", "0"], ["doctor"]):
+    commands = (["stats"], ["history", "--limit", "0"], ["history"], ["doctor"], ["undo", "--last", "1"])
+    for command in commands:
         _refused(run_cli(*command, config=config), str(settings.database))
     # The daemon refuses at start, or stops at its first write to the damaged rows.
     write_photo(settings.inbox / "waiting.jpg", "sea")

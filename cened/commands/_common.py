@@ -34,9 +34,27 @@ def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
 
 
 def readonly_journal(settings: Settings) -> Journal:
+    """The log, read only, once SQLite found it whole: damage no query reads still ends the command (4)."""
     from cened.journal import Journal
 
-    return Journal(settings.database, readonly=True)
+    journal = Journal(settings.database, readonly=True)
+    return _checked(journal)
+
+
+def journal(settings: Settings) -> Journal:
+    """The log to write to (undo, correct), once SQLite has found it whole."""
+    from cened.journal import Journal
+
+    return _checked(Journal(settings.database))
+
+
+def _checked(journal: Journal) -> Journal:
+    try:
+        journal.check_integrity()
+    except BaseException:
+        journal.close()
+        raise
+    return journal
 
 
 def short(path: Path | None, settings: Settings) -> str:

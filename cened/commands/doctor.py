@@ -50,6 +50,7 @@ def _examine(settings: Settings, *, fix: bool) -> int:
     from cened.library import Places
 
     with Journal(settings.database) as journal:
+        journal.check_integrity(full=True)  # damage no row of the report reads is damage all the same
         report = examine(journal, settings.library, settings.quarantine_dir)
         for e in report.pending:
             print(f"interrupted move #{e.id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')}")

@@ -21,11 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cened.journal import Action, Journal
+    from cened.journal import Action
     from cened.undoing import carry_out, plan_undo, select_undo
 
     settings = _common.settings_of(args)
-    with Journal(settings.database) as journal:
+    with _common.journal(settings) as journal:
         ids = select_undo(journal, ids=args.ids, last=args.last, since=args.since, batch_id=args.batch)
         if not ids:
             print("nothing to undo")
