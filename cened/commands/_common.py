@@ -57,14 +57,21 @@ def _checked(journal: Journal) -> Journal:
     return journal
 
 
+def name(path: Path | None) -> str:
+    """A path as printed: its control characters escaped (cened.logsetup.printable)."""
+    from cened.logsetup import printable
+
+    return "" if path is None else printable(os.fsdecode(path))
+
+
 def short(path: Path | None, settings: Settings) -> str:
-    """Paths relative to the inbox or library, which is what a person scans a table for."""
+    """Paths relative to the inbox or library, which is what a person scans a table for; printable."""
     if path is None:
         return ""
     for root, prefix in ((settings.inbox, "inbox/"), (settings.library, "")):
         if path.is_relative_to(root):
-            return prefix + os.fsdecode(path.relative_to(root))
-    return os.fsdecode(path)
+            return prefix + name(path.relative_to(root))
+    return name(path)
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -75,16 +82,17 @@ def pct(x: float | None, digits: int = 1) -> str:
 def report_moves(entries: list[Entry], verb: str) -> int:
     """What ``undo`` and ``correct`` moved, one line each; failures on stderr and in the exit code."""
     from cened.journal import State
+    from cened.logsetup import printable
 
     failed = 0
     for e in entries:
         if e.state == State.DONE:
             print(
-                f"{verb} #{e.ref_id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')} (#{e.id})"
+                f"{verb} #{e.ref_id}: {name(e.source)} -> {name(e.destination)} (#{e.id})"
             )
         else:
             failed += 1
-            print(f"cened: failed #{e.ref_id}: {e.reason}", file=sys.stderr)
+            print(f"cened: failed #{e.ref_id}: {printable(e.reason or '')}", file=sys.stderr)
     return ExitCode.REFUSED if failed else ExitCode.OK
 
 

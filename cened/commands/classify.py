@@ -92,11 +92,14 @@ def _answered(outcome: Outcome) -> bool:
 
 
 def _print_result(row: dict[str, object], as_json: bool) -> None:
+    from cened.logsetup import printable
+
     if as_json:
         print(json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False))
     elif "error" in row:
-        print(f"{row['file']}\tERROR {row['error']}\t{row.get('detail') or ''}")
+        print(printable(f"{row['file']}\tERROR {row['error']}\t{row.get('detail') or ''}"))
     else:
         conf = f"{row['confidence']:.3f}" if row.get("confidence") is not None else ""
         where = row.get("album") or row.get("reason") or ""
-        print(f"{row['file']}\t{row['action']}\t{where}\t{conf}\t{row.get('destination') or ''}")
+        fields = (row["file"], row["action"], where, conf, row.get("destination") or "")
+        print("\t".join(printable(str(f)) for f in fields))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from cened.commands import _common
 
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         plans = plan_undo(journal, ids)
         if args.dry_run:
             for plan in plans:
-                print(f"would move {os.fsdecode(plan.source)} -> {os.fsdecode(plan.destination)}")
+                print(f"would move {_common.name(plan.source)} -> {_common.name(plan.destination)}")
             return 0
         entries = carry_out(journal, plans, Action.UNDONE, settings=settings)
     return _common.report_moves(entries, "undid")
