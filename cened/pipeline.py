@@ -428,7 +428,9 @@ class Processor:
         """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
         for prep in plan.batch:
             if prep.verdict == Verdict.RETRY:
-                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason))
+                # Still being written is no failure: not a warning at every look.
+                waiting = prep.reason in set(Pending)
+                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason, waiting=waiting))
             elif prep.verdict == Verdict.SKIP:
                 if prep.reason == "vanished" and self._moved_with_photo(prep.path):
                     plan.outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))

@@ -100,6 +100,12 @@ class _Seen:
     # again after more writes, or came back unfinished: its writer opens it
     # anew for each chunk, and only holding still says it is done.
     trust_close: bool = True
+    # Handed back unfinished: while it stays as it was then, it is not read again before this.
+    recheck_at: float = 0.0
+
+
+#: How often a file handed back as unfinished is read again while it does not change.
+UNFINISHED_RECHECK_S = 5.0
 
 
 class StabilityTracker:
@@ -166,11 +172,19 @@ class StabilityTracker:
 
         It is taken again once its size and mtime have held for
         ``stable_seconds`` from now; its writer's closes no longer count.
+        A writer that pauses leaves it as it is: then it is read again only
+        every UNFINISHED_RECHECK_S (over a grace of minutes, not every second).
         """
         now = self._clock()
+        try:
+            sig: tuple[int, int] | None = signature(os.lstat(path))
+        except OSError:
+            sig = None
         with self._lock:
             self._busy.discard(path)
-            self._seen[path] = _Seen(changed_at=now, trust_close=False)
+            self._seen[path] = _Seen(
+                changed_at=now, signature=sig, trust_close=False, recheck_at=now + UNFINISHED_RECHECK_S
+            )
 
     def done(self, path: Path, *, keep: tuple[int, int] | None = None) -> None:
         """Finished with ``path``; ``keep`` (its signature) means it stays and must be ignored."""
@@ -213,6 +227,8 @@ class StabilityTracker:
                     entry.signature = current
                 closed = entry.trust_close and entry.closed_as == current
                 settled = closed or now - entry.changed_at >= self.stable_seconds
+                if settled and entry.recheck_at > now and current == entry.signature:
+                    continue  # still as it was when it read as unfinished
                 if not settled and stat.S_ISREG(st.st_mode):
                     continue
                 del self._seen[path]

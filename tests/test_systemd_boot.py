@@ -304,6 +304,8 @@ def check_system_unit(box: Container) -> None:
     # A photo is filed, a poison one quarantined.
     write_photo(box.path(INBOX / ".sea.jpg.part"), "sea").rename(box.path(INBOX / "sea.jpg"))
     box.path(INBOX / "poison.jpg").write_bytes(os.urandom(3000))
+    old = time.time() - 3600  # long finished: quarantined at once, not waited for (unfinished_grace_s)
+    os.utime(box.path(INBOX / "poison.jpg"), (old, old))
     wait_for(lambda: box.path(LIBRARY / "sea" / "sea.jpg").exists(), 60, "sea.jpg filed")
     quarantine = box.path(LIBRARY / "_quarantine")
     wait_for(lambda: any("poison" in p.name for p in quarantine.rglob("*")), 60, "poison.jpg quarantined")
