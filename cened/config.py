@@ -272,6 +272,28 @@ def _album_name(value: str) -> str:
     return value
 
 
+#: The system service's config (install-service writes the unit to read it).
+SYSTEM_CONFIG = Path("/etc/cened/config.toml")
+
+
+def user_config() -> Path:
+    """The user service's config, ``~/.config/cened/config.toml`` (``$XDG_CONFIG_HOME`` honoured)."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(_home() / ".config")
+    return Path(config_home) / "cened" / "config.toml"
+
+
+def installed_config() -> Path | None:
+    """The config a command reads when none is named: ``$CENED_CONFIG``, else an installed service's.
+
+    The user's own service's first, then the system service's, so that
+    ``cened history`` run by anyone who may read it shows the service's log,
+    not the defaults' (docs/service.md).  None: the defaults.
+    """
+    if os.environ.get("CENED_CONFIG"):
+        return Path(os.environ["CENED_CONFIG"])
+    return next((p for p in (user_config(), SYSTEM_CONFIG) if p.is_file()), None)
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Read the settings, turning every failure into one :class:`ConfigError`.
 
@@ -286,7 +308,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {config} does not exist")
         try:
             tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except OSError as exc:
+            raise ConfigError(f"config file {config} cannot be read: {exc.strerror or exc}") from exc
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {config} is not valid TOML: {exc}") from exc
 
     class _FromFile(Settings):

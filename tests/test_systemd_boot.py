@@ -310,6 +310,18 @@ def check_system_unit(box: Container) -> None:
     quarantine = box.path(LIBRARY / "_quarantine")
     wait_for(lambda: any("poison" in p.name for p in quarantine.rglob("*")), 60, "poison.jpg quarantined")
 
+    # The service's CLI as its user: `cened` on the PATH (install-service linked it), and the
+    # service's config found without --config. Anyone else: one line, never a traceback.
+    secure_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sudo's
+    python = ["env", f"PYTHONPATH={ROOT}", f"PATH={secure_path}"]
+    as_service = box.run("runuser", "-u", "cened", "--", *python, "cened", "history", check=False)
+    assert as_service.returncode == 0 and "sea.jpg" in as_service.stdout, as_service
+    outsider = box.run(
+        "runuser", "-u", "nobody", "--", *python, "cened", "model", "use", "shipped", check=False
+    )
+    assert outsider.returncode == 1 and "permission denied" in outsider.stderr, outsider
+    assert len(outsider.stderr.strip().splitlines()) == 1, outsider.stderr
+
     # A good reload succeeds; a broken config is refused, and so is `systemctl reload`.
     box.path(CONFIG).write_text(config_text(confidence_threshold=0.5))
     box.run("systemctl", "reload", "cened", timeout=120)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cened.config import Settings, load_settings
+from cened.config import Settings, installed_config, load_settings
 from cened.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -16,9 +16,14 @@ if TYPE_CHECKING:
     from cened.journal import Entry, Journal
 
 
+def config_of(args: argparse.Namespace) -> Path | None:
+    """The file the global ``--config`` names, else ``$CENED_CONFIG``, else an installed service's."""
+    return args.config or installed_config()
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings of the file the global ``--config`` names (default: ``$CENED_CONFIG``)."""
-    return load_settings(args.config)
+    """The settings of :func:`config_of`."""
+    return load_settings(config_of(args))
 
 
 def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:

@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from cened import logsetup
     from cened.daemon import Daemon
 
+    config = _common.config_of(args)
     settings = _common.settings_of(args)
     logsetup.configure(settings.log_format, settings.log_level)
-    return Daemon(settings, args.config).run()
+    return Daemon(settings, config).run()
