@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -266,9 +267,30 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
+#: The longest album name, in bytes of UTF-8: a folder name on ext4, XFS, btrfs and tmpfs.
+ALBUM_NAME_MAX = 255
+
+
 def _album_name(value: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\0" in value:
+    if not value or value in (".", "..") or "/" in value or not value.isprintable():
         raise ValueError(f"{value!r} is not a usable folder name")
+    if len(value.encode("utf-8", "surrogateescape")) > ALBUM_NAME_MAX:
+        raise ValueError(f"an album name is at most {ALBUM_NAME_MAX} bytes; {value[:40]!r}… is longer")
+    return value
+
+
+def album_name_for_people(value: str, reserved: Collection[str] = ()) -> str:
+    """An album name a person gave (``album add``, ``correct``); ``ValueError`` saying why not.
+
+    Not a folder cened keeps for itself (``_quarantine``, ``_duplicates``,
+    hidden ones), nor one of ``reserved`` in another case (``Review``).
+    """
+    _album_name(value)
+    if value.startswith((".", "_")):
+        raise ValueError(f"{value!r}: names starting with . or _ are folders cened uses itself")
+    taken = {r.casefold(): r for r in reserved}
+    if value.casefold() in taken and value != taken[value.casefold()]:
+        raise ValueError(f"{value!r} is too like album {taken[value.casefold()]!r}; choose another name")
     return value
 
 

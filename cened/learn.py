@@ -459,15 +459,15 @@ def learn(
 
 def add_album(settings: Settings, name: str, folder: Path, classifier: Classifier | None = None) -> int:
     """Record ``folder``'s photos as the examples of a new album ``name``; returns how many."""
-    from cened.config import _album_name
+    from cened.config import album_name_for_people
 
-    try:
-        _album_name(name)
-    except ValueError as exc:
-        raise Refused(str(exc)) from exc
     classifier = classifier or Classifier.from_settings(settings, learned=False)
     reserved = {*classifier.meta.classes, settings.review_album, settings.other_album, DUPLICATES_FOLDER}
-    if name in reserved or name.startswith((".", "_")):
+    try:
+        album_name_for_people(name, reserved)
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    if name in reserved:
         raise Refused(f"{name!r} is an album cened uses already; choose another name")
     albums = Albums.load(settings.learned_dir)
     if name in albums.albums:

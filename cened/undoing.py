@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cened import executing, layout, moving
-from cened.config import Settings
+from cened.config import Settings, album_name_for_people
 from cened.errors import ConfigError, Refused
 from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
@@ -234,8 +234,10 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     if problems:
         raise UndoError(problems)
     album = settings.album_for(label)
-    if not label or "/" in label or label in (".", ".."):
-        raise UndoError([f"{label!r} is not a usable album name"])
+    try:  # the same names as `cened album add` takes (and review, other, a class's own)
+        album_name_for_people(album, {settings.review_album, settings.other_album, *settings.albums.values()})
+    except ValueError as exc:
+        raise UndoError([str(exc)]) from exc
     assert row.destination is not None
     # Dated folders come from the photo itself, so it keeps its date folders in its new album.
     taken = None

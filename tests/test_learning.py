@@ -485,3 +485,31 @@ def test_a_damaged_active_file_is_logged_and_the_daemon_keeps_its_model(
     finally:
         assert daemon.stop() == 0
     assert (taught.library / "other" / "c.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("n" * 300, "at most 255 bytes"),
+        ("Review", "too like album 'review'"),
+        ("two\nlines", "not a usable folder name"),
+        ("_quarantine", "folders cened uses itself"),
+    ],
+)
+def test_album_add_refuses_names_in_one_line(taught: Settings, tmp_path: Path, name: str, why: str) -> None:
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    done = run_cli("album", "add", name, str(tmp_path / "examples"), config=config)
+    assert done.returncode == 1 and why in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (taught.learned_dir / learn.ALBUMS_FILE).exists()
+
+
+def test_correct_refuses_the_names_album_add_refuses(taught: Settings, tmp_path: Path, filing) -> None:
+    file, _journal = filing
+    (outcome,) = file(write_photo(taught.inbox / "a.jpg", "sea"))
+    config = write_config(tmp_path / "cened.toml", taught)
+    for name in ("_quarantine", "_duplicates", "Review", "n" * 300):
+        done = run_cli("correct", str(outcome.entry.id), name, config=config)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert (taught.library / "sea" / "a.jpg").exists()
