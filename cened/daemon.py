@@ -231,7 +231,8 @@ class Daemon:
                 log.error(
                     "died-of-a-fault",
                     stacks=self._flights.fault[-MAX_LOGGED_STACKS:],
-                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.deaths)],
+                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.at_death)],
+                    suspects={os.fsdecode(p): n for p, n in sorted(self._flights.deaths.items())},
                 )
             # Only the daemon's own process catches fatal signals: faulthandler is process-wide.
             self._flights.begin(catch_faults=threading.current_thread() is threading.main_thread())

@@ -72,6 +72,8 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Python warnings (Pillow's "Corrupt EXIF data", thousands in a run) as log events, not raw lines.
+    logging.captureWarnings(True)
     if use_json:
         # A traceback printed by Python itself would be the one non-JSON text in the journal.
         sys.excepthook = _uncaught

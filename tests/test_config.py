@@ -110,6 +110,12 @@ def test_missing_model_fails_fast_with_exit_3(tmp_path: Path, settings: Settings
     assert "no-model" in result.stderr and "does not exist" in result.stderr
 
 
+def test_a_model_that_is_a_file_says_so(tmp_path: Path, settings: Settings) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, model="/etc/passwd")
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 3 and "/etc/passwd is a file, not a model directory" in result.stderr
+
+
 def test_model_not_matching_its_metadata_is_refused(
     tmp_path: Path, settings: Settings, model_dir: Path
 ) -> None:
