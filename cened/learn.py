@@ -129,6 +129,10 @@ class FeatureCache:
         except (OSError, ValueError, KeyError):
             pass  # none yet, another model's or unreadable: computed again
 
+    def keep_only(self, shas: set[str]) -> None:
+        """Forget the rows of photos no longer learned from: the cache stays as bounded as they are."""
+        self.rows = {s: row for s, row in self.rows.items() if s in shas}
+
     def save(self) -> None:
         if not self.rows:
             return
@@ -310,6 +314,19 @@ def split(examples: Sequence[Example]) -> np.ndarray:
     return held
 
 
+def capped(examples: Sequence[Example], notes: list[str] | None = None) -> list[Example]:
+    """At most :data:`learning.MAX_EXAMPLES` of each label (:func:`learning.sample`), in their order."""
+    by_label: dict[str, list[str]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e.sha256)
+    kept: dict[str, set[str]] = {}
+    for label, shas in by_label.items():
+        kept[label] = learning.sample(shas)
+        if notes is not None and len(set(shas)) > len(kept[label]):
+            notes.append(f"{label!r}: {len(set(shas))} photos; learned from a sample of {len(kept[label])}")
+    return [e for e in examples if e.sha256 in kept[e.label]]
+
+
 def labelled(settings: Settings, classes: tuple[str, ...]) -> tuple[list[Example], list[str]]:
     """Every photo the user has labelled: album examples, then corrections; and notes on those left out."""
     albums = Albums.load(settings.learned_dir)
@@ -402,8 +419,10 @@ def learn(
         raise Refused(
             "nothing to learn from: no corrections yet, and no albums of your own (cened album add)"
         )
+    examples = capped(examples, notes)
     cache = FeatureCache(settings.learned_dir, meta.version)
     examples, outputs = compute(examples, classifier, settings, cache, lambda s: notes.append(s))
+    cache.keep_only({e.sha256 for e in examples})
     cache.save()
     counts = Counter(e.label for e in examples)
     new_labels = sorted(label for label in counts if label not in meta.classes)
@@ -483,6 +502,8 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
         sha256 = sha256_or_none(path)
         if sha256 is not None:  # read and decoded once, by compute(); what it cannot read is left out
             wanted.append(Example(sha256, path, name, Source.ALBUM))
+    # Only a sample of a large album is read, kept and learned from (learning.MAX_EXAMPLES).
+    wanted = capped(wanted)
     cache = FeatureCache(settings.learned_dir, classifier.meta.version)
     kept, _ = compute(wanted, classifier, settings, cache)
     if len(kept) < learning.MIN_EXAMPLES:

@@ -513,3 +513,35 @@ def test_correct_refuses_the_names_album_add_refuses(taught: Settings, tmp_path:
         done = run_cli("correct", str(outcome.entry.id), name, config=config)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert (taught.library / "sea" / "a.jpg").exists()
+
+
+@pytest.mark.slow
+def test_an_album_of_twenty_thousand_photos_is_learned_in_bounded_memory(
+    taught: Settings, tmp_path: Path
+) -> None:
+    """Peak RSS at most 1 GiB, and a bounded sample of the album kept and learned from."""
+    import subprocess
+
+    base = magenta(tmp_path / "base.jpg", 1).read_bytes()
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(20_000):  # distinct photos: bytes after the JPEG's end change its sha256, not its pixels
+        (folder / f"m{i:05d}.jpg").write_bytes(base + b"%d" % i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)"
+    )
+    cmd = [sys.executable, "-c", measure, sys.executable, "-m", "cened", "--config", str(config)]
+    out = subprocess.run(
+        [*cmd, "album", "add", "magenta", str(folder)], capture_output=True, text=True, timeout=900
+    )
+    peak_kib, code = map(int, out.stdout.split()[-2:])
+    assert code == 0, out.stderr
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    kept = list((taught.learned_dir / "albums" / "magenta").iterdir())
+    assert len(kept) == learning.MAX_EXAMPLES
+    assert (
+        learn.Albums.load(taught.learned_dir).albums["magenta"]["examples"].__len__() == learning.MAX_EXAMPLES
+    )
