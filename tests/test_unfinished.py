@@ -177,7 +177,7 @@ def test_a_quarantined_file_its_writer_goes_on_writing_is_read_again_and_filed(s
     data = _photo()
     path = settings.inbox / "slow.jpg"
     with RunningDaemon(settings) as daemon:
-        write_holding_open(path, data, chunks=3, pause=5.0)
+        write_holding_open(path, data, chunks=3, pause=8.0)  # longer than a recheck (5 s) and the grace
         assert wait_until(lambda: (settings.library / "sea" / "slow.jpg").exists(), timeout=60)
         time.sleep(settings.stable_seconds + 2.5)  # a look at the quarantine more: nothing left there
         counters = dict(daemon.counters)
