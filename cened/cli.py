@@ -46,17 +46,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.REFUSED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _reader_gone() -> int:
+    """``cened history | head``: the reader has what it wanted; end quietly, without a traceback.
+
+    stdout is pointed at /dev/null so that the interpreter's last flush of
+    what is still buffered cannot fail again on the closed pipe (as Python's
+    own documentation of SIGPIPE advises).
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return ExitCode.PIPE
+
+
+def build_parser(*, whole: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``cened``; ``whole``: with every command's options declared up front.
+
+    Normally a command's options are declared only once it is chosen (see
+    :class:`CommandParser`); shell completion needs them all at once.
+    """
     parser = argparse.ArgumentParser(prog="cened", description="Sort photos from an inbox into albums.")
     parser.add_argument("--version", action="version", version=f"cened {__version__}")
-    parser.add_argument("-c", "--config", type=Path, help="TOML config file (default: $CENED_CONFIG)")
+    parser.add_argument("-c", "--config", type=Path, help=CONFIG_HELP)
     sub = parser.add_subparsers(metavar="COMMAND", parser_class=CommandParser)
     for command in commands():
-        p = sub.add_parser(command.NAME, help=command.HELP, command=command)
+        p = sub.add_parser(
+            command.NAME,
+            help=command.HELP,
+            description=command.HELP[:1].upper() + command.HELP[1:] + ".",
+            epilog=_examples(command),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            command=command,
+        )
+        # After the command as well as before it: `cened run --config FILE` is what people type.
+        # SUPPRESS: when not given here, the global option's value (or None) stands.
+        p.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
         p.set_defaults(func=command.run)
+        if whole:
+            p.declare()
     return parser
+
+
+CONFIG_HELP = "TOML config file (default: $CENED_CONFIG)"
+
+
+def _examples(command: ModuleType) -> str:
+    """A command's ``EXAMPLES``, as the end of its ``--help``."""
+    lines = [line for line in getattr(command, "EXAMPLES", "").strip().splitlines() if line.strip()]
+    return "examples:\n" + "\n".join(f"  {line.strip()}" for line in lines) if lines else ""
 
 
 def commands() -> list[ModuleType]:
@@ -79,10 +122,14 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        self.declare()
+        return super().parse_known_args(args, namespace)
+
+    def declare(self) -> None:
+        """Declare the command's options, once."""
         command, self._command = self._command, None
         if command is not None:
             command.add_arguments(self)
-        return super().parse_known_args(args, namespace)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ that does nothing is the kind of mistake users never find.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Collection
@@ -17,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -58,6 +60,14 @@ class Duplicates(StrEnum):
     SKIP = "skip"  # left in the inbox, noted once
 
 
+class NearDuplicates(StrEnum):
+    """What becomes of a photo that is the same picture as one in the library, or a frame of its burst."""
+
+    GROUP = "group"  # filed beside it, in its album, as one group that undo and correct move together
+    SEPARATE = "separate"  # the same picture goes to <library>/_duplicates; a burst frame is grouped
+    KEEP = "keep"  # filed like any photo
+
+
 def _home() -> Path:
     return Path(os.environ.get("HOME") or Path.home())
 
@@ -97,7 +107,7 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64)
     model_threads: int = Field(0, ge=0, le=64)
     model_workers: int = Field(0, ge=0, le=16)
-    thumbnail_min_side: int = Field(240, ge=0, le=10_000)
+    thumbnail_min_side: int = Field(160, ge=0, le=10_000)
 
     confidence_threshold: float = Field(0.6, ge=0.0, le=1.0)
     review_album: str = "review"
@@ -105,6 +115,7 @@ class Settings(BaseSettings):
     other_album: str = "other"
     albums: dict[str, str] = Field(default_factory=dict)
     duplicates: Duplicates = Duplicates.SEPARATE
+    near_duplicates: NearDuplicates = NearDuplicates.GROUP
     # A video with no photo of its name goes here, unclassified; "" leaves it in the inbox.
     videos_album: str = ""
     # How long a sidecar or video with no photo of its name waits for one to arrive.
@@ -128,7 +139,6 @@ class Settings(BaseSettings):
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)
-    max_megapixels: float = Field(100.0, gt=0)
     decode_memory_mb: float = Field(512.0, ge=16)
     retry_max_s: float = Field(300.0, ge=1.0)
 
@@ -239,10 +249,6 @@ class Settings(BaseSettings):
     def decode_memory_bytes(self) -> int:
         return int(self.decode_memory_mb * 1024 * 1024)
 
-    @property
-    def max_pixels(self) -> int:
-        return int(self.max_megapixels * 1_000_000)
-
     def album_folder(self, album: str, taken: datetime | None = None) -> Path:
         """Where a photo of ``album`` goes, by ``layout``; ``taken`` is needed when the layout has dates."""
         return self.library / layouts.folder(self.layout, album, taken)
@@ -324,12 +330,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """
     if config is None and os.environ.get("CENED_CONFIG"):
         config = Path(os.environ["CENED_CONFIG"])
+    in_file: dict[str, Any] = {}
     if config is not None:
         config = config.expanduser()
         if not config.is_file():
             raise ConfigError(f"config file {config} does not exist")
         try:
-            tomllib.loads(config.read_text(encoding="utf-8"))
+            in_file = tomllib.loads(config.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"config file {config} cannot be read: {exc.strerror or exc}") from exc
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -341,10 +348,29 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     try:
         return _FromFile(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err, config, in_file, overrides) for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from exc
+
+
+def _problem(err: Any, config: Path | None, in_file: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """One validation error as a person can act on it: where the key was set, and for a
+    misspelt key the nearest one that exists."""
+    key = ".".join(str(p) for p in err["loc"])
+    top = str(err["loc"][0]) if err["loc"] else ""
+    env = f"{Settings.model_config['env_prefix']}{top.upper()}"
+    if top in overrides:
+        where = ""
+    elif top in in_file and config is not None:
+        where = f"{config}: "
+    elif top and env in os.environ:
+        where = f"${env}: "
+    else:
+        where = f"{config}: " if config is not None and top else ""
+    if err["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(top, list(Settings.model_fields), n=1, cutoff=0.6)
+        guess = f" (did you mean {near[0]!r}?)" if near else " (config.example.toml lists every key)"
+        return f"{where}unknown key {key!r}{guess}"
+    return f"{where}{key or 'config'}: {err['msg']}"
 
 
 def temporary_folders(settings: Settings) -> list[str]:
@@ -396,7 +422,10 @@ def check_folders(settings: Settings) -> None:
     for key, folder in folders.items():
         probe = folder / f".cened-probe-{os.getpid()}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                # Named, since a missing inbox is as often a typo in the config as a first start.
+                structlog.get_logger("cened.config").info("created-folder", folder=key, path=str(folder))
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             os.unlink(probe)
         except OSError as exc:

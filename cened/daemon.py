@@ -56,7 +56,7 @@ from cened.ml import imaging
 from cened.ml.classifying import Classifier
 from cened.ml.versions import VersionStore
 from cened.notify import Notifier, watchdog_interval
-from cened.pipeline import Fate, Outcome, Pending, Prepared, Processor, Verdict
+from cened.pipeline import Fate, FileOutcome, Pending, Prepared, Processor, Verdict
 from cened.watching import InboxPump, StabilityTracker, signature
 
 log = structlog.get_logger("cened.daemon")
@@ -194,7 +194,6 @@ class Daemon:
         """Start, serve until a stop signal, shut down cleanly; returns the exit code."""
         s = self._settings
         check_folders(s)  # creates them too; an unwritable one stops the start with a clear error
-        imaging.set_pixel_limit(s.max_pixels)
         imaging.release_freed_images()
         self._install_signals()  # first: a SIGHUP or SIGTERM during model loading must not kill us
         started = time.monotonic()
@@ -386,7 +385,7 @@ class Daemon:
 
     def _handle(self, scored: Scored, processor: Processor) -> None:
         prepared = scored.prepared
-        outcomes = [Outcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
+        outcomes = [FileOutcome(p.path, Fate.RETRY, reason="batch failed") for p in prepared]
         if not scored.failed and self._fatal is None:
             try:
                 outcomes = processor.file(prepared, scored.scores)
@@ -417,7 +416,7 @@ class Daemon:
         self.notifier.status(f"stopping: {exc}")
         self.stopping.set()
 
-    def _settle(self, outcome: Outcome) -> None:
+    def _settle(self, outcome: FileOutcome) -> None:
         path = outcome.path
         if outcome.fate == Fate.RETRY and outcome.reason in set(Pending):
             # Still being written: no failure, it is taken again once it holds still.
@@ -541,7 +540,6 @@ class Daemon:
             return
         self._settings = new
         self.tracker.stable_seconds = new.stable_seconds
-        imaging.set_pixel_limit(new.max_pixels)  # Pillow's own bomb guard, a global
         logsetup.configure(new.log_format, new.log_level)
         log.info("reloaded", config=new.summary())
         reloading.write_answer(reloading.Answer.RELOADED, started)

@@ -32,7 +32,7 @@ from typing import Any
 from cened.errors import JournalError
 
 APPLICATION_ID = 0x63656E64  # "cend": marks the file as ours, so a foreign database is refused
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: What to do about a database SQLite finds damaged; cened never deletes or rebuilds one itself.
 DAMAGED = "the database is damaged: move it aside to start a new one, or restore it from a backup"
 
@@ -137,6 +137,15 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE decisions ADD COLUMN group_id INTEGER REFERENCES decisions(id);
     CREATE INDEX decisions_group ON decisions(group_id) WHERE group_id IS NOT NULL
     """,
+    # Near-duplicates and bursts (cened.grouping): the perceptual signature of the pixels the
+    # model saw (cened.ml.similar), the EXIF capture time in seconds (local wall clock), and
+    # the row of the first photo of the group a near-duplicate or burst frame was filed with.
+    5: """
+    ALTER TABLE decisions ADD COLUMN signature BLOB;
+    ALTER TABLE decisions ADD COLUMN shot_at REAL;
+    ALTER TABLE decisions ADD COLUMN similar_id INTEGER REFERENCES decisions(id);
+    CREATE INDEX decisions_similar ON decisions(similar_id) WHERE similar_id IS NOT NULL
+    """,
 }
 
 
@@ -198,6 +207,9 @@ class Entry:
     pixel_source: str | None = None
     novelty: float | None = None
     group_id: int | None = None
+    signature: bytes | None = field(default=None, repr=False)
+    shot_at: float | None = None
+    similar_id: int | None = None
     batch_id: str | None = None
     state: State = State.DONE
     time: str = field(default_factory=now_iso)
@@ -232,6 +244,7 @@ class Entry:
         out = {k: getattr(self, k) for k in _COLUMNS}
         out["source"] = os.fsdecode(self.source)
         out["destination"] = os.fsdecode(self.destination) if self.destination else None
+        out["signature"] = self.signature.hex() if self.signature is not None else None
         return out
 
 
@@ -256,7 +269,30 @@ _COLUMNS = (
     "pixel_source",
     "novelty",
     "group_id",
+    "signature",
+    "shot_at",
+    "similar_id",
 )
+
+
+def _filters(
+    since: str | None, file: Path | None, batch_id: str | None, actions: Sequence[str] | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of :meth:`Journal.history` and :meth:`Journal.count`."""
+    clauses, params = ["1"], []
+    if since:
+        clauses.append("time >= ?")
+        params.append(since)
+    if file is not None:
+        clauses.append("(source = ? OR destination = ?)")
+        params += [path_to_db(file)] * 2
+    if batch_id:
+        clauses.append("batch_id = ?")
+        params.append(batch_id)
+    if actions:
+        clauses.append(f"action IN ({', '.join('?' * len(actions))})")
+        params += list(actions)
+    return " AND ".join(clauses), params
 
 
 def _to_row(entry: Entry) -> tuple[Any, ...]:
@@ -494,24 +530,25 @@ class Journal:
         actions: Sequence[str] | None = None,
     ) -> list[Entry]:
         """Newest last; ``file`` matches either end of a move."""
-        clauses, params = ["1"], []
-        if since:
-            clauses.append("time >= ?")
-            params.append(since)
-        if file is not None:
-            clauses.append("(source = ? OR destination = ?)")
-            params += [path_to_db(file)] * 2
-        if batch_id:
-            clauses.append("batch_id = ?")
-            params.append(batch_id)
-        if actions:
-            clauses.append(f"action IN ({', '.join('?' * len(actions))})")
-            params += list(actions)
-        where = " AND ".join(clauses)
+        where, params = _filters(since, file, batch_id, actions)
         if limit is None:
             return self._select(where, params)
         rows = self._select(where, params, f"ORDER BY id DESC LIMIT {int(limit)}")
         return rows[::-1]
+
+    def count(
+        self,
+        *,
+        since: str | None = None,
+        file: Path | None = None,
+        batch_id: str | None = None,
+        actions: Sequence[str] | None = None,
+    ) -> int:
+        """How many rows :meth:`history` would give without a limit."""
+        where, params = _filters(since, file, batch_id, actions)
+        with self._guard(reading=True):
+            (n,) = self.conn.execute(f"SELECT count(*) FROM decisions WHERE {where}", params).fetchone()
+        return int(n)
 
     def successor(self, row_id: int) -> Entry | None:
         """The undo or correction that superseded a row, if one was completed or is under way."""
@@ -549,6 +586,25 @@ class Journal:
             row = later
         return row
 
+    def signed(self, after: int) -> list[tuple[int, bytes, float | None]]:
+        """Rows after row ``after`` that put a photo with a signature in the library: id, signature, shot_at.
+
+        Any state: an intent may be done by the time it is compared with; whether
+        it is, and still there, is the caller's to check (cened.grouping).
+        """
+        sql = (
+            "SELECT id, signature, shot_at FROM decisions WHERE id > ? AND signature IS NOT NULL "
+            f"AND group_id IS NULL AND state != {_literal(State.FAILED)} "
+            f"AND action IN ({_one_of(LIBRARY_ACTIONS)}) ORDER BY id"
+        )
+        with self._guard(reading=True):
+            return [(i, bytes(sig), shot) for i, sig, shot in self.conn.execute(sql, (after,))]
+
+    def similar_to(self, row_id: int) -> list[Entry]:
+        """The photos filed with row ``row_id``'s as one group (near-duplicates, a burst), as they are now."""
+        rows = self._select("similar_id = ? AND state = ?", (row_id, State.DONE))
+        return [r for r in rows if r.action in MOVING_ACTIONS and self.successor(r.id or 0) is None]
+
     def group(self, row_id: int) -> list[Entry]:
         """The companions that moved with row ``row_id``'s photo and were not moved apart since."""
         rows = self._select("group_id = ? AND state = ?", (row_id, State.DONE))
@@ -585,6 +641,15 @@ class Journal:
         """The latest row about ``source`` older than row ``before``: what happened to it last time."""
         rows = self._select("source = ? AND id < ?", (path_to_db(source), before), "ORDER BY id DESC LIMIT 1")
         return rows[0] if rows else None
+
+    def albums(self) -> list[str]:
+        """Every album a completed row filed or moved a photo into."""
+        with self._guard(reading=True):
+            rows = self.conn.execute(
+                "SELECT DISTINCT album FROM decisions WHERE state = ? AND album IS NOT NULL ORDER BY 1",
+                (State.DONE,),
+            )
+            return [album for (album,) in rows]
 
     def stats(self) -> Stats:
         """What ``cened stats`` shows: completed rows per album and per action."""

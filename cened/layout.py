@@ -141,3 +141,25 @@ def taken(photo: bytes | Path, mtime: float) -> datetime:
         return datetime.strptime(value.strip("\0 ")[:19], _EXIF_DATE)
     except Exception:  # noqa: BLE001 - a missing or bad EXIF date, of any kind, means the file's own date
         return datetime.fromtimestamp(mtime)
+
+
+def shot_at(photo: bytes) -> float | None:
+    """When a photo was taken by its EXIF (DateTimeOriginal and its fraction), in seconds; None without one.
+
+    The wall-clock time as the camera wrote it, counted as if UTC: only the
+    gaps between photos matter (the frames of a burst, cened.grouping).
+    """
+    from PIL import ExifTags, Image
+
+    try:
+        with Image.open(BytesIO(photo)) as im:
+            exif = im.getexif().get_ifd(ExifTags.IFD.Exif)
+        value = exif.get(ExifTags.Base.DateTimeOriginal)
+        if isinstance(value, bytes):
+            value = value.decode("ascii")
+        when = datetime.strptime(value.strip("\0 ")[:19], _EXIF_DATE)
+        fraction = str(exif.get(ExifTags.Base.SubsecTimeOriginal) or "").strip("\0 ")
+        seconds = (when - datetime(1970, 1, 1)).total_seconds()
+        return seconds + (float(f"0.{fraction}") if fraction.isdigit() else 0.0)
+    except Exception:  # noqa: BLE001 - a missing or bad EXIF date, of any kind, means none
+        return None

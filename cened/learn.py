@@ -255,7 +255,7 @@ def measure(reading: Reading, data: Labelled, settings: Settings) -> Measure:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class LearnReport:
     """What ``learn`` did: the version it made, how both versions measured, and whether it is in use."""
 
     version: str
@@ -395,7 +395,7 @@ def learn(
     force: bool = False,
     say: Callable[[str], None] = lambda _: None,
     classifier: Classifier | None = None,
-) -> Outcome:
+) -> LearnReport:
     """Fit a version on every label the user has given, compare, keep it, and put it in use if not worse."""
     started = datetime.now(UTC)
     store = VersionStore(settings.learned_dir)
@@ -455,7 +455,7 @@ def learn(
     not_worse = after["yours"].right >= before["yours"].right and (
         after["validation"].accuracy >= before["validation"].accuracy - VALIDATION_TOLERANCE
     )
-    outcome = Outcome(
+    outcome = LearnReport(
         learned.version,
         previous,
         classes,
@@ -535,7 +535,7 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
     return len(kept)
 
 
-def remove_album(settings: Settings, name: str) -> Outcome | None:
+def remove_album(settings: Settings, name: str) -> LearnReport | None:
     """Forget album ``name`` (its examples, corrections into it as a label) and learn without it.
 
     The photos filed in it stay where they are.  The new version is put in

@@ -40,20 +40,25 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     --json``) pass ``sys.stderr``, so a log line can never corrupt it.
     """
     stream = stream or sys.stdout
-    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    use_json = uses_json(fmt, stream)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty(), pad_event=20)
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # A person at a terminal reads the local time of day; machines get the full UTC instant.
+        structlog.processors.TimeStamper(fmt="iso", utc=True)
+        if use_json
+        else structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
         structlog.stdlib.add_logger_name,
     ]
     if use_json:
         shared.append(structlog.processors.format_exc_info)
+    else:
+        shared.append(_for_a_person)
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -78,6 +83,24 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
         # A traceback printed by Python itself would be the one non-JSON text in the journal.
         sys.excepthook = _uncaught
         threading.excepthook = _uncaught_in_thread
+
+
+def uses_json(fmt: LogFormat, stream: TextIO | None = None) -> bool:
+    """Whether logs to ``stream`` (stdout) are JSON lines: asked for, or ``auto`` and not a terminal."""
+    return fmt == "json" or (fmt == "auto" and not (stream or sys.stdout).isatty())
+
+
+#: Fields only a machine reads whole: the settings dumped at start and reload (JSON logs keep them).
+_MACHINE_FIELDS = ("config",)
+
+
+def _for_a_person(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A console line without the fields that would fill a screen (``config`` is in the config file)."""
+    for name in _MACHINE_FIELDS:
+        event.pop(name, None)
+    return event
 
 
 def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

@@ -30,12 +30,12 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-from cened import companions, executing, layout, moving
-from cened.config import RAW_EXTENSIONS, Duplicates, Settings
+from cened import companions, executing, grouping, layout, moving
+from cened.config import RAW_EXTENSIONS, Duplicates, NearDuplicates, Settings
 from cened.faults import hang_point
 from cened.hashing import sha256_bytes, sha256_or_none, sha256_rewound, sha256_stream
 from cened.journal import FILING_ACTIONS, Action, Entry, Journal, State
-from cened.ml import imaging
+from cened.ml import imaging, similar
 from cened.ml.classifying import AlbumKind, Classifier, Scores, decide_as_configured
 from cened.watching import signature
 
@@ -96,6 +96,8 @@ class Prepared:
     reason: str | None = None
     detail: str | None = None  # what was wrong with a rejected file
     taken: datetime | None = None  # when the photo was taken, read only for a layout with dates
+    signature: bytes | None = field(default=None, repr=False)  # what it looks like (cened.ml.similar)
+    shot_at: float | None = None  # its EXIF capture time in seconds, for bursts (cened.layout.shot_at)
 
     @classmethod
     def rejected(cls, base: Prepared, rejected: imaging.Rejected) -> Prepared:
@@ -103,7 +105,7 @@ class Prepared:
 
 
 @dataclass
-class Outcome:
+class FileOutcome:
     """What happened to one path, for the caller's bookkeeping (tracker, stats)."""
 
     path: Path
@@ -213,7 +215,7 @@ def _prepare(
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
     with os.fdopen(fd, "rb") as fh:
         try:
-            cost = imaging.decode_cost(fh, input_size, settings.max_pixels)
+            cost = imaging.decode_cost(fh, input_size, settings.thumbnail_min_side)
             fh.seek(0)
         except OSError as exc:
             return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))
@@ -242,10 +244,11 @@ def _read_and_decode(
     hang_point("decode", base.path.name)
     try:
         base.pixels, base.pixel_source = imaging.decode_with_source(
-            data, input_size, settings.max_pixels, settings.thumbnail_min_side, max_bytes=cost
+            data, input_size, settings.thumbnail_min_side, max_bytes=cost
         )
     except imaging.Rejected as exc:
         return Prepared.rejected(base, exc)
+    base.signature, base.shot_at = similar.signature(base.pixels), layout.shot_at(data)
     if layout.uses_date(settings.layout):
         base.taken = layout.taken(data, after.st_mtime)
     return base
@@ -304,8 +307,10 @@ class Plan:
     batch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     intents: list[tuple[Prepared, Entry]] = field(default_factory=list)
     notes: list[Entry] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[FileOutcome] = field(default_factory=list)
     reserved: set[Path] = field(default_factory=set)  # names taken by earlier moves of this plan
+    # The photos of this plan with a signature, filed new (None) or beside a photo of the library.
+    signed: list[tuple[Prepared, Entry, grouping.Match | None]] = field(default_factory=list)
     riding: dict[Path, Prepared] = field(init=False)  # the batch's companions, by path
     claimed: set[Path] = field(init=False)  # files a move of this plan takes
 
@@ -319,12 +324,21 @@ class Plan:
         self.reserved.add(dst)
         return dst
 
-    def would_be(self) -> list[Outcome]:
+    def would_be(self) -> list[FileOutcome]:
         """What each move would do, for a dry run."""
         return [
-            Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
+            FileOutcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason)
             for prep, entry in self.intents
         ]
+
+
+@dataclass
+class Imagined:
+    """What a dry run's earlier batches would have done: names taken, contents filed, files moved."""
+
+    names: set[Path] = field(default_factory=set)
+    contents: dict[str | None, Path] = field(default_factory=dict)
+    moved: set[Path] = field(default_factory=set)
 
 
 @dataclass
@@ -333,7 +347,9 @@ class Processor:
 
     With ``simulate`` (``cened classify`` without ``--apply``) every decision
     and destination is worked out exactly as for real, and nothing is written
-    or moved; the journal, when there is one, is only read.
+    or moved; the journal, when there is one, is only read.  What earlier
+    batches would have done is kept (:class:`Imagined`), so a later batch
+    sees it as it would after a real run.
     """
 
     classifier: Classifier
@@ -342,12 +358,14 @@ class Processor:
     counters: dict[str, int] = field(default_factory=dict)
     simulate: bool = False
     listings: companions.Listings = field(default_factory=companions.Listings)
+    imagined: Imagined = field(default_factory=lambda: Imagined())
+    index: grouping.LibraryIndex = field(default_factory=grouping.LibraryIndex)
 
     def __post_init__(self) -> None:
         if self.journal is None and not self.simulate:
             raise ValueError("only a simulating Processor may run without a journal")
 
-    def process(self, batch: Sequence[Prepared]) -> list[Outcome]:
+    def process(self, batch: Sequence[Prepared]) -> list[FileOutcome]:
         return self.file(batch, self.score(batch))
 
     def score(self, batch: Sequence[Prepared]) -> Scores | None:
@@ -359,15 +377,19 @@ class Processor:
         pixels = [p.pixels for p in batch if p.pixels is not None]
         return self.classifier.score(pixels) if pixels else None
 
-    def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[Outcome]:
+    def file(self, batch: Sequence[Prepared], scores: Scores | None) -> list[FileOutcome]:
         """Decide, journal and move one scored batch (``scores`` from :meth:`score`).
 
         The :meth:`plan` is carried out (:meth:`commit`), or with ``simulate`` only reported.
         """
-        plan = self.plan(batch, scores)
-        if self.simulate:
-            return plan.outcomes + plan.would_be()
-        return self.commit(plan)
+        if not self.simulate:
+            return self.commit(self.plan(batch, scores))
+        # A file an earlier batch's photo would have taken along is gone by now, for real.
+        gone = [p for p in batch if p.path in self.imagined.moved]
+        plan = self.plan([p for p in batch if p.path not in self.imagined.moved], scores)
+        self.imagined.moved.update(prep.path for prep, _ in plan.intents)
+        taken = [FileOutcome(p.path, Fate.SKIPPED, reason="moved with its photo") for p in gone]
+        return taken + plan.outcomes + plan.would_be()
 
     def plan(self, batch: Sequence[Prepared], scores: Scores | None) -> Plan:
         """Where each file of a scored batch goes: reads the journal and the disk, writes nothing.
@@ -375,13 +397,14 @@ class Processor:
         A photo's companions (cened.companions) found beside it, in the batch or
         on disk, are planned with it: one intent, committed before anything moves.
         """
-        plan = Plan(self.settings(), batch)
+        # A dry run's names stay taken from one batch to the next, as files in the library would.
+        plan = Plan(self.settings(), batch, reserved=self.imagined.names if self.simulate else set())
         self._plan_photos(plan, [p for p in batch if p.verdict == Verdict.DECODED], scores)
         self._plan_unread(plan)
         self._plan_companions(plan)
         return plan
 
-    def commit(self, plan: Plan) -> list[Outcome]:
+    def commit(self, plan: Plan) -> list[FileOutcome]:
         """Journal, move and settle a plan's intents (cened.executing), and count and log every outcome."""
         outcomes = plan.outcomes + self._commit(plan.intents, plan.notes)
         for outcome in outcomes:
@@ -392,11 +415,15 @@ class Processor:
     def _plan_photos(self, plan: Plan, decoded: list[Prepared], scores: Scores | None) -> None:
         """The decoded photos: into an album, review or other, or apart as duplicates."""
         settings = plan.settings
-        firsts: dict[str | None, Path] = {}  # content → the photo of this batch that has it
-        for prep, entry in zip(decoded, self._entries(decoded, scores, settings), strict=True):
+        # Content → the first photo that has it: of this batch, or of the whole dry run.
+        firsts: dict[str | None, Path] = self.imagined.contents if self.simulate else {}
+        planned = list(zip(decoded, self._entries(decoded, scores, settings), strict=True))
+        # In the order they were taken, so each frame of a burst meets the one before it first.
+        planned.sort(key=lambda pair: (pair[0].shot_at is None, pair[0].shot_at or 0.0))
+        for prep, entry in planned:
             if self._restored_by_undo(prep):
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+                    FileOutcome(prep.path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
                 )
                 continue
             entry.batch_id = plan.batch_id
@@ -409,20 +436,86 @@ class Processor:
             if twin_of is not None and not self.simulate:
                 # Compared with the library once the first is filed, in a later batch.
                 reason = f"waits for {twin_of.name}, of the same content, to be filed first"
-                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=reason, twin=True))
                 continue
             if not self._is_duplicate(prep, entry, twin_of, settings):
-                album = entry.album or settings.review_album
-                self._place(plan, prep, entry, settings.album_folder(album, _taken(prep)))
+                if not self._near(plan, prep, entry, settings):
+                    album = entry.album or settings.review_album
+                    self._place(plan, prep, entry, settings.album_folder(album, _taken(prep)))
+                    if similar.usable(prep.signature):
+                        plan.signed.append((prep, entry, None))
             elif settings.duplicates == Duplicates.SKIP:
                 note = replace(entry, action=Action.SKIPPED, state=State.DONE, album=None)
                 self._note(plan, note)
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+                    FileOutcome(prep.path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
                 )
             else:
                 entry.action, entry.album = Action.DUPLICATE, None
                 self._place(plan, prep, entry, settings.duplicates_dir)
+
+    def _near(self, plan: Plan, prep: Prepared, entry: Entry, settings: Settings) -> bool:
+        """Plan ``prep`` as a near-duplicate or burst frame, if it is one (``near_duplicates``); False if not.
+
+        A photo of this batch comes first: one near a photo filed new in it waits
+        for that one to be filed (it is then in the library), as a copy does; one
+        near a photo that goes beside a photo of the library goes there too.
+        """
+        if settings.near_duplicates == NearDuplicates.KEEP or prep.signature is None:
+            return False
+        if not similar.usable(prep.signature):
+            return False
+        shots = np.array([np.nan if p.shot_at is None else p.shot_at for p, _, _ in plan.signed])
+        batch = similar.Signatures.of([p.signature for p, _, _ in plan.signed if p.signature is not None])
+        # Exact copies are the duplicates setting's, also when it files them like any photo.
+        near = [
+            n
+            for n in grouping.kinds(prep.signature, prep.shot_at, batch, shots)
+            if plan.signed[n[0]][0].sha256 != prep.sha256
+        ]
+        if near:
+            index, kind = near[0]
+            other, planned, match = plan.signed[index]
+            if match is not None:
+                self._beside(plan, prep, entry, grouping.Match(match.row, kind, match.lead_id), settings)
+            elif self.simulate:  # a dry run files nothing, so beside where that one would go
+                assert planned.destination is not None
+                entry.album, entry.action = planned.album, planned.action
+                entry.reason = f"{kind} of {os.fsdecode(other.path)}, filed with it"
+                self._place(plan, prep, entry, planned.destination.parent)
+            else:
+                reason = f"waits for {other.path.name}, a {kind} of it, to be filed first"
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=reason, twin=True))
+                plan.signed.append((prep, entry, None))  # the next frame of a burst waits too
+            return True
+        if self.journal is None:
+            return False
+        apart = (settings.duplicates_dir, settings.quarantine_dir)
+        found = self.index.match(
+            self.journal, prep.signature, prep.shot_at, settings.library, apart, not_sha256=prep.sha256
+        )
+        if found is None:
+            return False
+        self._beside(plan, prep, entry, found, settings)
+        return True
+
+    def _beside(
+        self, plan: Plan, prep: Prepared, entry: Entry, match: grouping.Match, settings: Settings
+    ) -> None:
+        """Plan ``prep`` with the photo of ``match``: into its folder, as a member of its group, or apart."""
+        row = match.row
+        assert row.destination is not None and row.id is not None
+        where = f"#{row.id}: {_relative(row.destination, settings.library)}"
+        if match.kind == grouping.Kind.SAME and settings.near_duplicates == NearDuplicates.SEPARATE:
+            entry.action, entry.album, entry.ref_id = Action.DUPLICATE, None, row.id
+            entry.reason = f"near-duplicate of {where}"
+            self._place(plan, prep, entry, settings.duplicates_dir)
+        else:
+            entry.similar_id, entry.album = match.lead_id, row.album
+            entry.action = row.action if row.action in (Action.REVIEW, Action.OTHER) else Action.MOVED
+            entry.reason = f"{match.kind} of {where}, filed with it"
+            self._place(plan, prep, entry, row.destination.parent)
+        plan.signed.append((prep, entry, match))
 
     def _plan_unread(self, plan: Plan) -> None:
         """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
@@ -430,10 +523,10 @@ class Processor:
             if prep.verdict == Verdict.RETRY:
                 # Still being written is no failure: not a warning at every look.
                 waiting = prep.reason in set(Pending)
-                plan.outcomes.append(Outcome(prep.path, Fate.RETRY, reason=prep.reason, waiting=waiting))
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=prep.reason, waiting=waiting))
             elif prep.verdict == Verdict.SKIP:
                 if prep.reason == "vanished" and self._moved_with_photo(prep.path):
-                    plan.outcomes.append(Outcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
+                    plan.outcomes.append(FileOutcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
                     continue
                 entry = Entry(
                     action=Action.SKIPPED,
@@ -445,7 +538,7 @@ class Processor:
                 self._note(plan, entry)
                 keep = prep.sig if prep.reason != "vanished" else None
                 plan.outcomes.append(
-                    Outcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason)
+                    FileOutcome(prep.path, Fate.SKIPPED, entry=entry, keep=keep, reason=prep.reason)
                 )
             elif prep.verdict == Verdict.REJECTED:
                 entry = Entry(
@@ -513,32 +606,32 @@ class Processor:
 
     def _alone(
         self, prep: Prepared, settings: Settings, batch_id: str, reserve: Callable[[Path, str], Path]
-    ) -> Entry | Outcome:
+    ) -> Entry | FileOutcome:
         """A companion without its photo in the batch: it follows the photo filed, or waits, or stays."""
         path = prep.path
         if not os.path.lexists(path):
             if self._moved_with_photo(path):
-                return Outcome(path, Fate.SKIPPED, reason="moved with its photo")
+                return FileOutcome(path, Fate.SKIPPED, reason="moved with its photo")
             note = Entry(
                 action=Action.SKIPPED, source=path, size=prep.size, reason="vanished", batch_id=batch_id
             )
-            return Outcome(path, Fate.SKIPPED, entry=note, reason=note.reason)
+            return FileOutcome(path, Fate.SKIPPED, entry=note, reason=note.reason)
         if self._restored_by_undo(prep):
-            return Outcome(path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
+            return FileOutcome(path, Fate.SKIPPED, keep=prep.sig, reason="restored-by-undo")
         if companions.leads(path, settings):
             # The photo takes it along when it is filed, or it follows the photo at a later try.
-            return Outcome(path, Fate.RETRY, reason="waits for its photo", waiting=True)
+            return FileOutcome(path, Fate.RETRY, reason="waits for its photo", waiting=True)
         follow = self._filed_lead(path, settings)
         if follow is not None:
             return self._follower(prep, follow, batch_id, reserve)
         if _is_raw(path):  # its JPEG went away unfiled: the RAW is a photo of its own after all
-            return Outcome(path, Fate.RETRY, reason="read again as a photo: no JPEG beside it now")
+            return FileOutcome(path, Fate.RETRY, reason="read again as a photo: no JPEG beside it now")
         try:
             age = time.time() - os.lstat(path).st_ctime
         except OSError:
             age = settings.companion_wait_s
         if age < settings.companion_wait_s:  # its photo may be on its way
-            return Outcome(path, Fate.RETRY, reason="waits for a photo of its name", waiting=True)
+            return FileOutcome(path, Fate.RETRY, reason="waits for a photo of its name", waiting=True)
         what = companions.kind(path, settings)
         if what == companions.Kind.VIDEO and settings.videos_album:
             taken = datetime.fromtimestamp(prep.sig[1] / 1e9) if prep.sig else None
@@ -562,7 +655,7 @@ class Processor:
             reason=f"a {what} without a photo of its name",
             batch_id=batch_id,
         )
-        return Outcome(path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
+        return FileOutcome(path, Fate.SKIPPED, entry=note, keep=prep.sig, reason=note.reason)
 
     def _follower(
         self, prep: Prepared, follow: Entry, batch_id: str, reserve: Callable[[Path, str], Path]
@@ -617,6 +710,8 @@ class Processor:
                     novelty=decision.novelty,
                     model_version=scores.version,
                     pixel_source=prep.pixel_source,
+                    signature=prep.signature,
+                    shot_at=prep.shot_at,
                     state=State.PENDING,
                     reason=decision.reason,
                 )
@@ -670,10 +765,10 @@ class Processor:
         recent = self.journal.history(file=entry.source, limit=1)
         return not (recent and recent[0].action == Action.SKIPPED and recent[0].reason == entry.reason)
 
-    def _commit(self, intents: list[tuple[Prepared, Entry]], notes: list[Entry]) -> list[Outcome]:
+    def _commit(self, intents: list[tuple[Prepared, Entry]], notes: list[Entry]) -> list[FileOutcome]:
         """Journal, move and settle the batch's intents (cened.executing), and say what became of each."""
         assert self.journal is not None
-        failures: dict[int, Outcome] = {}  # by id() of the entry
+        failures: dict[int, FileOutcome] = {}  # by id() of the entry
 
         def on_failure(entry: Entry, exc: OSError) -> str | None:
             prep = next(p for p, e in intents if e is entry)
@@ -688,17 +783,19 @@ class Processor:
             orphan=executing.Orphan.DROP,
             on_failure=on_failure,
         )
-        outcomes: list[Outcome] = []
+        outcomes: list[FileOutcome] = []
         for (prep, entry), done in zip(intents, executed, strict=True):
             if done.orphaned:  # it goes with its photo's next try, found beside it again
-                outcomes.append(Outcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True))
+                outcomes.append(
+                    FileOutcome(prep.path, Fate.RETRY, reason="waits for its photo", waiting=True)
+                )
             elif done.error is not None:
                 outcomes.append(failures[id(entry)])
             else:
-                outcomes.append(Outcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
+                outcomes.append(FileOutcome(prep.path, Fate(entry.action), entry=entry, reason=entry.reason))
         return outcomes
 
-    def _repeats(self, outcome: Outcome) -> bool:
+    def _repeats(self, outcome: FileOutcome) -> bool:
         """Whether a failure repeats its photo's last one: its intent is then dropped rather than kept.
 
         A photo retried on a full disk or a read-only inbox would otherwise
@@ -723,7 +820,7 @@ class Processor:
         outcome.repeat = True
         return True
 
-    def run(self, files: Sequence[Path], pool: Executor) -> Iterator[Outcome]:
+    def run(self, files: Sequence[Path], pool: Executor) -> Iterator[FileOutcome]:
         """File ``files`` now, one batch at a time: the one-shot counterpart of the daemon's threads.
 
         A photo that waited for a twin of its batch is taken again after the rest.
@@ -783,6 +880,9 @@ def _companion_entry(
         size=prep.size,
         probabilities=None,
         pixel_source=None,
+        signature=None,  # a sidecar or a video is not the photo it goes with
+        shot_at=None,
+        similar_id=None,
         reason=f"with {photo.source.name}",
         batch_id=batch_id,
         state=State.PENDING,
@@ -810,7 +910,7 @@ def _relative(path: Path, root: Path) -> str:
     return os.fsdecode(path.relative_to(root)) if path.is_relative_to(root) else os.fsdecode(path)
 
 
-def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
+def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> FileOutcome:
     """What a failed move leaves: the photo in the inbox, to retry or not, and why."""
     if isinstance(exc, moving.SourceKept):
         # A read-only inbox: the link or copy was taken back, so the photo is
@@ -818,21 +918,21 @@ def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> Outcome:
         if exc.undone:
             reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); kept there"
             fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-            return Outcome(prep.path, fate, entry=entry, reason=reason)
+            return FileOutcome(prep.path, fate, entry=entry, reason=reason)
         # In both places: a retry would only make a third copy.
         reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
-        return Outcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+        return FileOutcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
     if isinstance(exc, moving.LinkedFolder):  # waits, with backoff, until it is a folder again
-        return Outcome(prep.path, Fate.RETRY, entry=entry, reason=f"move failed: {exc.strerror}")
+        return FileOutcome(prep.path, Fate.RETRY, entry=entry, reason=f"move failed: {exc.strerror}")
     if isinstance(exc, FileNotFoundError):
         if os.path.lexists(prep.path):
-            return Outcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
-        return Outcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
+            return FileOutcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")
+        return FileOutcome(prep.path, Fate.FAILED, entry=entry, reason="vanished")
     fate = Fate.RETRY if exc.errno in RETRYABLE else Fate.FAILED
-    return Outcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
+    return FileOutcome(prep.path, fate, entry=entry, reason=f"move failed: {exc.strerror or exc}")
 
 
-def _log_outcome(outcome: Outcome) -> None:
+def _log_outcome(outcome: FileOutcome) -> None:
     entry = outcome.entry
     fields: dict[str, object] = {"file": os.fsdecode(outcome.path), "action": outcome.fate}
     if outcome.reason:

@@ -11,8 +11,10 @@ that is now taken, nothing is moved and every problem is reported.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from cened import executing, layout, moving
 from cened.config import Settings, album_name_for_people
-from cened.errors import ConfigError, Refused
+from cened.errors import ConfigError, ModelError, Refused
 from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
 
@@ -35,6 +37,19 @@ class UndoError(Refused):
 
     def lines(self) -> list[str]:
         return [f"refused: {problem}" for problem in self.problems] + ["nothing was moved"]
+
+
+class UnknownAlbum(UndoError):
+    """A correction into an album cened does not know: most likely a typo, so nothing moves."""
+
+    def __init__(self, row_id: int, label: str, nearest: str | None) -> None:
+        self.row_id, self.label, self.nearest = row_id, label, nearest
+        guess = f"; did you mean {nearest!r}?" if nearest else ""
+        super().__init__([f"there is no album {label!r}{guess}"])
+
+    def lines(self) -> list[str]:
+        new = shlex.join(["cened", "correct", str(self.row_id), self.label, "--new-album"])
+        return [*super().lines()[:-1], f"to make {self.label!r} a new album: {new}", "nothing was moved"]
 
 
 @dataclass(frozen=True)
@@ -135,10 +150,19 @@ def origin(journal: Journal, row: Entry) -> Entry:
     return row
 
 
+def lead_of(journal: Journal, row: Entry) -> int:
+    """The row of the first photo of ``row``'s group (cened.grouping): the one its members name."""
+    if row.similar_id is not None:
+        return row.similar_id
+    first = origin(journal, row).id
+    assert first is not None
+    return first
+
+
 def _check_current(journal: Journal, row: Entry) -> list[str]:
     """Problems that stop ``row``'s photo from being moved again."""
     if row.action not in MOVING_ACTIONS:
-        return [f"#{row.id} is a {row.action!r} row; only moves can be undone or corrected"]
+        return [f"#{row.id} is a {row.action} row; only moves can be undone or corrected"]
     if row.state != State.DONE:
         return [f"#{row.id} is {row.state}, not a completed move"]
     later = journal.successor(row.id or 0)
@@ -181,8 +205,39 @@ def _companion_problems(journal: Journal, row: Entry, photo: Entry) -> list[str]
     return problems
 
 
+def group_rows(journal: Journal, row: Entry) -> list[Entry]:
+    """``row`` and the photos filed with it as one group (near-duplicates, a burst), as they are now.
+
+    ``row`` first.  Only a completed move that nothing superseded brings its group
+    along: undoing or correcting a row already undone acts on nothing else.
+    """
+    rows = [row]
+    if row.state != State.DONE or row.action not in MOVING_ACTIONS or journal.successor(row.id or 0):
+        return rows
+    lead_id = lead_of(journal, row)
+    lead = journal.get(lead_id)
+    now = journal.current(lead) if lead is not None else None
+    for other in ([now] if now is not None else []) + journal.similar_to(lead_id):
+        if all(other.id != r.id for r in rows):
+            rows.append(other)
+    return rows
+
+
+def _with_groups(journal: Journal, ids: Sequence[int]) -> list[int]:
+    """``ids``, each followed by the other photos of its group (:func:`group_rows`) not named before."""
+    out: list[int] = []
+    for row_id in ids:
+        row = journal.get(row_id)
+        members = group_rows(journal, row) if row is not None else []
+        for member_id in [row_id, *(m.id for m in members[1:] if m.id is not None)]:
+            if member_id not in out:
+                out.append(member_id)
+    return out
+
+
 def plan_undo(journal: Journal, ids: Sequence[int]) -> list[Planned]:
-    """Each row's file back where it came from, a photo with the files that travel with it."""
+    """Each row's file back where it came from, a photo with the files that travel with it and its group."""
+    ids = _with_groups(journal, ids)
     problems: list[str] = []
     plans: list[Planned] = []
     targets: set[Path] = set()
@@ -223,21 +278,74 @@ def plan_undo(journal: Journal, ids: Sequence[int]) -> list[Planned]:
     return plans
 
 
-def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) -> list[Planned]:
-    """The photo of row ``row_id`` into ``label``'s album, and the files that travel with it; photo first."""
+def known_albums(journal: Journal, settings: Settings) -> set[str]:
+    """What ``correct`` takes without ``new_album``: the model's classes and their albums, your
+    own albums, the albums of the log, and the album folders in the library."""
+    from cened.learn import Albums  # the learner's import is heavy; only a correction pays for it
+    from cened.ml import modelpack
+
+    known = set(journal.albums()) | set(Albums.load(settings.learned_dir).albums)
+    try:
+        classes = modelpack.read_meta(settings.model).classes
+    except ModelError:
+        classes = ()
+    known |= {*classes, *(settings.album_for(c) for c in classes), settings.review_album}
+    if settings.other_album:
+        known.add(settings.other_album)
+    if settings.layout.startswith("{album}") and settings.library.is_dir():
+        known |= {
+            p.name for p in settings.library.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))
+        }
+    return known
+
+
+def plan_correct(
+    journal: Journal, settings: Settings, row_id: int, label: str, *, new_album: bool = False
+) -> list[Planned]:
+    """The photo of row ``row_id`` into ``label``'s album, with the files that travel with it and its group.
+
+    Each photo comes before the files that travel with it; the photo named first.
+
+    ``label`` must name an album cened knows (:func:`known_albums`) unless
+    ``new_album``: a typo would otherwise make an album of its own, and be
+    learned from as a label.
+    """
     row = journal.get(row_id)
     if row is None:
         raise UndoError([f"#{row_id} does not exist"])
-    problems = _check_current(journal, row)
-    members = companions_of(journal, row) if not problems else []
-    problems += [p for c in members for p in _companion_problems(journal, c, row)]
-    if problems:
-        raise UndoError(problems)
     album = settings.album_for(label)
     try:  # the same names as `cened album add` takes (and review, other, a class's own)
         album_name_for_people(album, {settings.review_album, settings.other_album, *settings.albums.values()})
     except ValueError as exc:
         raise UndoError([str(exc)]) from exc
+    if not new_album:
+        known = known_albums(journal, settings)
+        if label not in known and album not in known:
+            near = difflib.get_close_matches(label, sorted(known), n=1, cutoff=0.6)
+            raise UnknownAlbum(row_id, label, near[0] if near else None)
+    plans: list[Planned] = []
+    problems: list[str] = []
+    reserved: set[Path] = set()
+    for photo in group_rows(journal, row):
+        found = _check_current(journal, photo)
+        members = companions_of(journal, photo) if not found else []
+        found += [p for c in members for p in _companion_problems(journal, c, photo)]
+        if found:
+            problems += found
+            continue
+        planned = _correct_one(settings, photo, members, album, reserved)
+        if planned is None and photo is row:
+            problems.append(f"#{row_id} is already in album {album!r}")
+        plans += planned or []
+    if problems:
+        raise UndoError(problems)
+    return plans
+
+
+def _correct_one(
+    settings: Settings, row: Entry, members: Sequence[Entry], album: str, reserved: set[Path]
+) -> list[Planned] | None:
+    """One photo and the files that travel with it into ``album``; None if it is there already."""
     assert row.destination is not None
     # Dated folders come from the photo itself, so it keeps its date folders in its new album.
     taken = None
@@ -245,7 +353,7 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
         taken = layout.taken(row.destination, row.destination.stat().st_mtime)
     folder = settings.album_folder(album, taken)
     if row.destination.parent == folder:
-        raise UndoError([f"#{row_id} is already in album {album!r}"])
+        return None
     # One stem for the group, as the daemon filed it; a file named otherwise keeps its own name.
     stem = row.destination.stem
     along = [c for c in members if c.destination and c.destination.name.startswith(stem)]
@@ -253,7 +361,8 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     tails = [row.destination.name[len(stem) :]] + [
         c.destination.name[len(stem) :] for c in along if c.destination
     ]
-    names = moving.free_names(folder, stem, tails)
+    names = moving.free_names(folder, stem, tails, reserved)
+    reserved.update(names)
     lead = Planned(row, row.destination, names[0], album)
     plans = [lead]
     plans += [
@@ -263,7 +372,8 @@ def plan_correct(journal: Journal, settings: Settings, row_id: int, label: str) 
     ]
     for c in apart:
         assert c.destination is not None
-        dst = moving.free_name(folder, c.destination.name, {p.destination for p in plans})
+        dst = moving.free_name(folder, c.destination.name, reserved)
+        reserved.add(dst)
         plans.append(Planned(c, c.destination, dst, album, lead))
     return plans
 

@@ -26,7 +26,7 @@ from cened.config import Settings, load_settings
 from cened.journal import Journal
 from cened.ml.classifying import Classifier
 from cened.ml.modelpack import ModelMeta
-from cened.pipeline import Outcome, Processor, prepare
+from cened.pipeline import FileOutcome, Processor, prepare
 
 #: The classes of the shipped model (and of the small test model built here).
 CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -135,13 +135,30 @@ def filing(settings: Settings, classifier: Classifier):
     """File paths as one batch with the real pipeline, under ``settings`` changed by keyword."""
     journal = Journal(settings.database)
 
-    def _file(*paths: Path, **changes: object) -> list[Outcome]:
+    def _file(*paths: Path, **changes: object) -> list[FileOutcome]:
         s = settings.model_copy(update=changes)
         processor = Processor(classifier, journal, lambda: s)
         return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])
 
     yield _file, journal
     journal.close()
+
+
+@pytest.fixture
+def filed(settings: Settings, classifier: Classifier, tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """Three photos filed by the real pipeline; returns (config path, {name: row id})."""
+    paths = [
+        write_photo(settings.inbox / "a.jpg", "sea", seed=1),
+        write_photo(settings.inbox / "b.jpg", "forest", seed=2),
+        write_photo(settings.inbox / "c.jpg", "glacier", seed=3),
+    ]
+    with Journal(settings.database) as journal:
+        outcomes = Processor(classifier, journal, lambda: settings).process(
+            [prepare(p, settings, classifier.meta.input_size) for p in paths]
+        )
+    assert [o.fate for o in outcomes] == ["moved"] * 3
+    config = write_config(tmp_path / "cened.toml", settings)
+    return config, {o.path.name: o.entry.id for o in outcomes}
 
 
 @pytest.fixture

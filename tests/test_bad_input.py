@@ -25,7 +25,7 @@ from PIL import Image
 from cened.config import Settings
 from cened.journal import Journal, path_from_db
 from cened.ml.classifying import Classifier
-from cened.pipeline import Outcome, Processor, Verdict, prepare
+from cened.pipeline import FileOutcome, Processor, Verdict, prepare
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)
     processor = Processor(classifier, journal, lambda: settings)
 
-    def _run(*paths: Path) -> list[Outcome]:
+    def _run(*paths: Path) -> list[FileOutcome]:
         return processor.process([prepare(p, settings, classifier.meta.input_size) for p in paths])
 
     yield _run

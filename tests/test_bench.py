@@ -57,7 +57,15 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
 
     sets = list(result["sets"])
     large = sets[1]
-    assert sets == ["150px", large, f"{large}-no-preview", f"{large}-heic", f"{large}-heic-no-thumbnail"]
+    assert sets == [
+        "150px",
+        large,
+        f"{large}-no-preview",
+        f"{large}-camera-mpf",
+        f"{large}-heic",
+        f"{large}-heic-small-thumbnail",
+        f"{large}-heic-no-thumbnail",
+    ]
     for name in sets:
         e2e_set = result["e2e"][name]
         assert e2e_set["ips"] > 0 and len(e2e_set["runs"]) == 1 and e2e_set["first_filed_s"] > 0
@@ -79,6 +87,8 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     for heic, ratio in (
         ("heic", "e2e_12mp_heic_vs_150px"),
         ("heic-no-thumbnail", "e2e_12mp_heic_no_thumbnail_vs_150px"),
+        ("camera-mpf", "e2e_12mp_camera_mpf_vs_150px"),
+        ("heic-small-thumbnail", "e2e_12mp_heic_small_thumbnail_vs_150px"),
     ):
         assert math.isclose(ratios[ratio], e2e[f"{large}-{heic}"] / e2e["150px"], abs_tol=1e-3)
     # CPU accounting: the model alone in this process, the daemon from /proc (Linux), whose

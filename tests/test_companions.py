@@ -16,7 +16,7 @@ from dng import dng
 from cened import doctor
 from cened.config import Settings
 from cened.journal import Action, Journal, State
-from cened.pipeline import Fate, Outcome
+from cened.pipeline import Fate, FileOutcome
 from cened.undoing import UndoError, carry_out, plan_correct, plan_undo
 
 
@@ -44,7 +44,7 @@ def jpeg(cls: str, seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     return out.getvalue()
 
 
-def by_name(outcomes: list[Outcome]) -> dict[str, Outcome]:
+def by_name(outcomes: list[FileOutcome]) -> dict[str, FileOutcome]:
     return {o.path.name: o for o in outcomes}
 
 
@@ -245,7 +245,7 @@ def test_a_version_3_log_gains_group_ids(settings: Settings) -> None:
         )
     old.close()
     with Journal(settings.database) as journal:
-        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION
         (row,) = journal.history()
         assert row.group_id is None
 

@@ -71,7 +71,6 @@ def test_environment_wins_over_the_file(monkeypatch, tmp_path: Path) -> None:
         # Accepted once, then every photo failed forever, or a traceback (exit 1).
         ("max_file_mb = inf", "max_file_mb"),
         ("max_file_mb = nan", "max_file_mb"),
-        ("max_megapixels = inf", "max_megapixels"),
         ("decode_memory_mb = inf", "decode_memory_mb"),
         ("confidence_threshold = nan", "confidence_threshold"),
         # Accepted once, and then nothing was ever filed.
@@ -129,7 +128,7 @@ def test_model_not_matching_its_metadata_is_refused(
     assert result.returncode == 3 and "sha256" in result.stderr
 
 
-@pytest.mark.parametrize("key", ["max_file_mb", "max_megapixels", "decode_memory_mb"])
+@pytest.mark.parametrize("key", ["max_file_mb", "decode_memory_mb"])
 def test_an_infinite_limit_exits_2_with_one_line(tmp_path: Path, settings: Settings, key: str) -> None:
     cfg = write_config(tmp_path / "c.toml", settings, **{key: "inf"})
     cfg.write_text(cfg.read_text().replace('"inf"', "inf"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import CLASSES, write_config, write_photo
 from daemon_helpers import DaemonProcess, files_under, wait_until
+from PIL import Image
 
 from cened import moving, recovery
 from cened.config import Settings
@@ -156,12 +157,14 @@ def _kill_run(
     duplicates: bool = False,
     layout: str = "{album}",
     companions: bool = False,
+    near: bool = False,
 ) -> None:
     rng = random.Random(seed)
     hashes: Counter[str] = Counter()
     made: list[tuple[int, str, str]] = []  # (index, extension, format) of each photo dropped
     copies = 0
     groups: dict[str, list[str]] = {}  # a photo's name: its companions' names
+    variants: dict[str, str] = {}  # a near-duplicate's name (halved, re-encoded): its original's sha256
     staging = tmp_path / "staging"
     staging.mkdir()
 
@@ -189,6 +192,16 @@ def _kill_run(
                 companion(name, os.urandom(64) + name.encode())
             if group:
                 groups[f"img_{i:03d}.{ext}"] = group
+            if near and rng.random() < 0.12:  # as a messenger forwards it: filed with its original
+                original = settings.inbox / f"img_{i:03d}.{ext}"
+                with Image.open(original) as im:
+                    small = im.convert("RGB").resize((im.width // 2, im.height // 2))
+                name = f"img_{i:03d} small.jpg"
+                small.save(staging / name, "JPEG", quality=60)
+                data = (staging / name).read_bytes()
+                os.replace(staging / name, settings.inbox / name)
+                hashes[hashlib.sha256(data).hexdigest()] += 1
+                variants[name] = hashlib.sha256(original.read_bytes()).hexdigest()
             if duplicates and rng.random() < 0.1:  # a copy beside it: most likely in the same batch
                 write(f"img_{i:03d} copy", i, ext, fmt)
                 copies += 1
@@ -268,7 +281,7 @@ def _kill_run(
         pending = db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0]
         moved = dict(db.execute("SELECT source, destination FROM decisions WHERE state = 'done'").fetchall())
     assert pending == 0
-    assert len(done) == n_images + 2 + copies + sum(map(len, groups.values()))
+    assert len(done) == n_images + 2 + copies + len(variants) + sum(map(len, groups.values()))
     assert Counter(sha for _, sha, _ in done) == hashes
     for destination, sha, _ in done:
         assert hashlib.sha256(Path(destination).read_bytes()).hexdigest() == sha
@@ -280,6 +293,19 @@ def _kill_run(
         there = Path(moved[str(settings.inbox / photo)])
         for name in names:
             assert Path(moved[str(settings.inbox / name)]) == there.with_name(there.stem + Path(name).suffix)
+    # Each near-duplicate is in the folder of its original's content in the library (the
+    # original itself, or an exact copy filed before it), one of the two naming the other's group.
+    assert len(variants) >= 5 if near else not variants
+    with sqlite3.connect(settings.database) as db:
+        rows = db.execute(
+            "SELECT source, destination, sha256, similar_id FROM decisions "
+            "WHERE state = 'done' AND action IN ('moved', 'review', 'other')"
+        ).fetchall()
+    for variant, original in variants.items():
+        (held,) = [(Path(dst), group) for _, dst, sha, group in rows if sha == original]
+        (mine,) = [(Path(dst), group) for src, dst, _, group in rows if src == str(settings.inbox / variant)]
+        assert mine[0].parent == held[0].parent, (variant, held, mine)
+        assert held[1] is not None or mine[1] is not None, (variant, held, mine)
     # Filed photos are as deep as the layout says (album and date folders); the rest are flat.
     for destination, _, action in done:
         depth = layout.count("/") + 2 if action in ("moved", "review", "other") else 2
@@ -297,6 +323,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, settings: Setti
         duplicates=True,
         layout="{album}/{year}/{month}",
         companions=True,
+        near=True,
     )
 
 

@@ -27,7 +27,7 @@ from cened.config import DEFAULT_EXTENSIONS, Settings
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
-from cened.pipeline import Outcome, Processor, prepare
+from cened.pipeline import FileOutcome, Processor, prepare
 from cened.watching import is_candidate
 
 MODEL_INPUT = (32, 32)
@@ -104,7 +104,7 @@ def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)
     processor = Processor(classifier, journal, lambda: settings)
 
-    def _run(path: Path) -> Outcome:
+    def _run(path: Path) -> FileOutcome:
         (outcome,) = processor.process([prepare(path, settings, classifier.meta.input_size)])
         return outcome
 

@@ -18,7 +18,7 @@ from cened.config import Settings, load_settings
 from cened.errors import ConfigError
 from cened.journal import Action, Journal
 from cened.ml.classifying import Classifier
-from cened.pipeline import Fate, Outcome, Processor, prepare
+from cened.pipeline import Fate, FileOutcome, Processor, prepare
 from cened.undoing import carry_out, plan_correct, plan_undo
 
 DATED = "{album}/{year}/{month}"
@@ -29,7 +29,7 @@ def filing(settings: Settings, classifier: Classifier):
     """File paths as one batch with the real pipeline, under ``settings`` with another ``layout``."""
     journal = Journal(settings.database)
 
-    def _file(*paths: Path, template: str = DATED) -> list[Outcome]:
+    def _file(*paths: Path, template: str = DATED) -> list[FileOutcome]:
         s = settings.model_copy(update={"layout": template})
         processor = Processor(classifier, journal, lambda: s)
         return processor.process([prepare(p, s, classifier.meta.input_size) for p in paths])

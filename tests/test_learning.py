@@ -200,7 +200,10 @@ def test_corrections_into_a_new_folder_become_an_album(taught: Settings, tmp_pat
         filed = [r.id for r in journal.history(actions=[Action.OTHER])]
     assert len(filed) == 22
     config = write_config(tmp_path / "cened.toml", taught)
-    for row_id in filed[:19]:
+    refused = run_cli("correct", str(filed[0]), "magenta", config=config)
+    assert refused.returncode == 1 and "--new-album" in refused.stderr  # no album magenta yet
+    assert run_cli("correct", str(filed[0]), "magenta", "--new-album", config=config).returncode == 0
+    for row_id in filed[1:19]:  # magenta is an album now
         assert run_cli("correct", str(row_id), "magenta", config=config).returncode == 0
     listed = run_cli("album", "list", config=config).stdout
     assert "19 corrections" in listed and "1 more to be an album" in listed
@@ -326,7 +329,8 @@ def test_what_is_new_to_learn_is_counted_label_by_label(taught: Settings) -> Non
     assert learn.unlearned(taught, meta.classes, meta.version) == 0
     with Journal(taught.database) as journal:
         for row_id in ids[:21]:
-            carry_out(journal, plan_correct(journal, taught, row_id, "magenta"), Action.CORRECTED, "magenta")
+            plans = plan_correct(journal, taught, row_id, "magenta", new_album=True)
+            carry_out(journal, plans, Action.CORRECTED, "magenta")
     assert learn.unlearned(taught, meta.classes, meta.version) == 21
     outcome = learn.learn(taught)
     assert outcome.seen == {"magenta": 21} and outcome.as_dict()["seen"] == {"magenta": 21}

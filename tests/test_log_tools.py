@@ -15,25 +15,6 @@ from cened.cli import main
 from cened.config import Settings
 from cened.errors import ExitCode
 from cened.journal import Entry, Journal
-from cened.ml.classifying import Classifier
-from cened.pipeline import Processor, prepare
-
-
-@pytest.fixture
-def filed(settings: Settings, classifier: Classifier, tmp_path: Path):
-    """Three photos filed by the real pipeline; returns (config path, {name: row id})."""
-    paths = [
-        write_photo(settings.inbox / "a.jpg", "sea", seed=1),
-        write_photo(settings.inbox / "b.jpg", "forest", seed=2),
-        write_photo(settings.inbox / "c.jpg", "glacier", seed=3),
-    ]
-    with Journal(settings.database) as journal:
-        outcomes = Processor(classifier, journal, lambda: settings).process(
-            [prepare(p, settings, classifier.meta.input_size) for p in paths]
-        )
-    assert [o.fate for o in outcomes] == ["moved"] * 3
-    config = write_config(tmp_path / "cened.toml", settings)
-    return config, {o.path.name: o.entry.id for o in outcomes}
 
 
 def _cli(config: Path, *args: str) -> int:

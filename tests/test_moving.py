@@ -29,7 +29,7 @@ from cened.errors import ConfigError
 from cened.hashing import sha256_file
 from cened.journal import Entry, Journal
 from cened.ml.classifying import Classifier
-from cened.pipeline import Fate, Outcome, Processor, prepare
+from cened.pipeline import Fate, FileOutcome, Processor, prepare
 
 READ_ONLY = {"immutable": immutable, "read-only-mount": read_only_mount}
 
@@ -40,7 +40,9 @@ def journal(settings: Settings) -> Iterator[Journal]:
         yield journal
 
 
-def _file(processor: Processor, settings: Settings, classifier: Classifier, *paths: Path) -> list[Outcome]:
+def _file(
+    processor: Processor, settings: Settings, classifier: Classifier, *paths: Path
+) -> list[FileOutcome]:
     return processor.process([prepare(p, settings, classifier.meta.input_size) for p in paths])
 
 

@@ -218,8 +218,8 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
 ) -> None:
     inbox, library = settings.inbox, settings.library
     config = tmp_path / "cened.toml"
-    # 2,000 pixels at most: Pillow's own guard (a global) refuses more than twice that.
-    write_reload_config(config, settings, {}, confidence_threshold=1.0, max_megapixels=0.002)
+    # Files of 1 KB at most: a reload must put the limit back.
+    write_reload_config(config, settings, {}, confidence_threshold=1.0, max_file_mb=0.001)
     notify = NotifySocket(str(socket_dir / "notify"))
     runtime = tmp_path / "runtime"  # the unit's RuntimeDirectory=, where the daemon answers `cened reload`
     runtime.mkdir()
@@ -240,10 +240,10 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         assert first["album"] == "review" and first["confidence"] < 1.0, first
         assert (library / "review" / "unsure.png").exists()
         drop(inbox, "big.jpg", "forest", size=(100, 60))
-        assert daemon.wait_for("quarantined", timeout=60)["reason"].startswith("decompression-bomb")
+        assert daemon.wait_for("quarantined", timeout=60)["reason"].startswith("too-large")
 
         # A good config, applied by `cened reload` (SIGHUP, then the answer): threshold 0, a
-        # mapping, the default pixel limit.
+        # mapping, the default file size limit.
         write_reload_config(config, settings, {"forest": "woods"}, confidence_threshold=0.0)
         done = reload_command()
         assert done.returncode == 0, done.stderr

@@ -7,6 +7,7 @@ so which of the two the model saw is visible in where the file is filed.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +16,12 @@ import pytest
 from conftest import COLOURS, picture
 from PIL import Image
 
-from cened.bench.photos import exif_with_preview
+from cened.bench.photos import exif_with_preview, with_mpf_preview
 from cened.config import Settings
 from cened.journal import Journal
 from cened.ml.classifying import Classifier
-from cened.ml.imaging import decode
-from cened.pipeline import Outcome, Processor, prepare
+from cened.ml.imaging import Rejected, decode, decode_with_source
+from cened.pipeline import FileOutcome, Processor, prepare
 
 PHOTO = (800, 600)
 
@@ -50,7 +51,7 @@ def nearest_class(pixels: np.ndarray) -> str:
 def run(settings: Settings, classifier: Classifier) -> Iterator:
     journal = Journal(settings.database)
 
-    def _run(path: Path, thumbnail_min_side: int) -> Outcome:
+    def _run(path: Path, thumbnail_min_side: int) -> FileOutcome:
         current = settings.model_copy(update={"thumbnail_min_side": thumbnail_min_side})
         processor = Processor(classifier, journal, lambda: current)
         (outcome,) = processor.process([prepare(path, current, classifier.meta.input_size)])
@@ -122,3 +123,48 @@ def test_preview_is_turned_upright_like_the_photo() -> None:
     assert nearest_class(from_preview[:24]) == nearest_class(full[:24]) == "sea"
     assert nearest_class(from_preview[40:]) == nearest_class(full[40:]) == "forest"
     assert float(np.abs(full.astype(int) - from_preview.astype(int)).mean()) < 8
+
+
+# -- the large preview cameras store after the photo (MPF) -----------------------------
+
+
+def mpf_jpeg(photo: Image.Image, preview: Image.Image, *, large_thumbnail: bool = True) -> bytes:
+    """A camera JPEG: the photo, then its preview as an MPF "large thumbnail" (or as another type)."""
+    data = with_mpf_preview(jpeg(photo), jpeg(preview))
+    if not large_thumbnail:  # as a phone's HDR gain map or a stereo pair's other eye is marked
+        data = data.replace(struct.pack("<L", 0x010002), struct.pack("<L", 0), 1)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("min_side", "album", "source"), [(160, "sea", "mpf-preview"), (0, "forest", "photo")]
+)
+def test_camera_jpeg_is_filed_by_its_mpf_preview(
+    settings: Settings, run, min_side: int, album: str, source: str
+) -> None:
+    path = settings.inbox / "DSC_0001.JPG"
+    path.write_bytes(mpf_jpeg(picture("forest", PHOTO), picture("sea", (400, 300))))
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+    outcome = run(path, min_side)
+    assert outcome.entry is not None and outcome.entry.destination == settings.library / album / path.name
+    with Journal(settings.database) as journal:
+        assert journal.get(outcome.entry.id or 0).pixel_source == source
+
+
+def test_mpf_images_that_are_no_preview_are_ignored() -> None:
+    data = mpf_jpeg(picture("forest", PHOTO), picture("sea", (400, 300)), large_thumbnail=False)
+    pixels, source = decode_with_source(data, (64, 64), thumbnail_min_side=160)
+    assert (nearest_class(pixels), source) == ("forest", "photo")
+    small = mpf_jpeg(picture("forest", PHOTO), picture("sea", (200, 150)))  # below min_side
+    assert decode_with_source(small, (64, 64), thumbnail_min_side=160)[1] == "photo"
+
+
+def test_a_cut_mpf_file_is_read_from_the_photo_or_refused() -> None:
+    data = mpf_jpeg(picture("forest", PHOTO), picture("sea", (400, 300)))
+    preview_at = data.rindex(b"\xff\xd8")  # the preview's start of image, after the photo
+    pixels, source = decode_with_source(data[: preview_at + 200], (64, 64), thumbnail_min_side=160)
+    assert (nearest_class(pixels), source) == ("forest", "photo")  # the photo is whole: decoded
+    with pytest.raises(Rejected) as caught:
+        decode_with_source(data[: preview_at // 2], (64, 64), thumbnail_min_side=160)
+    assert caught.value.reason == "corrupt"

@@ -286,6 +286,31 @@ def test_install_service_follows_the_config(
     verify(unit_path, user=True, tmp_path=tmp_path)
 
 
+def test_install_service_user_links_cened_onto_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cened` outside the venv: ~/.local/bin/cened, a link to this one, unless it is on PATH already."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert main(["install-service", "--user"]) == 0
+    link = home / ".local" / "bin" / "cened"
+    assert link.is_symlink() and link.resolve() == Path(CENED).resolve()
+    out = capsys.readouterr().out
+    assert f"linked {link} -> {CENED}" in out and "is not on your PATH" in out
+    # Again, with it on PATH now: nothing to do.
+    monkeypatch.setenv("PATH", f"{link.parent}:/usr/bin:/bin")
+    assert main(["install-service", "--user"]) == 0
+    assert "linked" not in capsys.readouterr().out and link.is_symlink()
+    # A file of someone else's is left alone.
+    link.unlink()
+    link.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert main(["install-service", "--user"]) == 0
+    assert "left" in capsys.readouterr().out and link.read_text() == "#!/bin/sh\n"
+
+
 def test_install_service_print_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -24,8 +24,7 @@ from daemon_helpers import DaemonProcess, RunningDaemon, files_under, wait_until
 from watchdog.events import FileSystemEvent
 
 from cened.config import Settings
-from cened.daemon import Daemon
-from cened.watching import InboxWatcher, StabilityTracker, is_candidate
+from cened.watching import InboxPump, InboxWatcher, StabilityTracker, is_candidate
 
 
 class FakeClock:
@@ -294,7 +293,7 @@ def test_a_real_inotify_queue_overflow_is_recovered_by_a_rescan(
 
 @pytest.mark.slow
 def test_periodic_rescan_is_a_safety_net(settings: Settings, monkeypatch) -> None:
-    monkeypatch.setattr(Daemon, "_on_event", lambda self, path, closed: None)
+    monkeypatch.setattr(InboxPump, "_on_event", lambda self, path, closed: None)
     with RunningDaemon(settings.model_copy(update={"rescan_interval_s": 1.0})):
         photo = write_photo(settings.inbox / "missed.jpg", "sea")
         assert wait_until(lambda: not photo.exists(), timeout=20)

@@ -8,8 +8,10 @@ something side by side:
 * the **daemon** end to end, as a subprocess on temporary folders: photos
   appear in the inbox, and the clock stops at the last ``filed`` log line;
   once for small (150 px) JPEGs, once for realistic 12-megapixel ones (with
-  the EXIF preview a phone embeds), and once for 12-megapixel ones without it;
-  then for 12-megapixel HEIC photos, with the thumbnail an iPhone embeds and without;
+  the EXIF preview a phone embeds), once for 12-megapixel ones without it, and
+  once as cameras write them (a 160x120 EXIF preview and a large MPF preview);
+  then for 12-megapixel HEIC photos, with the thumbnail an iPhone embeds, with
+  one too small for the model, and without;
 * the **naive baseline** -- one file at a time, full decode, ``model.predict``
   -- the way the original notebook sorted photos;
 * idle **latency** from one drop to ``filed``, **peak memory** and **cold start**.
@@ -36,7 +38,7 @@ from typing import Any
 
 from cened.bench.e2e import TIMED_SETTINGS, daemon_figures
 from cened.bench.model import daemon_backend, decoded, limit_rates, naive_throughput, raw_limits, stage_costs
-from cened.bench.photos import LARGE, PREVIEW, SMALL, image_set
+from cened.bench.photos import CAMERA_THUMBNAIL, LARGE, MPF_PREVIEW, PREVIEW, SMALL, image_set
 from cened.bench.plan import Plan, say
 from cened.bench.report import ratios
 from cened.config import Settings
@@ -61,8 +63,14 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
         "150px": image_set(cache, SMALL, plan.small_count, say=say),
         large_label: image_set(cache, plan.large_size, plan.large_count, PREVIEW, say=say),
         f"{large_label}-no-preview": image_set(cache, plan.large_size, plan.large_count, say=say),
-        # HEIC as iPhones write it: with its thumbnail item (PREVIEW's size), and without one.
+        # As cameras write it: an EXIF preview too small for the model, a large MPF preview after the photo.
+        f"{large_label}-camera-mpf": image_set(
+            cache, plan.large_size, plan.large_count, CAMERA_THUMBNAIL, say=say, mpf=MPF_PREVIEW
+        ),
+        # HEIC as iPhones write it: with its thumbnail item (PREVIEW's size), and without one;
+        # and with a thumbnail below thumbnail_min_side, which the daemon must decode past.
         f"{large_label}-heic": heic(PREVIEW),
+        f"{large_label}-heic-small-thumbnail": heic(CAMERA_THUMBNAIL),
         f"{large_label}-heic-no-thumbnail": heic(None),
     }
     if images is not None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from cened.bench.plan import Plan, say
 from cened.config import Settings
+from cened.errors import MissingExtra, require
 
 
 def stage_costs(
@@ -179,8 +180,10 @@ def _median_ips(measure_once: Callable[[], float], plan: Plan) -> float:
 
 
 def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str, Any]:
-    """The notebook's loop: open, decode in full, resize, ``model.predict`` one photo at a time."""
-    import keras
+    """The notebook's loop: open, decode in full, resize, ``model.predict`` one photo at a time.
+
+    Without TensorFlow (the light install) there is no figure, and a note says how to get one.
+    """
     from PIL import Image
 
     from cened.ml import imaging, modelpack  # noqa: F401 - importing imaging registers the HEIF opener
@@ -188,6 +191,13 @@ def naive_throughput(model: Path, files: Sequence[Path], plan: Plan) -> dict[str
     meta = modelpack.read_meta(model)
     if modelpack.KERAS_FILE not in meta.files:
         return {"ips": None, "images": 0}
+    try:
+        require("tensorflow", "the Keras figure")
+    except MissingExtra as exc:
+        say(f"no naive baseline: {exc}")
+        return {"ips": None, "images": 0, "note": str(exc)}
+    import keras
+
     net = keras.models.load_model(model / modelpack.KERAS_FILE, compile=False)
     height, width = meta.input_size
     subset = list(files)

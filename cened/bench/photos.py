@@ -28,6 +28,10 @@ LARGE = (4000, 3000)
 #: The EXIF preview written into the large photos, as phones embed one
 #: (cameras that store only 160x120 get the full decode: see ``thumbnail_min_side``).
 PREVIEW = (320, 240)
+#: What many cameras store instead: a 160x120 EXIF preview, below ``thumbnail_min_side``, and
+#: a large preview after the photo (MPF), here Sony's 1616 px wide one at 4:3.
+CAMERA_THUMBNAIL = (160, 120)
+MPF_PREVIEW = (1616, 1212)
 #: HEIC quality: about the bytes per 12 megapixels that iPhones write (2-3 MB).
 HEIC_QUALITY = 50
 #: HEIC grid tile side: iPhones store a 12 MP photo as a grid of 512 px tiles.
@@ -60,12 +64,19 @@ def synthetic_picture(seed: int, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] | None = None) -> bytes:
+def synthetic_photo(
+    seed: int,
+    size: tuple[int, int],
+    preview: tuple[int, int] | None = None,
+    mpf: tuple[int, int] | None = None,
+) -> bytes:
     """A JPEG that costs what a camera photo costs to decode.
 
     Flat colour would compress to almost nothing and decode unrealistically
     fast; a sky-like gradient, a wavy texture and sensor-like noise give the
-    3-6 MB per 12 megapixels that phones produce at quality 90.
+    3-6 MB per 12 megapixels that phones produce at quality 90.  ``preview``
+    is the size of its EXIF preview, ``mpf`` of the large preview a camera
+    stores after the photo (:func:`with_mpf_preview`).
     """
     from PIL import Image
 
@@ -77,7 +88,41 @@ def synthetic_photo(seed: int, size: tuple[int, int], preview: tuple[int, int] |
         exif = exif_with_preview(small.getvalue())
     out = io.BytesIO()
     photo.save(out, "JPEG", quality=JPEG_QUALITY, exif=exif)
-    return out.getvalue()
+    if mpf is None:
+        return out.getvalue()
+    large = io.BytesIO()
+    photo.resize(mpf, Image.Resampling.BILINEAR).save(large, "JPEG", quality=85)
+    return with_mpf_preview(out.getvalue(), large.getvalue())
+
+
+def with_mpf_preview(photo: bytes, preview: bytes) -> bytes:
+    """A JPEG ``photo`` with ``preview`` (a JPEG) stored after it as its MPF large thumbnail, as cameras do.
+
+    Pillow writes MPF (its MPO format) but marks second images "undefined";
+    cameras mark a preview as a "large thumbnail", which is what cened takes.
+    The photo keeps its own EXIF block, and so its EXIF preview, if any.
+    """
+    import struct
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(photo)) as first, Image.open(io.BytesIO(preview)) as second:
+        out = io.BytesIO()
+        # Re-encoding at this quality changes the photo little; its bytes then hold the MPF segment.
+        first.save(
+            out,
+            "MPO",
+            save_all=True,
+            append_images=[second],
+            quality=JPEG_QUALITY,
+            exif=first.info.get("exif", b""),
+        )
+    data = bytearray(out.getvalue())
+    at = data.index(b"MPF\x00") + 4  # the MP index's TIFF header
+    tag = data.index(b"\x02\xb0\x07\x00", at)  # MPEntry (0xB002), little-endian as Pillow writes it
+    entries = at + struct.unpack_from("<I", data, tag + 8)[0]  # the primary image's entry, then the preview's
+    struct.pack_into("<L", data, entries + 16, 0x010002)  # "Large Thumbnail (Full HD Equivalent)"
+    return bytes(data)
 
 
 def synthetic_heic(seed: int, size: tuple[int, int], thumbnail: tuple[int, int] | None = None) -> bytes:
@@ -128,6 +173,7 @@ def image_set(
     preview: tuple[int, int] | None = None,
     say: Callable[[str], None] | None = None,
     heic: bool = False,
+    mpf: tuple[int, int] | None = None,
 ) -> list[Path]:
     """``count`` deterministic photos of ``size``, generated once and kept in ``cache``.
 
@@ -136,6 +182,7 @@ def image_set(
     (it can take a while, HEIC files above all).
     """
     tag = f"-p{preview[0]}x{preview[1]}" if preview else ""
+    tag += f"-mpf{mpf[0]}x{mpf[1]}" if mpf else ""
     kind = f"heic-q{HEIC_QUALITY}" if heic else f"q{JPEG_QUALITY}"
     folder = cache / f"{size[0]}x{size[1]}-{kind}-g{GENERATOR}{tag}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,8 +192,10 @@ def image_set(
         say(f"generating {len(missing)} photos of {size[0]}x{size[1]} in {folder} (once)")
     for path in missing:
         tmp = path.with_suffix(".tmp")
-        make = synthetic_heic if heic else synthetic_photo
-        tmp.write_bytes(make(int(path.stem), size, preview))
+        if heic:
+            tmp.write_bytes(synthetic_heic(int(path.stem), size, preview))
+        else:
+            tmp.write_bytes(synthetic_photo(int(path.stem), size, preview, mpf))
         tmp.replace(path)
     return files
 

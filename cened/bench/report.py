@@ -30,6 +30,10 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         "e2e_12mp_no_preview_vs_150px": div(e2e[f"{large}-no-preview"], e2e["150px"]),
         "e2e_12mp_heic_vs_150px": div(e2e[f"{large}-heic"], e2e["150px"]),
         "e2e_12mp_heic_no_thumbnail_vs_150px": div(e2e[f"{large}-heic-no-thumbnail"], e2e["150px"]),
+        # Issue 25's targets: a camera JPEG through its MPF preview at >= 0.8 of the 150 px rate;
+        # a HEIC whose thumbnail is too small within 1.2x of its decode floor (stages_ms).
+        "e2e_12mp_camera_mpf_vs_150px": div(e2e.get(f"{large}-camera-mpf"), e2e["150px"]),
+        "e2e_12mp_heic_small_thumbnail_vs_150px": div(e2e.get(f"{large}-heic-small-thumbnail"), e2e["150px"]),
         "e2e_12mp_vs_naive_12mp": div(e2e[large], naive[large]),
         # CPU the model costs per photo, over what the daemon spends per photo in all:
         # the most that end to end ÷ limit can reach when every core is busy.

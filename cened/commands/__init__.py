@@ -27,6 +27,7 @@ COMMANDS = (
     "history",
     "undo",
     "correct",
+    "review",
     "corrections",
     "stats",
     "album",
@@ -34,8 +35,10 @@ COMMANDS = (
     "model",
     "train",
     "evaluate",
+    "near_duplicates",
     "install_service",
     "doctor",
     "bench",
     "reload",
+    "completion",
 )

@@ -33,7 +33,6 @@ def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
 
     loaded = settings_of(args)
     logsetup.configure("json" if json else loaded.log_format, "warning", stream=sys.stderr)
-    imaging.set_pixel_limit(loaded.max_pixels)
     imaging.release_freed_images()
     return loaded
 
@@ -101,7 +100,7 @@ def report_moves(entries: list[Entry], verb: str) -> int:
     return ExitCode.REFUSED if failed else ExitCode.OK
 
 
-def print_learned(outcome: learn.Outcome) -> None:
+def print_learned(outcome: learn.LearnReport) -> None:
     """A learned version against the one in use, as ``learn`` and ``album add/remove`` report it."""
     from rich.console import Console
     from rich.table import Table

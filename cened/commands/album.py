@@ -9,6 +9,11 @@ from cened.commands import _common
 
 NAME = "album"
 HELP = "albums of your own: teach the model a class from example photos"
+EXAMPLES = """
+cened album add cats ~/Pictures/my-cats
+cened album list
+cened album remove cats
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

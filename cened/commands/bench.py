@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 NAME = "bench"
 HELP = "measure throughput, latency, memory and start-up time"
+EXAMPLES = """
+cened bench --quick
+cened bench --compare batch_size=8 --json
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,10 @@ from cened.commands import _common
 
 NAME = "corrections"
 HELP = "list human-corrected photos; export them as training data"
+EXAMPLES = """
+cened corrections
+cened corrections --export ~/my-labels
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

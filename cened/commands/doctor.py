@@ -12,6 +12,10 @@ from cened.errors import JournalError, Refused
 
 NAME = "doctor"
 HELP = "find and fix disagreements between the log and the disk"
+EXAMPLES = """
+cened doctor
+cened doctor --fix
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

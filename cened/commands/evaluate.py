@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cened.commands import _common
-from cened.errors import ConfigError
+from cened.errors import ConfigError, require
 
 if TYPE_CHECKING:
     from cened.ml.modelpack import ModelMeta
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 NAME = "evaluate"
 HELP = "measure a model on the validation split and write its card"
+EXAMPLES = """
+cened evaluate --data ~/datasets/landscapes --model models/mine
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cened.training import evaluate
 
     parser.add_argument(
-        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders with one sub-folder of images per class (several: their photos together)",
     )
     parser.add_argument(
         "--model", type=Path, default=evaluate.DEFAULT_MODEL, help="model directory (default: %(default)s)"
@@ -88,6 +95,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure the model this one replaces on the same validation photos (its own input "
         "size) and put both figures in the card",
     )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also cross-validate the model's training recipe: K models, each trained without one K-th "
+        "of every photo under --data (near-duplicates kept together) and measured on it",
+    )
+    parser.add_argument(
+        "--folds-full-epochs",
+        type=int,
+        metavar="N",
+        help="with --folds: epochs of the recipe's last phase (default: the model's own; 0 is ~2x faster)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "cened" / "evaluate",
+        help="with --folds: where near-duplicate groups and finished folds are kept, so a run "
+        "cut off resumes (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
@@ -97,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     An unusable model is a :class:`cened.errors.ModelError`; an unusable data
     folder, or ``--split val`` for a model that names no split, a :class:`ConfigError`.
     """
+    require("tensorflow", "cened evaluate")
     import numpy as np
 
     from cened import logsetup
@@ -112,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         listing = dataset.list_images(args.data, meta.classes)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+    everything = listing
     if args.split == "val":
         tr = meta.training
         if "split_seed" not in tr or "val_fraction" not in tr:
@@ -214,12 +244,18 @@ def run(args: argparse.Namespace) -> int:
         f"decoding + loading {load_s:.1f} s"
     )
 
+    if args.folds:
+        extra["crossval"] = _cross_validate(args, meta, everything)
+
     title = f"{meta.name} on {args.split}: accuracy {_pct(report['accuracy'])}"
     evaluate.confusion_png(
         np.asarray(report["confusion_matrix"]), meta.classes, report_dir / "confusion_matrix.png", title
     )
     (report_dir / "evaluation.json").write_text(
-        json.dumps({"split": args.split, "data": str(args.data), "report": report} | extra, indent=2) + "\n",
+        json.dumps(
+            {"split": args.split, "data": ", ".join(map(str, args.data)), "report": report} | extra, indent=2
+        )
+        + "\n",
         encoding="utf-8",
     )
     if args.split == "val":
@@ -229,6 +265,52 @@ def run(args: argparse.Namespace) -> int:
         + (f", {args.model / 'MODEL_CARD.md'}" if args.split == "val" else "")
     )
     return 0
+
+
+def _cross_validate(args: argparse.Namespace, meta: ModelMeta, listing: Listing) -> dict[str, Any]:
+    """``--folds K``: the model's own recipe, trained K times on grouped folds of every photo."""
+    import dataclasses
+
+    import numpy as np
+
+    from cened.training import crossval, dataset, groups
+    from cened.training.train import TrainConfig
+
+    if args.folds < 2:
+        raise ConfigError("--folds needs at least 2")
+    if "config" not in meta.training:
+        raise ConfigError(f"{args.model} names no training recipe in its metadata")
+    recipe = TrainConfig(**meta.training["config"])
+    if args.folds_full_epochs is not None:
+        recipe = dataclasses.replace(recipe, full_epochs=args.folds_full_epochs)
+    cache = args.cache / dataset.data_hash(listing)[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    grouped = cache / "groups.npy"
+    if grouped.is_file():
+        near = np.load(grouped)
+    else:
+        print(f"finding near-duplicates among {len(listing.paths)} photos", file=sys.stderr)
+        near, links = groups.near_duplicate_groups(listing.paths)
+        np.save(grouped, near)
+        print(f"{links} near-duplicate pairs, {near.max() + 1} groups", file=sys.stderr)
+    folds = groups.grouped_folds(listing.labels, near, args.folds, recipe.seed)
+    checkpoint = cache / f"folds-{args.folds}-{_recipe_digest(recipe)}"
+    result = crossval.cross_validate(
+        recipe, listing, folds, checkpoint, say=lambda text: print(text, file=sys.stderr)
+    )
+    report = result.as_dict(recipe) | {"groups": int(near.max()) + 1}
+    print(
+        f"cross-validated over {args.folds} folds: {_pct(result.mean)} ± {_pct(result.sd)} "
+        f"(standard error {_pct(result.se)}); folds " + ", ".join(_pct(f.accuracy) for f in result.folds)
+    )
+    return report
+
+
+def _recipe_digest(recipe: Any) -> str:
+    import dataclasses
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _run_learned(args: argparse.Namespace, meta: ModelMeta, listing: Listing) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,16 @@ if TYPE_CHECKING:
 
 NAME = "history"
 HELP = "show the decision log"
+EXAMPLES = """
+cened history --limit 5
+cened history --since 2h --json | jq 'select(.confidence < 0.8)'
+cened history --file ~/Pictures/cened/albums/sea/IMG_2041.jpg
+"""
 
 #: The note on pixels that were not the photo's own (imaging.FROM_*; cened.ml is not imported here).
 _PIXEL_SOURCES = {
     "exif-preview": "from the EXIF preview",
+    "mpf-preview": "from the camera's MPF preview",
     "heif-thumbnail": "from the HEIF thumbnail",
     "raw-preview": "from the RAW preview",
 }
@@ -37,18 +44,25 @@ def run(args: argparse.Namespace) -> int:
 
     settings = _common.settings_of(args)
     since = parse_since(args.since) if args.since else None
+    filters = {
+        "since": since,
+        "batch_id": args.batch,
+        "file": args.file.absolute() if args.file else None,
+    }
     with _common.readonly_journal(settings) as journal:
-        rows = journal.history(
-            limit=args.limit or None,
-            since=since,
-            batch_id=args.batch,
-            file=args.file.absolute() if args.file else None,
-        )
+        rows = journal.history(limit=args.limit or None, **filters)
+        matching = journal.count(**filters) if args.limit and len(rows) == args.limit else len(rows)
     if args.json:
         for row in rows:
             print(json.dumps(row.to_dict(), ensure_ascii=False))
-        return 0
-    _table(rows, settings)
+    else:
+        _table(rows, settings)
+    if matching > len(rows):
+        # On stderr, so that `--json | jq` reads rows only, and the note still shows.
+        print(
+            f"cened: the newest {len(rows)} of {matching} rows; --limit N shows more, --limit 0 all",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -59,7 +73,7 @@ def _table(rows: list[Entry], settings: Settings) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from cened.journal import State
+    from cened.journal import Action, State
     from cened.logsetup import printable
 
     table = Table(show_lines=False, header_style="bold")
@@ -74,13 +88,15 @@ def _table(rows: list[Entry], settings: Settings) -> None:
         seen = _PIXEL_SOURCES.get(r.pixel_source or "")
         if seen:
             note = f"{seen}; {note}" if note else seen
+        # A photo in other is like none of the classes: its top class is only the nearest one.
+        label = f"none (nearest {r.label})" if r.action == Action.OTHER and r.label else r.label or ""
         cells = (
             str(r.id),
             r.time[5:16].replace("T", " "),
             action,
             _common.short(r.source, settings),
             dest,
-            r.label or "",
+            label,
             f"{r.confidence:.2f}" if r.confidence is not None else "",
             printable(note),
         )

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 NAME = "install-service"
 HELP = "write a systemd unit for cened and print how to enable it"
+EXAMPLES = """
+cened install-service --user
+cened install-service --print
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +90,7 @@ def _install_user(plan: Plan, output: Path | None) -> int:
     print(f"{'replaced' if replaced else 'wrote'} {dest}")
     print(f"  runs:   {plan.exe} --config {plan.config} run")
     print(f"  writes: {', '.join(map(str, plan.writable))}")
+    _link_on_path(plan.exe)
     print()
     print("Enable and start it:")
     print("  systemctl --user daemon-reload && systemctl --user enable --now cened")
@@ -96,6 +101,33 @@ def _install_user(plan: Plan, output: Path | None) -> int:
     print("  systemctl --user reload cened     # after editing the config")
     print("  journalctl --user -t cened -f -o cat")
     return 0
+
+
+def _link_on_path(exe: Path) -> None:
+    """``~/.local/bin/cened``, a link to this cened, so that ``cened`` works outside its venv.
+
+    The folder is the one pip, pipx and most distributions' ``~/.profile``
+    use for a user's commands.  A ``cened`` already found on PATH is left
+    alone, and so is a file there that is not a link (someone else's).
+    """
+    import shutil
+
+    found = shutil.which("cened")
+    if found is not None and Path(found).resolve() == exe.resolve():
+        return
+    folder = Path.home() / ".local" / "bin"
+    link = folder / "cened"
+    if link.exists() and not link.is_symlink():
+        print(f"  left {link} as it is (not a link); {exe} is this cened")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".cened-link-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(exe)
+    os.replace(tmp, link)  # atomically, over a link to an older install
+    print(f"  linked {link} -> {exe}, so that `cened` runs outside the venv")
+    if str(folder) not in os.environ.get("PATH", "").split(os.pathsep):
+        print(f"  {folder} is not on your PATH: add it (most ~/.profile files do once it exists)")
 
 
 def _install_system(plan: Plan, output: Path | None) -> int:

@@ -9,6 +9,10 @@ from cened.commands import _common
 
 NAME = "learn"
 HELP = "learn from corrections and your albums; use the result if not worse"
+EXAMPLES = """
+cened learn
+cened learn --json | jq .accepted
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,11 @@ from cened.commands import _common
 
 NAME = "model"
 HELP = "learned versions of the model: list, use one, roll back"
+EXAMPLES = """
+cened model list
+cened model rollback
+cened model use shipped
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

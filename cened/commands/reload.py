@@ -8,6 +8,9 @@ from cened.errors import ConfigError, Refused
 
 NAME = "reload"
 HELP = "make the running service re-read its config and wait for the outcome"
+EXAMPLES = """
+cened reload --pid $MAINPID   # what the unit's ExecReload= runs; use systemctl reload cened
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

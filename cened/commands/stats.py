@@ -9,6 +9,10 @@ from cened.commands import _common
 
 NAME = "stats"
 HELP = "counts per album, confidence, undo and correction rates"
+EXAMPLES = """
+cened stats
+cened stats --json | jq .albums
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,13 +9,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from cened.errors import ConfigError, Refused
+from cened.errors import ConfigError, Refused, require
 
 if TYPE_CHECKING:
     from cened.training.train import TrainConfig
 
 NAME = "train"
 HELP = "train a model from a folder of labelled images"
+EXAMPLES = """
+cened train --data ~/datasets/landscapes --out models/mine   # needs the [train] extra
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     parser.add_argument(
-        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders with one sub-folder of images per class (several: their photos together)",
     )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
     parser.add_argument("--variant", default=d.variant, choices=["lite0", "lite1", "lite2", "lite3", "lite4"])
@@ -92,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     A missing or unusable data folder, or settings it cannot train with, are
     :class:`ConfigError`; a missing package (the ImageNet weights, torch) is :class:`Refused`.
     """
+    require("tensorflow", "cened train")
     from cened.ml import novelty
     from cened.training.train import Precision, fit_novelty, train
 

@@ -8,6 +8,11 @@ from cened.commands import _common
 
 NAME = "undo"
 HELP = "move files back to where they came from"
+EXAMPLES = """
+cened undo 42
+cened undo --last 10 --dry-run
+cened undo --since 2h
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

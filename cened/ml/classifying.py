@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from cened import logsetup
-from cened.errors import ModelError
+from cened.errors import MissingExtra, ModelError, require
 from cened.ml import modelpack, novelty
 from cened.ml.modelpack import ModelMeta
 
@@ -395,6 +395,10 @@ class _KerasRunner:
 
     @classmethod
     def load(cls, path: Path, meta: ModelMeta, threads: int) -> _KerasRunner:
+        try:
+            require("tensorflow", "the keras backend")
+        except MissingExtra as exc:  # a model error, so that a bench or a fallback can go without it
+            raise ModelError(" ".join(line.strip() for line in exc.lines())) from exc
         import tensorflow as tf
 
         _set_tf_threads(tf, threads)

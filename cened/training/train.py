@@ -23,7 +23,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -56,8 +56,7 @@ class TrainConfig:
     """Everything that determines the trained model besides the data (stored in metadata)."""
 
     variant: str = "lite0"
-    # The training photos are 150 px: at 160 the network costs 0.52-0.55x the CPU of 224 and measured
-    # 95.04% against 94.51% on the same split (README, "The model").
+    # The training photos are 150 px: 160 costs about half the CPU of 224 (docs/model.md).
     input_size: int = 160
     views: int = 6
     finetune_blocks: int = 5
@@ -361,56 +360,53 @@ def _state_dict(cfg: TrainConfig) -> tuple[dict[str, np.ndarray] | None, str]:
     return backbone.load_state_dict(path), provenance
 
 
-def train(
-    cfg: TrainConfig,
-    data_dir: Path,
-    out_dir: Path,
-    *,
-    tflite: bool = True,
-    precision: Precision = Precision.INT8,
-    other: novelty.NoveltyConfig | None = None,
-    verbose: int = 2,
-    say: Callable[[str], None] | None = None,
-) -> modelpack.ModelMeta:
-    """Train, calibrate and save a model directory; returns the metadata written.
+@dataclass
+class Built:
+    """A fresh network with ImageNet weights, cut where the cached trunk ends and the tuned tail begins."""
 
-    With ``other``, the novelty detector behind the "other" album is fitted last.
-    """
+    model: Any
+    lay: dict[str, Any]
+    specs: list[Any]
+    cut: int
+    trunk: Any
+    weights_source: str
+
+
+def build(cfg: TrainConfig, n_cls: int) -> Built:
     from cened.training import backbone
 
-    say = say or _say
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}
     size = (cfg.input_size, cfg.input_size)
-    listing = dataset.list_images(data_dir)
-    n_cls = len(listing.classes)
-    train_idx, val_idx = dataset.split_indices(listing.labels, cfg.val_fraction, cfg.seed)
-    say(f"{len(listing.paths)} images, {n_cls} classes; train {len(train_idx)}, validation {len(val_idx)}")
-    data_sha = dataset.data_hash(listing)
-
     variant = backbone.VARIANTS[cfg.variant]
     sd, weights_source = _state_dict(cfg)
     model, lay, specs = backbone.build_classifier(variant, n_cls, size, cfg.dropout)
     if sd is not None:
         backbone.port_state_dict(lay, specs, sd, include_fc=False)
     cut = len(specs) - cfg.finetune_blocks
-    trunk = backbone.trunk_model(lay, specs, size, cut)
+    return Built(model, lay, specs, cut, backbone.trunk_model(lay, specs, size, cut), weights_source)
 
-    with _progress(say) as bar:
-        task = bar.add_task("decoding", total=len(listing.paths))
-        pixels = dataset.load_pixels(listing.paths, size, lambda k: bar.advance(task, k))
-        timings["decode_s"] = time.monotonic() - t0
-        t = time.monotonic()
-        task = bar.add_task(f"caching {cfg.views} views", total=cfg.views * len(train_idx) + len(val_idx))
-        adv = lambda k: bar.advance(task, k)  # noqa: E731
-        x_tr = cache_activations(
-            trunk, pixels[train_idx], cfg.views, cfg.seed, train_idx, cfg.batch_size, adv
-        )
-        x_va = cache_activations(trunk, pixels[val_idx], 1, cfg.seed, val_idx, cfg.batch_size, adv)
-    timings["cache_s"] = time.monotonic() - t
-    y_tr = np.tile(listing.labels[train_idx], cfg.views)
-    y_va = listing.labels[val_idx]
-    say(f"cache: {x_tr.shape} float16, {x_tr.nbytes / 2**20:.0f} MiB")
+
+def fit(
+    cfg: TrainConfig,
+    built: Built,
+    cached: tuple[np.ndarray, np.ndarray],
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    split: tuple[np.ndarray, np.ndarray],
+    *,
+    verbose: int,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+) -> dict[str, dict[str, list[float]]]:
+    """Phases 1-3 on one split: ``cached`` holds the trunk's activations of its training photos
+    (``cfg.views`` views, view-major) and of its validation photos (one view).  Returns the histories."""
+    from cened.training import backbone
+
+    lay, specs, cut = built.lay, built.specs, built.cut
+    train_idx, val_idx = split
+    x_tr, x_va = cached
+    n_cls = int(built.model.output_shape[-1])
+    y_tr = np.tile(labels[train_idx], cfg.views)
+    y_va = labels[val_idx]
 
     t = time.monotonic()
     tail = backbone.tail_model(lay, specs, x_tr.shape[1:], cut)
@@ -430,7 +426,6 @@ def train(
         finetune(tail, x_tr, _one_hot(y_tr, n_cls), (x_va, y_va), cfg, verbose) if cfg.finetune_epochs else {}
     )
     timings["finetune_s"] = time.monotonic() - t
-    del x_tr, x_va
 
     hist_full: dict[str, list[float]] = {}
     if cfg.full_epochs:
@@ -438,9 +433,9 @@ def train(
         set_trainable(lay, ("stem_", "block", "head_", "logits"))
         say(f"phase 3: fine-tuning the whole network on augmented photos, {cfg.full_epochs} epochs")
         hist_full = finetune_full(
-            model,
+            built.model,
             pixels[train_idx],
-            _one_hot(listing.labels[train_idx], n_cls),
+            _one_hot(labels[train_idx], n_cls),
             train_idx,
             (pixels[val_idx], y_va),
             cfg,
@@ -449,6 +444,63 @@ def train(
         timings["full_s"] = time.monotonic() - t
     for layer in lay.values():
         layer.trainable = True
+    return {"head": hist_head, "finetune": hist_ft, "full": hist_full}
+
+
+def train(
+    cfg: TrainConfig,
+    data_dirs: Sequence[Path],
+    out_dir: Path,
+    *,
+    tflite: bool = True,
+    precision: Precision = Precision.INT8,
+    other: novelty.NoveltyConfig | None = None,
+    verbose: int = 2,
+    say: Callable[[str], None] | None = None,
+) -> modelpack.ModelMeta:
+    """Train, calibrate and save a model directory; returns the metadata written.
+
+    With ``other``, the novelty detector behind the "other" album is fitted last.
+    """
+    say = say or _say
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    size = (cfg.input_size, cfg.input_size)
+    listing = dataset.list_images(data_dirs)
+    n_cls = len(listing.classes)
+    train_idx, val_idx = dataset.split_indices(listing.labels, cfg.val_fraction, cfg.seed)
+    say(f"{len(listing.paths)} images, {n_cls} classes; train {len(train_idx)}, validation {len(val_idx)}")
+    data_sha = dataset.data_hash(listing)
+    built = build(cfg, n_cls)
+    model = built.model
+
+    with _progress(say) as bar:
+        task = bar.add_task("decoding", total=len(listing.paths))
+        pixels = dataset.load_pixels(listing.paths, size, lambda k: bar.advance(task, k))
+        timings["decode_s"] = time.monotonic() - t0
+        t = time.monotonic()
+        task = bar.add_task(f"caching {cfg.views} views", total=cfg.views * len(train_idx) + len(val_idx))
+        adv = lambda k: bar.advance(task, k)  # noqa: E731
+        x_tr = cache_activations(
+            built.trunk, pixels[train_idx], cfg.views, cfg.seed, train_idx, cfg.batch_size, adv
+        )
+        x_va = cache_activations(built.trunk, pixels[val_idx], 1, cfg.seed, val_idx, cfg.batch_size, adv)
+    timings["cache_s"] = time.monotonic() - t
+    say(f"cache: {x_tr.shape} float16, {x_tr.nbytes / 2**20:.0f} MiB")
+    histories = fit(
+        cfg,
+        built,
+        (x_tr, x_va),
+        pixels,
+        listing.labels,
+        (train_idx, val_idx),
+        verbose=verbose,
+        say=say,
+        timings=timings,
+    )
+    del x_tr, x_va
+    y_va = listing.labels[val_idx]
+    weights_source = built.weights_source
 
     t = time.monotonic()
     val_logits = keras_outputs(model, pixels[val_idx], cfg.batch_size)
@@ -466,7 +518,7 @@ def train(
     training_info: dict[str, Any] = {
         "backbone": f"EfficientNet-{cfg.variant.capitalize()} (ImageNet)",
         "weights_source": weights_source,
-        "data_dir": str(data_dir),
+        "data_dir": ", ".join(map(str, data_dirs)),
         "data_sha256": data_sha,
         "num_images": len(listing.paths),
         "split_seed": cfg.seed,
@@ -474,7 +526,7 @@ def train(
         "num_train": len(train_idx),
         "num_val": len(val_idx),
         "config": asdict(cfg),
-        "cut_block": cut,
+        "cut_block": built.cut,
         "temperature_fitted_on": "validation split",
         "validation": {k: report[k] for k in ("accuracy", "macro_f1", "ece")}
         | {"ece_uncalibrated": raw["ece"]},
@@ -495,7 +547,7 @@ def train(
         t = time.monotonic()
         say("phase 4: the novelty detector behind the other album")
         meta = fit_novelty(
-            out_dir, data_dir, other, batch_size=cfg.batch_size, tflite=tflite, precision=precision, say=say
+            out_dir, data_dirs, other, batch_size=cfg.batch_size, tflite=tflite, precision=precision, say=say
         )
         version = meta.version
         timings["novelty_s"] = time.monotonic() - t
@@ -503,9 +555,9 @@ def train(
         "version": version,
         "config": asdict(cfg),
         "timings_s": timings,
-        "head_history": hist_head,
-        "finetune_history": hist_ft,
-        "full_history": hist_full,
+        "head_history": histories["head"],
+        "finetune_history": histories["finetune"],
+        "full_history": histories["full"],
         "validation": report,
         "validation_uncalibrated": raw,
     }
@@ -516,7 +568,7 @@ def train(
 
 def fit_novelty(
     model_dir: Path,
-    data_dir: Path,
+    data_dirs: Path | Sequence[Path],
     cfg: novelty.NoveltyConfig,
     *,
     batch_size: int = 64,
@@ -548,9 +600,9 @@ def fit_novelty(
     tr = meta.training
     if "split_seed" not in tr or "val_fraction" not in tr:
         raise ConfigError(f"{model_dir} names no train/validation split in its metadata")
-    listing = dataset.list_images(data_dir, meta.classes)
+    listing = dataset.list_images(data_dirs, meta.classes)
     if tr.get("data_sha256") and dataset.data_hash(listing) != tr["data_sha256"]:
-        raise ConfigError(f"{data_dir} is not the data {model_dir} was trained on")
+        raise ConfigError(f"{', '.join(map(str, listing.roots))} is not the data {model_dir} was trained on")
     train_idx, val_idx = dataset.split_indices(
         listing.labels, float(tr["val_fraction"]), int(tr["split_seed"])
     )

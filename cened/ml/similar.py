@@ -1,0 +1,111 @@
+"""Near-duplicates: a perceptual signature of what the model saw, and the index it is compared in.
+
+A photo forwarded through a messenger (re-encoded, halved, its metadata
+stripped), an edited copy or another frame of a burst has other bytes than
+the photo it copies, so its sha256 says nothing.  Its signature, made from the
+pixels the model is given (the centre crop at the model's size), stays close:
+
+- a 256-bit **pHash**: the signs, against their median, of the 16x16 lowest
+  frequencies of the 64x64 grey image's DCT (the picture's layout);
+- a 256-bit **dHash**: whether each of 16x16 grey cells is brighter than its
+  right-hand neighbour (its edges);
+- the **colours**: the mean CIELAB colour of each cell of a 4x4 grid.
+
+Two photos are the same picture when all three are near (:data:`SAME_PICTURE`);
+two frames of a burst, taken seconds apart, when the looser :data:`BURST` holds.
+The thresholds were measured by ``cened near-duplicates`` (cened.training.similarity)
+on edited copies and on distinct photos of one class: docs/usage.md gives the rates.
+A 64-bit dHash alone links many distinct photos of one layout (sunsets, street
+canyons), hence three parts that must all agree.
+
+A leaf module: numpy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: The first byte of every signature; a signature of another version is never compared.
+VERSION = 1
+_HASH_BYTES = 32  # 256 bits each
+_GRID = 4
+_COLOUR_BYTES = _GRID * _GRID * 3
+SIZE = 1 + 2 * _HASH_BYTES + _COLOUR_BYTES
+#: How far apart in time (seconds, by the EXIF capture time) two frames of a burst may be.
+BURST_GAP_S = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How near two signatures must be in each part: bits of pHash and dHash, colour in CIELAB units."""
+
+    phash: int
+    dhash: int
+    colour: float
+
+    def holds(self, phash: np.ndarray, dhash: np.ndarray, colour: np.ndarray) -> np.ndarray:
+        return (phash <= self.phash) & (dhash <= self.dhash) & (colour <= self.colour)
+
+
+#: The same picture: re-encoded, resized, cropped a little, its colours touched (measured: see above).
+SAME_PICTURE = Limits(phash=100, dhash=106, colour=7.0)
+#: Frames of one burst: a moved hand, a moved subject; only with capture times BURST_GAP_S apart.
+BURST = Limits(phash=116, dhash=120, colour=12.0)
+
+
+def signature(pixels: np.ndarray) -> bytes:
+    """The signature (:data:`SIZE` bytes) of a ``(height, width, 3)`` uint8 RGB image."""
+    grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    low = cv2.dct(small)[:16, :16].ravel()
+    # The DC term is the mean brightness, not the layout: left out of the median.
+    phash = np.packbits(low > np.median(low[1:]))
+    cells = cv2.resize(grey, (17, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+    dhash = np.packbits(cells[:, 1:] > cells[:, :-1])
+    grid = cv2.resize(np.ascontiguousarray(pixels), (_GRID, _GRID), interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(grid, cv2.COLOR_RGB2LAB)  # 8-bit: L scaled to 0..255, a and b offset by 128
+    return bytes([VERSION]) + phash.tobytes() + dhash.tobytes() + lab.tobytes()
+
+
+@dataclass
+class Signatures:
+    """Many signatures as arrays, to compare one against all of them at once."""
+
+    phash: np.ndarray  # (n, 4) uint64
+    dhash: np.ndarray  # (n, 4) uint64
+    colour: np.ndarray  # (n, 48) float32, L in CIELAB units
+
+    @classmethod
+    def of(cls, signatures: list[bytes]) -> Signatures:
+        good = [s for s in signatures if len(s) == SIZE and s[0] == VERSION]
+        if len(good) != len(signatures):
+            raise ValueError("signatures of another size or version")
+        raw = np.frombuffer(b"".join(good), np.uint8).reshape(len(good), SIZE)
+        phash = raw[:, 1 : 1 + _HASH_BYTES].copy().view(np.uint64)
+        dhash = raw[:, 1 + _HASH_BYTES : 1 + 2 * _HASH_BYTES].copy().view(np.uint64)
+        lab = raw[:, 1 + 2 * _HASH_BYTES :].astype(np.float32).reshape(len(good), _GRID * _GRID, 3)
+        lab[..., 0] *= 100 / 255  # OpenCV's 8-bit L back to CIELAB's 0..100
+        return cls(phash, dhash, lab.reshape(len(good), _COLOUR_BYTES))
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+    def distances(self, index: int, others: Signatures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """pHash and dHash bits and colour distance from signature ``index`` to each of ``others``."""
+        phash = np.bitwise_count(others.phash ^ self.phash[index]).sum(axis=1)
+        dhash = np.bitwise_count(others.dhash ^ self.dhash[index]).sum(axis=1)
+        return phash, dhash, colour_distance(self.colour[index], others.colour)
+
+
+def colour_distance(one: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The mean, over the grid's cells, of the CIELAB distance between their colours."""
+    diff = (others - one).reshape(len(others), _GRID * _GRID, 3)
+    return np.sqrt((diff**2).sum(axis=2)).mean(axis=1)
+
+
+def usable(sig: bytes | None) -> bool:
+    """Whether ``sig`` is a signature of this version (rows of older versions have other ones, or none)."""
+    return sig is not None and len(sig) == SIZE and sig[0] == VERSION

@@ -1,0 +1,201 @@
+"""Near-duplicates and bursts: the same picture, or frames seconds apart, filed together.
+
+Copies are made here as a messenger or an editor makes them (re-encoded, halved,
+cropped, colours touched); distinct photos are made-up pictures of other seeds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from cened import grouping
+from cened.bench.photos import synthetic_picture
+from cened.cli import main
+from cened.config import Settings
+from cened.journal import SCHEMA_VERSION, Action, Journal, State
+from cened.layout import shot_at
+from cened.ml import imaging, similar
+from cened.pipeline import Fate
+from cened.undoing import carry_out, plan_correct, plan_undo
+
+SIZE = (480, 360)
+
+
+def _jpeg(im: Image.Image, quality: int = 90, exif: bytes = b"") -> bytes:
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=quality, exif=exif)
+    return out.getvalue()
+
+
+def _copies(im: Image.Image) -> dict[str, bytes]:
+    """The copies of ``im`` that people make: each must be taken for the same picture."""
+    w, h = im.size
+    return {
+        "re-encoded": _jpeg(im, 45),
+        "halved": _jpeg(im.resize((w // 2, h // 2)), 80),
+        "cropped": _jpeg(im.crop((w * 3 // 100, h * 2 // 100, w - w * 2 // 100, h - h * 3 // 100))),
+        "brighter": _jpeg(ImageEnhance.Brightness(im).enhance(1.08)),
+        "forwarded": _jpeg(im.resize((w // 2, h // 2)), 50),
+    }
+
+
+def _exif_time(second: int, fraction: str) -> bytes:
+    exif = Image.Exif()
+    inner = exif.get_ifd(0x8769)
+    inner[0x9003] = f"2026:05:01 10:00:{second:02d}"  # DateTimeOriginal
+    inner[0x9291] = fraction  # SubSecTimeOriginal
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("size", [(160, 160), (32, 32)])
+def test_copies_are_the_same_picture_and_other_photos_are_not(size: tuple[int, int]) -> None:
+    """At the shipped model's input size, and at the test model's, which the pipeline tests use."""
+    original = synthetic_picture(11, SIZE)
+    made = _copies(original)
+    others = [_jpeg(synthetic_picture(seed, SIZE)) for seed in range(20, 40)]
+    sigs = similar.Signatures.of(
+        [similar.signature(imaging.decode(data, size)) for data in [_jpeg(original), *made.values(), *others]]
+    )
+    shots = np.full(len(sigs), np.nan)
+    near = dict(grouping.kinds(similar.signature(imaging.decode(_jpeg(original), size)), None, sigs, shots))
+    assert sorted(near) == list(range(len(made) + 1)), near  # itself and every copy, no other photo
+    assert set(near.values()) == {grouping.Kind.SAME}
+
+
+def test_signature_is_a_fixed_size_and_versioned() -> None:
+    sig = similar.signature(imaging.decode(_jpeg(synthetic_picture(1, SIZE)), (160, 160)))
+    assert len(sig) == similar.SIZE and sig[0] == similar.VERSION and similar.usable(sig)
+    assert not similar.usable(None) and not similar.usable(bytes([similar.VERSION + 1]) + sig[1:])
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_copy_is_filed_with_its_original_wherever_that_is_now(settings: Settings, filing) -> None:
+    file, journal = filing
+    picture = synthetic_picture(3, SIZE)
+    (first,) = file(_write(settings.inbox / "IMG_1.jpg", _jpeg(picture)))
+    assert first.fate in (Fate.MOVED, Fate.REVIEW) and first.entry.similar_id is None
+    # A person put it in forest: the copy follows it there, whatever the model says of the copy.
+    (fixed,) = carry_out(journal, plan_correct(journal, settings, first.entry.id, "forest"), Action.CORRECTED)
+    (copy,) = file(_write(settings.inbox / "IMG_1 (WhatsApp).jpg", _copies(picture)["forwarded"]))
+    assert copy.fate == Fate.MOVED, copy
+    assert copy.entry.destination == settings.library / "forest" / "IMG_1 (WhatsApp).jpg"
+    row = journal.get(copy.entry.id)
+    assert (row.similar_id, row.album, row.state) == (first.entry.id, "forest", State.DONE)
+    assert row.reason == f"near-duplicate of #{fixed.id}: forest/IMG_1.jpg, filed with it"
+    assert similar.usable(row.signature)
+    # A distinct photo is filed on its own.
+    (other,) = file(_write(settings.inbox / "IMG_2.jpg", _jpeg(synthetic_picture(4, SIZE))))
+    assert journal.get(other.entry.id).similar_id is None
+
+
+def test_separate_sets_a_copy_apart_and_keep_files_it_alone(settings: Settings, filing) -> None:
+    file, journal = filing
+    picture = synthetic_picture(5, SIZE)
+    (first,) = file(_write(settings.inbox / "a.jpg", _jpeg(picture)))
+    (apart,) = file(
+        _write(settings.inbox / "a-edit.jpg", _copies(picture)["brighter"]), near_duplicates="separate"
+    )
+    assert apart.fate == Fate.DUPLICATE and apart.entry.destination.parent == settings.duplicates_dir
+    assert apart.entry.ref_id == first.entry.id and apart.entry.reason.startswith("near-duplicate of #")
+    (kept,) = file(_write(settings.inbox / "a-crop.jpg", _copies(picture)["cropped"]), near_duplicates="keep")
+    assert kept.fate.classified and journal.get(kept.entry.id).similar_id is None
+
+
+def test_a_copy_in_the_same_batch_waits_for_its_original(settings: Settings, filing) -> None:
+    file, journal = filing
+    picture = synthetic_picture(6, SIZE)
+    original = _write(settings.inbox / "b.jpg", _jpeg(picture))
+    copy = _write(settings.inbox / "b-small.jpg", _copies(picture)["halved"])
+    first, second = sorted(file(original, copy), key=lambda o: o.path != original)
+    assert first.fate.classified and second.fate == Fate.RETRY and second.twin and copy.is_file()
+    (later,) = file(copy)
+    assert journal.get(later.entry.id).similar_id == first.entry.id
+    assert later.entry.destination.parent == first.entry.destination.parent
+
+
+def _burst(folder: Path, count: int) -> list[Path]:
+    """``count`` frames 0.3 s apart: the camera moves a few pixels between them."""
+    scene = synthetic_picture(8, (SIZE[0] + 40, SIZE[1] + 40))
+    frames = []
+    for i in range(count):
+        second, fraction = divmod(300 * i, 1000)
+        frame = scene.crop((4 * i, 3 * i, 4 * i + SIZE[0], 3 * i + SIZE[1]))
+        data = _jpeg(frame, exif=_exif_time(second, f"{fraction:03d}"))
+        frames.append(_write(folder / f"BURST_{i:02d}.jpg", data))
+    return frames
+
+
+def test_a_burst_lands_in_one_album_and_undo_and_correct_take_the_whole_group(
+    settings: Settings, filing
+) -> None:
+    file, journal = filing
+    frames = _burst(settings.inbox, 5)
+    assert [shot_at(f.read_bytes()) % 60 for f in frames] == pytest.approx([0.0, 0.3, 0.6, 0.9, 1.2])
+    outcomes = file(*frames)
+    assert sum(o.fate == Fate.RETRY for o in outcomes) == 4  # they wait for the first
+    lead = next(o for o in outcomes if o.fate != Fate.RETRY)
+    later = file(*[o.path for o in outcomes if o.fate == Fate.RETRY])
+    rows = [journal.get(o.entry.id) for o in later]
+    assert {r.similar_id for r in rows} == {lead.entry.id}
+    assert {r.destination.parent for r in rows} == {lead.entry.destination.parent}
+    assert all("burst of #" in r.reason or "near-duplicate of #" in r.reason for r in rows)
+
+    # Correcting one frame moves the whole burst.
+    plans = plan_correct(journal, settings, rows[2].id, "mountain")
+    assert len(plans) == 5
+    carry_out(journal, plans, Action.CORRECTED, "mountain")
+    assert sorted(p.name for p in (settings.library / "mountain").iterdir()) == [f.name for f in frames]
+
+    # Undoing the first frame puts all five back.
+    current = journal.history(actions=[Action.CORRECTED])
+    lead_now = next(r for r in current if r.similar_id is None)
+    done = carry_out(journal, plan_undo(journal, [lead_now.id]), Action.UNDONE)
+    assert len(done) == 5 and all(e.state == State.DONE for e in done)
+    assert sorted(p.name for p in settings.inbox.iterdir()) == [f.name for f in frames]
+
+
+def test_a_version_4_log_gains_signatures(settings: Settings) -> None:
+    from cened import journal as journal_module
+
+    settings.database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(settings.database) as old:
+        for version in (1, 2, 3, 4):
+            for statement in journal_module._MIGRATIONS[version].split(";"):
+                old.execute(statement)
+        old.execute(f"PRAGMA application_id = {journal_module.APPLICATION_ID}")
+        old.execute("PRAGMA user_version = 4")
+        old.execute(
+            "INSERT INTO decisions (time, action, source) VALUES ('2026-11-01', 'moved', '/in/a.jpg')"
+        )
+    old.close()
+    with Journal(settings.database) as journal:
+        assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        (row,) = journal.history()
+        assert (row.signature, row.shot_at, row.similar_id) == (None, None, None)
+        assert journal.signed(0) == []
+
+
+def test_the_measuring_command_finds_copies_and_no_distinct_photo(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    for cls, seeds in {"one": range(0, 12), "two": range(100, 112)}.items():
+        for seed in seeds:
+            _write(data / cls / f"{seed}.jpg", _jpeg(synthetic_picture(seed, (150, 150))))
+    code = main(["near-duplicates", "--data", str(data), "--sample", "10", "--pairs", "1000", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    same = result["rates"][0]
+    assert same["limits"] == {"phash": 100, "dhash": 106, "colour": 7.0}
+    assert same["pairs"] == 2 * 66 and same["false_pairs"] == 0
+    assert same["found"] >= 0.9, same["found_by_edit"]
