@@ -37,6 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logsetup.print_failure(exc.lines(), exc.exit_code)
         return exc.exit_code
+    except PermissionError as exc:  # one line, as for every other refusal: never a traceback
+        from cened import logsetup
+
+        what = f"{exc.filename}: " if exc.filename else ""
+        hint = "run it as a user who may (for the system service: one in group cened, or sudo -u cened)"
+        logsetup.print_failure([f"permission denied: {what}{exc.strerror}; {hint}"], ExitCode.REFUSED)
+        return ExitCode.REFUSED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

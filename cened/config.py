@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +47,9 @@ VIDEO_EXTENSIONS = (".mov", ".mp4", ".m4v")
 
 #: The folder in the library that photos already there go to (duplicates = "separate").
 DUPLICATES_FOLDER = "_duplicates"
+#: Folders that the units' PrivateTmp= replaces with the service's own, deleted at every stop:
+#: photos or a database kept there would be lost without a word.
+PRIVATE_TMP = (Path("/tmp"), Path("/var/tmp"))
 
 
 class Duplicates(StrEnum):
@@ -85,7 +89,10 @@ def shipped_model_dir() -> Path:
 class Settings(BaseSettings):
     """Every key here is documented, with its default, in ``config.example.toml``."""
 
-    model_config = SettingsConfigDict(env_prefix="CENED_", extra="forbid", validate_default=True)
+    # allow_inf_nan: `max_file_mb = inf` would pass every bound and then fail every photo.
+    model_config = SettingsConfigDict(
+        env_prefix="CENED_", extra="forbid", validate_default=True, allow_inf_nan=False
+    )
 
     inbox: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "inbox")
     library: Path = Field(default_factory=lambda: _home() / "Pictures" / "cened" / "albums")
@@ -127,7 +134,8 @@ class Settings(BaseSettings):
         default_factory=lambda: [".part", ".partial", ".crdownload", ".download", ".tmp", ".swp", "~"]
     )
     stable_seconds: float = Field(1.0, ge=0.0, le=3600)
-    unfinished_grace_s: float = Field(10.0, ge=0.0, le=86_400)
+    # Long enough for a writer that pauses two minutes (a phone's upload on a poor link).
+    unfinished_grace_s: float = Field(180.0, ge=0.0, le=86_400)
     rescan_interval_s: float = Field(300.0, ge=0.0)
     queue_max: int = Field(256, ge=1, le=100_000)
     max_file_mb: float = Field(200.0, gt=0)
@@ -141,6 +149,20 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_suffixes(cls, value: list[str]) -> list[str]:
         return [v.lower() if v.startswith(".") or v == "~" else "." + v.lower() for v in value]
+
+    @field_validator("extensions")
+    @classmethod
+    def _real_extensions(cls, value: list[str]) -> list[str]:
+        # [], [""] or ["*"] would file nothing, ever, without a word.
+        if not value:
+            raise ValueError("at least one extension is needed, or nothing is ever filed")
+        for ext in value:
+            if len(ext) < 2 or not ext[1:].replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"{ext!r} is not an extension (such as .jpg); patterns are not taken")
+        doubled = sorted({ext for ext in value if value.count(ext) > 1})
+        if doubled:
+            raise ValueError(f"{', '.join(doubled)} listed twice")
+        return value
 
     @field_validator("review_album")
     @classmethod
@@ -163,6 +185,22 @@ class Settings(BaseSettings):
         return {cls_name: _album_name(album) for cls_name, album in value.items()}
 
     @model_validator(mode="after")
+    def _albums_apart(self) -> Settings:
+        """review, other and videos are albums of their own: a class's, or each other's, would mix them."""
+        named = {"review_album": self.review_album, "other_album": self.other_album}
+        if self.videos_album:
+            named["videos_album"] = self.videos_album
+        seen: dict[str, str] = {}
+        for key, album in named.items():
+            if album in seen:
+                raise ValueError(f"{key} and {seen[album]} are both {album!r}: each needs its own album")
+            if album in (DUPLICATES_FOLDER, "_quarantine") or (album and album.startswith(".")):
+                raise ValueError(f"{key}: {album!r} is a folder cened uses for something else")
+            if album:
+                seen[album] = key
+        return self
+
+    @model_validator(mode="after")
     def _paths_apart(self) -> Settings:
         # Absolute, so the log records paths that mean the same from any working directory.
         for name in ("inbox", "library", "database", "model"):
@@ -179,6 +217,15 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.quarantine if self.quarantine is not None else self.library / "_quarantine"
+
+    @property
+    def roots(self) -> list[Path]:
+        """The folders cened moves files below, never through a symbolic link (cened.moving).
+
+        The quarantine only where it is outside the library: ``_quarantine`` is the library's.
+        """
+        apart = not self.quarantine_dir.is_relative_to(self.library)
+        return [self.library, self.inbox, *([self.quarantine_dir] if apart else [])]
 
     @property
     def watched_extensions(self) -> list[str]:
@@ -226,10 +273,53 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
+#: The longest album name, in bytes of UTF-8: a folder name on ext4, XFS, btrfs and tmpfs.
+ALBUM_NAME_MAX = 255
+
+
 def _album_name(value: str) -> str:
-    if not value or value in (".", "..") or "/" in value or "\0" in value:
+    if not value or value in (".", "..") or "/" in value or not value.isprintable():
         raise ValueError(f"{value!r} is not a usable folder name")
+    if len(value.encode("utf-8", "surrogateescape")) > ALBUM_NAME_MAX:
+        raise ValueError(f"an album name is at most {ALBUM_NAME_MAX} bytes; {value[:40]!r}… is longer")
     return value
+
+
+def album_name_for_people(value: str, reserved: Collection[str] = ()) -> str:
+    """An album name a person gave (``album add``, ``correct``); ``ValueError`` saying why not.
+
+    Not a folder cened keeps for itself (``_quarantine``, ``_duplicates``,
+    hidden ones), nor one of ``reserved`` in another case (``Review``).
+    """
+    _album_name(value)
+    if value.startswith((".", "_")):
+        raise ValueError(f"{value!r}: names starting with . or _ are folders cened uses itself")
+    taken = {r.casefold(): r for r in reserved}
+    if value.casefold() in taken and value != taken[value.casefold()]:
+        raise ValueError(f"{value!r} is too like album {taken[value.casefold()]!r}; choose another name")
+    return value
+
+
+#: The system service's config (install-service writes the unit to read it).
+SYSTEM_CONFIG = Path("/etc/cened/config.toml")
+
+
+def user_config() -> Path:
+    """The user service's config, ``~/.config/cened/config.toml`` (``$XDG_CONFIG_HOME`` honoured)."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(_home() / ".config")
+    return Path(config_home) / "cened" / "config.toml"
+
+
+def installed_config() -> Path | None:
+    """The config a command reads when none is named: ``$CENED_CONFIG``, else an installed service's.
+
+    The user's own service's first, then the system service's, so that
+    ``cened history`` run by anyone who may read it shows the service's log,
+    not the defaults' (docs/service.md).  None: the defaults.
+    """
+    if os.environ.get("CENED_CONFIG"):
+        return Path(os.environ["CENED_CONFIG"])
+    return next((p for p in (user_config(), SYSTEM_CONFIG) if p.is_file()), None)
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
@@ -247,7 +337,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             raise ConfigError(f"config file {config} does not exist")
         try:
             in_file = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except OSError as exc:
+            raise ConfigError(f"config file {config} cannot be read: {exc.strerror or exc}") from exc
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {config} is not valid TOML: {exc}") from exc
 
     class _FromFile(Settings):
@@ -281,6 +373,32 @@ def _problem(err: Any, config: Path | None, in_file: dict[str, Any], overrides: 
     return f"{where}{key or 'config'}: {err['msg']}"
 
 
+def temporary_folders(settings: Settings) -> list[str]:
+    """The folders of ``settings`` that PrivateTmp= would make the service's own, each as ``key path``."""
+    folders = {
+        "inbox": settings.inbox,
+        "library": settings.library,
+        "quarantine": settings.quarantine_dir,
+        "database": settings.database,
+    }
+    return [
+        f"{key} {folder}"
+        for key, folder in folders.items()
+        if any(folder.resolve().is_relative_to(tmp) for tmp in PRIVATE_TMP)
+    ]
+
+
+def refuse_temporary(settings: Settings) -> None:
+    """Refuse (exit 2) folders under /tmp or /var/tmp, which a unit's PrivateTmp= deletes at every stop."""
+    found = temporary_folders(settings)
+    if found:
+        raise ConfigError(
+            f"{'; '.join(found)}: under /tmp or /var/tmp, which the service gets a private copy of "
+            "(PrivateTmp=) that is deleted whenever it stops, photos and log with it; "
+            "choose folders elsewhere in the config"
+        )
+
+
 def check_folders(settings: Settings) -> None:
     """Create the folders the daemon writes to, and prove each writable by making and removing a file.
 
@@ -290,8 +408,11 @@ def check_folders(settings: Settings) -> None:
     batch while the service looks healthy, or crash it into a restart loop.  A
     :class:`ConfigError` (exit 2; :class:`JournalError`, 4, for the database's
     folder) instead stops it, and the units' ``RestartPreventExitStatus=`` does
-    not restart it.
+    not restart it.  Under systemd, folders under /tmp are refused as well
+    (:func:`refuse_temporary`).
     """
+    if os.environ.get("INVOCATION_ID"):  # set by systemd for every unit it starts
+        refuse_temporary(settings)
     folders = {
         "inbox": settings.inbox,
         "library": settings.library,

@@ -37,17 +37,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
-from cened import inflight, logsetup, recovery, reloading
+from cened import inflight, logsetup, recovery, reloading, undoing
 from cened.batching import Collector, Filer, Scored
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 from cened.hashing import sha256_or_none
-from cened.journal import Journal
+from cened.journal import Action, Journal
 from cened.learn import AutoLearner
 from cened.library import LibraryFollower
 from cened.locking import hold_folders, hold_lock
@@ -93,6 +94,60 @@ STUCK_AFTER_S = 10.0
 #: Consecutive batches whose journal was busy or locked before the daemon gives
 #: up; SQLite has already waited its busy timeout (10 s) for each.
 JOURNAL_FAILURES_MAX = 3
+#: How long a file the daemon quarantined is watched for changes, and how many at most:
+#: a writer that paused longer than unfinished_grace_s may still be writing into it.
+QUARANTINE_WATCH_S = 3600.0
+QUARANTINE_WATCH_MAX = 10_000
+
+
+@dataclass
+class _Watched:
+    row_id: int
+    signature: tuple[int, int] | None
+    until: float  # monotonic
+    changed_at: float | None = None  # monotonic; set once it was seen to change
+
+
+class QuarantineWatch:
+    """The files the daemon quarantined lately, looked at again once they change and then hold still.
+
+    Thread-safe: the filer adds, the pump looks (every STATUS_EVERY_S).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[Path, _Watched] = {}
+
+    def add(self, path: Path, row_id: int) -> None:
+        with self._lock:
+            self._files[path] = _Watched(row_id, _signature_of(path), time.monotonic() + QUARANTINE_WATCH_S)
+            while len(self._files) > QUARANTINE_WATCH_MAX:
+                del self._files[next(iter(self._files))]  # the oldest
+
+    def changed(self, hold_s: float) -> list[tuple[Path, int]]:
+        """The files that changed and have held still for ``hold_s`` since; no longer watched."""
+        now = time.monotonic()
+        out: list[tuple[Path, int]] = []
+        with self._lock:
+            items = list(self._files.items())
+        for path, seen in items:
+            current = _signature_of(path)
+            with self._lock:
+                if current is None or (seen.changed_at is None and now > seen.until):
+                    self._files.pop(path, None)  # moved on, or finished long ago
+                elif current != seen.signature:
+                    seen.signature, seen.changed_at = current, now
+                elif seen.changed_at is not None and now - seen.changed_at >= hold_s:
+                    self._files.pop(path, None)
+                    out.append((path, seen.row_id))
+        return out
+
+
+def _signature_of(path: Path) -> tuple[int, int] | None:
+    try:
+        return signature(os.lstat(path))
+    except OSError:
+        return None
 
 
 class Daemon:
@@ -128,6 +183,7 @@ class Daemon:
         self._model_stamp: tuple[int, int] | None = None  # of the learned version in use, when read
         self.library_watched = threading.Event()  # set once the library follower watches and has compared
         self._last_filing = time.monotonic()  # when the filer last finished a batch
+        self._quarantined = QuarantineWatch()
 
     def settings(self) -> Settings:
         return self._settings
@@ -174,7 +230,8 @@ class Daemon:
                 log.error(
                     "died-of-a-fault",
                     stacks=self._flights.fault[-MAX_LOGGED_STACKS:],
-                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.deaths)],
+                    in_flight=[os.fsdecode(p) for p in sorted(self._flights.at_death)],
+                    suspects={os.fsdecode(p): n for p, n in sorted(self._flights.deaths.items())},
                 )
             # Only the daemon's own process catches fatal signals: faulthandler is process-wide.
             self._flights.begin(catch_faults=threading.current_thread() is threading.main_thread())
@@ -374,6 +431,9 @@ class Daemon:
         self.tracker.done(path, keep=outcome.keep)
         if outcome.fate.filed:
             self.filed += 1
+        entry = outcome.entry
+        if entry is not None and entry.action == Action.QUARANTINED and entry.destination and entry.id:
+            self._quarantined.add(entry.destination, entry.id)
 
     def _last_busy(self) -> float:
         """When the daemon last had work: now while photos are queued, else when it last filed a batch."""
@@ -385,6 +445,36 @@ class Daemon:
         if self.serving.is_set():  # no STATUS before READY
             self._check_model()
             self._refresh_status()
+            self._look_at_quarantined()
+
+    def _look_at_quarantined(self) -> None:
+        """Put the quarantined files that changed since back in the inbox, to be read again whole.
+
+        A writer that paused longer than ``unfinished_grace_s`` goes on writing
+        into the file it had open, which was quarantined meanwhile.
+        """
+        changed = self._quarantined.changed(self._settings.stable_seconds)
+        if not changed:
+            return
+        try:
+            with Journal(self._settings.database) as journal:
+                for path, row_id in changed:
+                    row = journal.get(row_id)
+                    if row is None or journal.successor(row_id) is not None:
+                        continue
+                    if not undoing.changed_since_quarantined(row):
+                        continue
+                    back = undoing.return_changed(journal, row, self._settings.roots)
+                    log.warning(
+                        "quarantined-file-changed",
+                        file=os.fsdecode(path),
+                        id=row_id,
+                        returned_to=os.fsdecode(back[0].destination or "") if back else None,
+                        state=back[0].state if back else None,
+                        action="put back in the inbox to be read again",
+                    )
+        except JournalError as exc:  # the filer meets the same and stops the daemon
+            log.error("quarantine-look-failed", error=str(exc))
 
     def _check_model(self) -> None:
         """Switch to the learned version put in use (`cened learn`, `cened model use`) since the last look.
@@ -403,8 +493,8 @@ class Daemon:
             learned = self._versions.load_active()
             _check_albums(self._settings, learned.classes if learned else classifier.meta.classes)
             classifier.use(learned)
-        except Exception as exc:  # noqa: BLE001 - a bad version must never stop the service
-            log.error("model-switch-refused", version=self._versions.active(), error=str(exc), kept=before)
+        except Exception as exc:  # noqa: BLE001 - a bad version (or active.json) must never stop the service
+            log.error("model-switch-refused", error=str(exc), kept=before)
             return
         if classifier.version != before:
             log.info("model-switched", model=classifier.version, was=before, classes=list(classifier.classes))
@@ -438,10 +528,16 @@ class Daemon:
             reloading.write_answer(reloading.Answer.REFUSED, started, str(exc))
             self.notifier.ready(self._status())
             return
-        ignored = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
-        if ignored:
-            log.warning("reload-needs-restart", keys=ignored)
-            new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        restart = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        if restart:  # refused whole: half a config in use is one nobody wrote
+            why = (
+                f"{', '.join(restart)} only change(s) on a restart (systemctl restart cened); "
+                "nothing of the new config was applied"
+            )
+            log.error("reload-needs-restart", keys=restart, error=why)
+            reloading.write_answer(reloading.Answer.REFUSED, started, why)
+            self.notifier.ready(self._status())
+            return
         self._settings = new
         self.tracker.stable_seconds = new.stable_seconds
         logsetup.configure(new.log_format, new.log_level)
@@ -467,3 +563,11 @@ def _check_albums(settings: Settings, classes: tuple[str, ...]) -> None:
     unknown = sorted(set(settings.albums) - set(classes))
     if unknown:
         raise ConfigError(f"albums: unknown class(es) {unknown}; the model knows {list(classes)}")
+    # A review album that is a class's would hide the unsure photos among the sure ones.
+    class_albums = {settings.album_for(c): c for c in classes}
+    for key in ("review_album", "other_album", "videos_album"):
+        album = getattr(settings, key)
+        if album and album in class_albums:
+            raise ConfigError(
+                f"{key}: {album!r} is the album of class {class_albums[album]!r}: it needs its own album"
+            )

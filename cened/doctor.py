@@ -14,7 +14,10 @@ Checks, in order:
   (copied in by hand, or filed by another tool): an ``adopted`` row records
   them so history and stats include them;
 * **stray partial copies** (``.name.cened-part``) with no intent behind them:
-  moved to quarantine, never deleted.
+  moved to quarantine, never deleted;
+* **quarantined files that changed** since their row (size, sha256): a writer
+  that had not finished went on writing into one; put back in the inbox, to
+  be read again (:func:`cened.undoing.return_changed`).
 
 Without ``--fix`` nothing is changed and the exit code says whether all is well.
 """
@@ -25,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cened import executing, layout, moving, recovery
+from cened import executing, layout, moving, recovery, undoing
 from cened.hashing import sha256_file
 from cened.journal import Action, Entry, Journal, State
 from cened.library import (
@@ -48,10 +51,11 @@ class Report:
     missing: list[Entry] = field(default_factory=list)
     unlogged: list[Path] = field(default_factory=list)
     partials: list[Path] = field(default_factory=list)
+    changed: list[Entry] = field(default_factory=list)  # quarantined files no longer as their rows say
 
     @property
     def clean(self) -> bool:
-        return not (self.pending or self.missing or self.unlogged or self.partials)
+        return not (self.pending or self.missing or self.unlogged or self.partials or self.changed)
 
 
 def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
@@ -63,6 +67,8 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
         known.add(row.destination)
         if not os.path.lexists(row.destination):
             report.missing.append(row)
+        elif undoing.changed_since_quarantined(row):
+            report.changed.append(row)
     # Compared forwards: a shortened temporary's name does not give back its destination's.
     pending_partials = {moving.partial_path(e.destination) for e in report.pending if e.destination}
     roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
@@ -134,7 +140,7 @@ def repair(
     partials: list[Entry] = []
     for path in report.partials:
         try:
-            sha = sha256_file(path)
+            sha, size = sha256_file(path), path.stat().st_size
         except OSError:
             continue
         name = f"{moving.completed_path(path).name}.partial"
@@ -145,15 +151,24 @@ def repair(
                 source=path,
                 destination=dst,
                 sha256=sha,
+                size=size,
                 reason="stray partial copy",
                 state=State.PENDING,
             )
         )
-    for moved in executing.execute(journal, partials):
+    for moved in executing.execute(journal, partials, roots=places.roots):
         if moved.error is None:
             done.append(f"quarantined stray partial {os.fsdecode(moved.entry.source)}")
         else:
             done.append(f"could not quarantine {os.fsdecode(moved.entry.source)} ({moved.entry.reason})")
+    for row in report.changed:
+        back = undoing.return_changed(journal, row, places.roots)
+        if back and back[0].state == State.DONE:
+            done.append(
+                f"#{row.id}: changed since quarantined; put back at {os.fsdecode(back[0].destination or '')}"
+            )
+        else:
+            done.append(f"#{row.id}: changed since quarantined; could not put it back")
     # Companions a photo moved by hand left behind go to it, as the daemon has them do.
     for entry in follow_companions(journal, places, found_rows):
         what = "moved" if entry.state == State.DONE else f"could not move ({entry.reason})"

@@ -16,10 +16,14 @@ resolves from what is on disk: each file is where it was or where it was going.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+import structlog
 
 from cened import moving
 from cened.faults import crash_point
@@ -35,6 +39,11 @@ class Orphan(StrEnum):
 
 #: The reason of a companion's failed row when its photo did not move.
 PHOTO_NOT_MOVED = "not moved: its photo was not"
+
+log = structlog.get_logger("cened.executing")
+#: Folders found to be links, said once each in the log (every move into one fails alike).
+_linked: set[str] = set()
+_linked_lock = threading.Lock()
 
 
 @dataclass
@@ -55,17 +64,19 @@ def execute(
     journal: Journal,
     intents: Sequence[Entry],
     *,
+    roots: Sequence[Path],
     notes: Sequence[Entry] = (),
     orphan: Orphan = Orphan.FAIL,
-    make_folders: bool = False,
     on_failure: Callable[[Entry, OSError], str | None] = failed_move,
 ) -> list[Executed]:
     """Journal ``intents`` (pending rows with a source and a destination), move each file, settle the rows.
 
+    ``roots`` are the folders (library, quarantine, inbox) below which no
+    folder is reached through a symbolic link (:func:`cened.moving.open_folder`).
     ``notes`` are rows without a move, committed in the same transaction.  A
-    companion's ``lead`` must come before it.  ``make_folders`` creates each
-    destination's folder first.  ``on_failure`` gives a failed move's reason,
-    or None to drop its intent.
+    companion's ``lead`` must come before it.  A missing destination folder
+    is made.  ``on_failure`` gives a failed move's reason, or None to drop
+    its intent.
     """
     journal.add([*intents, *notes])
     crash_point("after-intent")
@@ -86,10 +97,10 @@ def execute(
             executed.append(Executed(entry, orphaned=True))
             continue
         try:
-            if make_folders:
-                moving.make_folder(dst.parent)
-            moving.move(entry.source, dst)
+            moving.move(entry.source, dst, _root(dst, roots))
         except OSError as exc:
+            if isinstance(exc, moving.LinkedFolder):
+                _say_linked(exc)
             touched.update((entry.source.parent, dst.parent))  # a move cut short may have linked
             reason = on_failure(entry, exc)
             if reason is None:
@@ -108,3 +119,22 @@ def execute(
     if updates or orphans or dropped:
         journal.set_state(updates, discard=orphans + dropped)
     return executed
+
+
+def _root(path: Path, roots: Sequence[Path]) -> Path | None:
+    """The innermost of ``roots`` that ``path`` is below, if any."""
+    below = [root for root in roots if path.is_relative_to(root)]
+    return max(below, key=lambda root: len(root.parts)) if below else None
+
+
+def _say_linked(exc: moving.LinkedFolder) -> None:
+    with _linked_lock:
+        if exc.filename in _linked:
+            return
+        _linked.add(exc.filename)
+    log.error(
+        "folder-is-a-link",
+        folder=os.fsdecode(exc.filename),
+        error=exc.strerror,
+        action="nothing is moved into it until it is a folder again; the files wait where they are",
+    )

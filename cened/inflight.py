@@ -55,12 +55,25 @@ def fault_file_for(record: Path) -> Path:
 
 def deaths_recorded(file: Path, *, count_in_flight: bool = True) -> dict[Path, int]:
     """Deaths per photo; with ``count_in_flight``, one more for each photo still in flight at the end."""
+    deaths, flying = _read(file)
+    for path in flying if count_in_flight else ():
+        deaths[path] = deaths.get(path, 0) + 1
+    return deaths
+
+
+def in_flight_at_end(file: Path) -> set[Path]:
+    """The photos the record leaves in flight: those being read, decoded or scored as the daemon died."""
+    return _read(file)[1]
+
+
+def _read(file: Path) -> tuple[dict[Path, int], set[Path]]:
+    """The deaths carried over, and the photos in flight at the record's end."""
     deaths: dict[Path, int] = {}
     flying: set[Path] = set()
     try:
         text = file.read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
-        return {}
+        return {}, set()
     for line in text.splitlines():
         try:
             record = json.loads(line)
@@ -74,9 +87,7 @@ def deaths_recorded(file: Path, *, count_in_flight: bool = True) -> dict[Path, i
             flying.add(Path(record["start"]))
         elif isinstance(record.get("end"), str):
             flying.discard(Path(record["end"]))
-    for path in flying if count_in_flight else ():
-        deaths[path] = deaths.get(path, 0) + 1
-    return deaths
+    return deaths, flying
 
 
 class InFlight:
@@ -99,6 +110,8 @@ class InFlight:
         except OSError:
             self.fault = ""
         self.deaths = deaths_recorded(file, count_in_flight=bool(self.fault.strip()))
+        # What the death itself caught in flight; the other suspects were carried over from before.
+        self.at_death = in_flight_at_end(file) if self.fault.strip() else set()
         self._fault_out: TextIO | None = None  # the open file faulthandler writes to
         self._lock = threading.Lock()
         self._flying: set[Path] = set()
@@ -125,9 +138,14 @@ class InFlight:
             self._fault_out = out
 
     def forget(self, path: Path) -> None:
-        """``path`` is dealt with: no more a suspect (written at the next rewrite)."""
+        """``path`` is dealt with: no more a suspect, on disk at once.
+
+        A suspect filed while another is still to be retried must not be
+        counted, nor named, at a death that comes after it was filed.
+        """
         with self._lock:
-            self.deaths.pop(path, None)
+            if self.deaths.pop(path, None) is not None:
+                self._rewrite()
 
     def settled(self) -> None:
         """Every suspect is dealt with: rewrite the record without them."""

@@ -52,6 +52,9 @@ class Action(StrEnum):
     MISSING = "missing"  # not on disk any more, nor found elsewhere (cened doctor, the daemon's start)
     REMOVED = "removed"  # taken out of the library by hand: deleted or moved out, seen as it happened
     ADOPTED = "adopted"  # a file in the library that no row knew (cened doctor)
+    # A quarantined file that changed since (its writer had not finished), put back in the
+    # inbox by cened to be read again; unlike an undo, the daemon then files it.
+    RETURNED = "returned"
 
 
 class State(StrEnum):
@@ -76,7 +79,14 @@ MOVING_ACTIONS = (
 FILING_ACTIONS = (Action.MOVED, Action.REVIEW, Action.OTHER, Action.QUARANTINED, Action.DUPLICATE)
 #: Rows whose ``ref_id`` ends the referred row's say over where its photo is. A duplicate
 #: or a skip note also names a row (the photo already filed), and supersedes nothing.
-SUPERSEDING_ACTIONS = (Action.UNDONE, Action.CORRECTED, Action.RELOCATED, Action.MISSING, Action.REMOVED)
+SUPERSEDING_ACTIONS = (
+    Action.UNDONE,
+    Action.CORRECTED,
+    Action.RELOCATED,
+    Action.MISSING,
+    Action.REMOVED,
+    Action.RETURNED,
+)
 #: Completed rows of these actions leave a photo in the library proper (not quarantine,
 #: not ``_duplicates``): what a new photo's content is compared with.
 LIBRARY_ACTIONS = (
@@ -318,6 +328,7 @@ class Journal:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._identity = self._file_identity()  # the file this connection writes to
             self.conn.execute("PRAGMA busy_timeout = 10000")
             self._check_and_migrate(readonly)
             if not readonly:
@@ -327,6 +338,28 @@ class Journal:
             self.conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path} is not a usable cened database: {exc}") from exc
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def check_same_file(self) -> None:
+        """Fail if the database file was deleted or replaced since it was opened.
+
+        SQLite goes on writing into a deleted file without a word, so every
+        decision after that would be lost with it at the next start.
+        """
+        if self._identity is None:  # not made yet when it was opened
+            self._identity = self._file_identity()
+        if self._file_identity() != self._identity:
+            raise JournalError(
+                f"{self.path} was deleted or replaced while in use, its rows with it; nothing more "
+                "is written or moved. Restore it from a backup, or start again (a new one is made) "
+                "and run `cened doctor --fix` to adopt the photos already filed"
+            )
 
     @contextmanager
     def _guard(self, *, reading: bool = False) -> Iterator[None]:
@@ -346,6 +379,19 @@ class Journal:
             if not reading:
                 raise
             raise JournalError(f"{self.path}: a row cannot be read ({exc}); {DAMAGED}") from exc
+
+    def check_integrity(self, *, full: bool = False) -> None:
+        """Fail if SQLite finds the database damaged anywhere, not only where a query happens to read.
+
+        ``quick_check`` reads every page (a fraction of a second for a large
+        log); ``full`` adds ``integrity_check``'s comparison of every index
+        with its table, for ``cened doctor``.
+        """
+        pragma = "integrity_check" if full else "quick_check"
+        with self._guard():
+            problems = [row[0] for row in self.conn.execute(f"PRAGMA {pragma}(5)")]
+        if problems != ["ok"]:
+            raise JournalError(f"{self.path}: {'; '.join(map(str, problems))}; {DAMAGED}")
 
     def check_writable(self) -> None:
         """Fail now, not at the first photo, if the database can be read but not written.
@@ -387,7 +433,11 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later."""
+        """An IMMEDIATE transaction: the write lock is taken up front, so no deadlock later.
+
+        Never into a database file deleted or replaced meanwhile (:meth:`check_same_file`).
+        """
+        self.check_same_file()
         with self._guard():
             self.conn.execute("BEGIN IMMEDIATE")
             try:

@@ -129,6 +129,10 @@ class FeatureCache:
         except (OSError, ValueError, KeyError):
             pass  # none yet, another model's or unreadable: computed again
 
+    def keep_only(self, shas: set[str]) -> None:
+        """Forget the rows of photos no longer learned from: the cache stays as bounded as they are."""
+        self.rows = {s: row for s, row in self.rows.items() if s in shas}
+
     def save(self) -> None:
         if not self.rows:
             return
@@ -310,6 +314,19 @@ def split(examples: Sequence[Example]) -> np.ndarray:
     return held
 
 
+def capped(examples: Sequence[Example], notes: list[str] | None = None) -> list[Example]:
+    """At most :data:`learning.MAX_EXAMPLES` of each label (:func:`learning.sample`), in their order."""
+    by_label: dict[str, list[str]] = {}
+    for e in examples:
+        by_label.setdefault(e.label, []).append(e.sha256)
+    kept: dict[str, set[str]] = {}
+    for label, shas in by_label.items():
+        kept[label] = learning.sample(shas)
+        if notes is not None and len(set(shas)) > len(kept[label]):
+            notes.append(f"{label!r}: {len(set(shas))} photos; learned from a sample of {len(kept[label])}")
+    return [e for e in examples if e.sha256 in kept[e.label]]
+
+
 def labelled(settings: Settings, classes: tuple[str, ...]) -> tuple[list[Example], list[str]]:
     """Every photo the user has labelled: album examples, then corrections; and notes on those left out."""
     albums = Albums.load(settings.learned_dir)
@@ -389,12 +406,12 @@ def learn(
         raise Refused(f"{settings.model} has no novelty detector; learning needs its embedding")
     replay = learning.Replay.load(settings.model)
     notes: list[str] = []
-    previous = store.active()
     try:
+        previous = store.active()
         current = shipped.with_learned(store.load_active())
     except Exception as exc:  # noqa: BLE001 - a broken version in use is compared as the shipped model
         notes.append(f"the version in use cannot be loaded ({exc}); compared with the shipped model")
-        current = shipped
+        previous, current = SHIPPED, shipped
     examples, more = labelled(settings, meta.classes)
     notes += more
     seen = dict(Counter(e.label for e in examples))
@@ -402,8 +419,10 @@ def learn(
         raise Refused(
             "nothing to learn from: no corrections yet, and no albums of your own (cened album add)"
         )
+    examples = capped(examples, notes)
     cache = FeatureCache(settings.learned_dir, meta.version)
     examples, outputs = compute(examples, classifier, settings, cache, lambda s: notes.append(s))
+    cache.keep_only({e.sha256 for e in examples})
     cache.save()
     counts = Counter(e.label for e in examples)
     new_labels = sorted(label for label in counts if label not in meta.classes)
@@ -459,15 +478,15 @@ def learn(
 
 def add_album(settings: Settings, name: str, folder: Path, classifier: Classifier | None = None) -> int:
     """Record ``folder``'s photos as the examples of a new album ``name``; returns how many."""
-    from cened.config import _album_name
+    from cened.config import album_name_for_people
 
-    try:
-        _album_name(name)
-    except ValueError as exc:
-        raise Refused(str(exc)) from exc
     classifier = classifier or Classifier.from_settings(settings, learned=False)
     reserved = {*classifier.meta.classes, settings.review_album, settings.other_album, DUPLICATES_FOLDER}
-    if name in reserved or name.startswith((".", "_")):
+    try:
+        album_name_for_people(name, reserved)
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    if name in reserved:
         raise Refused(f"{name!r} is an album cened uses already; choose another name")
     albums = Albums.load(settings.learned_dir)
     if name in albums.albums:
@@ -483,6 +502,8 @@ def add_album(settings: Settings, name: str, folder: Path, classifier: Classifie
         sha256 = sha256_or_none(path)
         if sha256 is not None:  # read and decoded once, by compute(); what it cannot read is left out
             wanted.append(Example(sha256, path, name, Source.ALBUM))
+    # Only a sample of a large album is read, kept and learned from (learning.MAX_EXAMPLES).
+    wanted = capped(wanted)
     cache = FeatureCache(settings.learned_dir, classifier.meta.version)
     kept, _ = compute(wanted, classifier, settings, cache)
     if len(kept) < learning.MIN_EXAMPLES:
@@ -526,8 +547,8 @@ def remove_album(settings: Settings, name: str) -> LearnReport | None:
     albums.albums.pop(name, None)
     shutil.rmtree(albums.folder(name), ignore_errors=True)  # our copies; DIR is untouched
     store = VersionStore(settings.learned_dir)
-    active = store.active()
-    in_use = active != "shipped" and name in store.load(active).classes
+    active = _active_or_shipped(store)
+    in_use = active != SHIPPED and name in store.load(active).classes
     if not known and not in_use:
         raise Refused(f"no album {name!r} of your own (see `cened album list`)")
     if name not in albums.removed:
@@ -566,14 +587,34 @@ def album_list(settings: Settings) -> list[str]:
                 lines.append(
                     f"{label}\t{n} corrections into a folder that is no class: {state} at `cened learn`"
                 )
-    lines.append(f"in use: {store.active()}")
+    lines.append(f"in use: {_in_use(store)}")
     return lines
+
+
+def _active_or_shipped(store: VersionStore) -> str:
+    """The version in use; the shipped model when ``active.json`` cannot be read (a learn mends it)."""
+    try:
+        return store.active()
+    except ModelError:
+        return SHIPPED
+
+
+def _in_use(store: VersionStore) -> str:
+    """The version in use, or why that cannot be told, for a listing."""
+    try:
+        return store.active()
+    except ModelError as exc:
+        return f"unknown: {exc}"
 
 
 def version_list(settings: Settings) -> list[str]:
     """Lines for ``cened model list``, oldest first; the one in use is marked."""
     store = VersionStore(settings.learned_dir)
-    active = store.active()
+    unreadable = ""
+    try:
+        active: str | None = store.active()
+    except ModelError as exc:  # listed all the same, with how to mend it
+        active, unreadable = None, str(exc)
     base = modelpack.read_meta(settings.model)
     lines = [f"{'*' if active == SHIPPED else ' '} {SHIPPED}\t{base.version}\t{len(base.classes)} classes"]
     for name in store.names():
@@ -590,6 +631,8 @@ def version_list(settings: Settings) -> list[str]:
         figures += f", validation {val.get('accuracy') or 0:.1%}"
         mark = "*" if name == active else " "
         lines.append(f"{mark} {name}\ton {v.base}\t{len(v.classes)} classes ({new}); {figures}")
+    if active is None:
+        lines.append(f"in use: unknown: {unreadable}")
     return lines
 
 

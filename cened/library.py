@@ -76,8 +76,11 @@ class Places:
 
     @property
     def roots(self) -> list[Path]:
-        """Where filed files are: the library, and the quarantine where it is outside it."""
-        inside = self.quarantine.resolve().is_relative_to(self.library.resolve())
+        """Where filed files are: the library, and the quarantine where it is outside it.
+
+        By the names, not where links lead: a ``_quarantine`` made a link is still the library's.
+        """
+        inside = self.quarantine.is_relative_to(self.library)
         return [self.library] + ([] if inside else [self.quarantine])
 
     def album_at(self, path: Path) -> str | None:
@@ -365,7 +368,7 @@ def follow_companions(journal: Journal, places: Places, entries: Sequence[Entry]
             reserved.add(target)
             plans.append(undoing.Planned(companion, where, target, photo.album))
         if plans:
-            moved += undoing.carry_out(journal, plans, photo.action, lead=photo)
+            moved += undoing.carry_out(journal, plans, photo.action, lead=photo, roots=places.roots)
     return moved
 
 

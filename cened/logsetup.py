@@ -77,6 +77,8 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
+    # Python warnings (Pillow's "Corrupt EXIF data", thousands in a run) as log events, not raw lines.
+    logging.captureWarnings(True)
     if use_json:
         # A traceback printed by Python itself would be the one non-JSON text in the journal.
         sys.excepthook = _uncaught
@@ -150,6 +152,26 @@ def journal_line(priority: int, text: str) -> str:
     return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))
 
 
+#: What a terminal would act on rather than show (C0, DEL, C1), and bytes not UTF-8 (surrogate escapes).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown escaped (``\\x1b``), as every name cened prints is.
+
+    A file named ``esc\\e[31mred.jpg`` must not turn a terminal red, nor a
+    newline in a name forge a line of output.
+    """
+
+    def escape(match: re.Match[str]) -> str:
+        char = match[0]
+        code = ord(char) - 0xDC00 if char >= "\udc80" else ord(char)
+        return _SHORT_ESCAPES.get(char, f"\\x{code:02x}")
+
+    return _UNPRINTABLE.sub(escape, text)
+
+
 def print_failure(lines: Sequence[str], exit_code: int, stream: TextIO | None = None) -> None:
     """Say why a command stops: ``cened: ...`` lines, or error events when the stream is the journal.
 
@@ -160,7 +182,7 @@ def print_failure(lines: Sequence[str], exit_code: int, stream: TextIO | None = 
     stream = stream or sys.stderr
     if not is_journal(stream):
         for line in lines:
-            print(f"cened: {line}", file=stream)
+            print(f"cened: {printable(line)}", file=stream)
         return
     now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
     for line in lines:

@@ -16,6 +16,11 @@ never two copies, however often it is retried.
 Every name made here fits the filesystem's NAME_MAX, in bytes: a long stem is
 shortened to make room for a collision suffix (``-1``) or for the hidden
 temporary's prefix and suffix.
+
+A move into a folder below a *root* (the library, the quarantine, the inbox)
+opens that folder one level at a time from the root's own descriptor, never
+following a symbolic link: an album folder replaced by a link to somewhere
+else raises :class:`LinkedFolder`, and nothing is written through it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
@@ -49,6 +55,14 @@ class SourceKept(OSError):
     """
 
     undone: bool = True
+
+
+class LinkedFolder(OSError):
+    """A folder on the way to a destination below a root is a symbolic link (or not a folder at all).
+
+    Never written through: the photo would land outside the library while the
+    journal says it is inside.
+    """
 
 
 def partial_path(dst: Path) -> Path:
@@ -159,27 +173,37 @@ def fsync_dirs(dirs: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def move(src: Path, dst: Path) -> None:
+def move(src: Path, dst: Path, root: Path | None = None) -> None:
     """Move ``src`` to ``dst``; raises ``FileExistsError`` rather than replace anything.
 
-    Modification time and permissions are kept (they travel with the inode,
-    or are copied by ``copy2``).  A source that cannot be removed raises
-    :class:`SourceKept`, the destination having been taken back.
+    With ``root``, ``dst``'s folder is reached from it without following a
+    link (:func:`open_folder`).  Modification time and permissions are kept
+    (they travel with the inode, or are copied).  A source that cannot be
+    removed raises :class:`SourceKept`, the destination having been taken back.
     """
+    folder = open_folder(root, dst.parent) if root is not None else _open_plain(dst.parent)
+    try:
+        _move_into(src, folder, dst)
+    finally:
+        os.close(folder)
+
+
+def _move_into(src: Path, folder: int, dst: Path) -> None:
+    """:func:`move`, ``dst`` being ``dst.name`` in the open folder ``folder``."""
     made: tuple[int, int] | None = None  # the copy's inode; a link's is the source's
     try:
-        _link(src, dst)
+        os.link(src, dst.name, dst_dir_fd=folder, follow_symlinks=False)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
-            made = _copy_across(src, dst)
+            made = _copy_across(src, folder, dst)
         elif exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK) and not isinstance(
             exc, FileExistsError
         ):
             # Filesystems without hard links (FAT, some FUSE): rename, having
             # checked the name is free just before.
-            if os.path.lexists(dst):
+            if _exists_in(folder, dst.name):
                 raise FileExistsError(errno.EEXIST, "destination exists", str(dst)) from exc
-            os.rename(src, dst)
+            os.rename(src, dst.name, dst_dir_fd=folder)
             return
         else:
             raise
@@ -192,6 +216,63 @@ def move(src: Path, dst: Path) -> None:
         kept = SourceKept(exc.errno, exc.strerror, os.fsdecode(src))
         kept.undone = take_back(src, dst, made)
         raise kept from exc
+
+
+def open_folder(root: Path, folder: Path) -> int:
+    """A descriptor of ``folder``, reached from ``root`` one folder at a time, never through a link.
+
+    Missing folders are made on the way (each one's entry fsynced, as
+    :func:`make_folder` does); a link or a file where a folder should be raises
+    :class:`LinkedFolder`.  ``root`` itself is the configuration's to name, and
+    may be a link.
+    """
+    if not folder.is_relative_to(root):
+        return _open_plain(folder)
+    fd = _open_plain(root)
+    here = root
+    try:
+        for part in folder.relative_to(root).parts:
+            here = here / part
+            try:
+                below = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+                os.fsync(fd)
+                below = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+            except NotADirectoryError as exc:  # also what O_NOFOLLOW gives a link, with O_DIRECTORY
+                try:
+                    linked = stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
+                except OSError:
+                    linked = False
+                what = "is a symbolic link, which cened never writes through" if linked else "is not a folder"
+                raise LinkedFolder(exc.errno, f"{os.fsdecode(here)} {what}", os.fsdecode(here)) from exc
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _open_plain(folder: Path) -> int:
+    """A descriptor of ``folder``, made (with its parents) when missing."""
+    try:
+        return os.open(folder, _FOLDER)
+    except FileNotFoundError:
+        make_folder(folder)
+        return os.open(folder, _FOLDER)
+
+
+def _exists_in(folder: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def take_back(src: Path, dst: Path, made: tuple[int, int] | None = None) -> bool:
@@ -222,26 +303,12 @@ def take_back(src: Path, dst: Path, made: tuple[int, int] | None = None) -> bool
     return True
 
 
-def _link(src: Path, dst: Path) -> None:
-    """``link()``, creating the album folder when it is missing.
-
-    The folder is made only after a link failed for want of it, not before
-    every move: ``mkdir`` on a folder that exists fails, and Python builds an
-    exception for it, which cost about as much as the link itself.
-    """
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except FileNotFoundError:  # the folder, or the source, is missing
-        make_folder(dst.parent)
-        os.link(src, dst, follow_symlinks=False)
-
-
 def remove_empty(folder: Path, keep: Path) -> None:
     """Remove ``folder``, then each parent below ``keep``, while they are empty.
 
     ``rmdir`` removes only an empty folder, so a photo that lands in one
     meanwhile keeps it; a move that finds its folder gone makes it again
-    (:func:`_link`).
+    (:func:`move`).
     """
     while folder != keep and folder.is_relative_to(keep):
         try:
@@ -268,17 +335,28 @@ def make_folder(folder: Path) -> None:
         fsync_dirs([new.parent])
 
 
-def _copy_across(src: Path, dst: Path) -> tuple[int, int]:
-    """Copy ``src`` to ``dst`` on another filesystem; returns the copy's inode."""
-    tmp = partial_path(dst)
+#: How a cross-device copy's temporary is made: new, never through a link.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _copy_across(src: Path, folder: int, dst: Path) -> tuple[int, int]:
+    """Copy ``src`` to ``dst`` (in the open ``folder``) on another filesystem; returns the copy's inode."""
+    tmp = partial_path(dst).name
     try:
-        shutil.copy2(src, tmp, follow_symlinks=False)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-            st = os.fstat(fh.fileno())
+        with (
+            open(src, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as source,
+            open(tmp, "wb", opener=lambda p, _: os.open(p, _NEW_FILE, 0o600, dir_fd=folder)) as copy,
+        ):
+            shutil.copyfileobj(source, copy, 1024 * 1024)
+            copy.flush()
+            st_src = os.fstat(source.fileno())
+            os.fchmod(copy.fileno(), stat.S_IMODE(st_src.st_mode))
+            os.utime(copy.fileno(), ns=(st_src.st_atime_ns, st_src.st_mtime_ns))
+            os.fsync(copy.fileno())
+            st = os.fstat(copy.fileno())
         crash_point("after-copy")
-        os.link(tmp, dst)
+        os.link(tmp, dst.name, src_dir_fd=folder, dst_dir_fd=folder)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
     return st.st_dev, st.st_ino

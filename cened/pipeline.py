@@ -45,6 +45,10 @@ log = structlog.get_logger("cened.pipeline")
 RETRYABLE = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EEXIST}
 
 
+#: Why a file is left where it is: its path is longer than the system takes (PATH_MAX, 4096 bytes).
+PATH_TOO_LONG = "path-too-long: longer than the system takes (PATH_MAX); move it into a shallower folder"
+
+
 class Verdict(StrEnum):
     """What reading a file found: what the batch can do with it."""
 
@@ -144,9 +148,22 @@ def prepare(
         budget = imaging.MemoryBudget(settings.decode_memory_bytes)
     try:
         return _prepare(path, settings, input_size, budget)
-    except Exception as exc:  # not the file's content (decoding raises only Rejected): retry it
-        log.exception("prepare-failed", file=os.fsdecode(path))
-        return Prepared(path, Verdict.RETRY, reason=f"prepare failed: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a decoder's bug is this file's outcome, never a retry loop
+        log.warning("prepare-failed", file=os.fsdecode(path), exc_info=True)
+        return _failed(path, exc)
+
+
+def _failed(path: Path, exc: Exception) -> Prepared:
+    """A file whose reading raised something unforeseen (a plugin closing our file: FTEX): quarantined.
+
+    Retried, it would fail alike forever, with a traceback each time.
+    """
+    st = _regular_file(path)
+    if isinstance(st, Prepared):
+        return st
+    base = Prepared(path, Verdict.DECODED, sig=signature(st), size=st.st_size, sha256=sha256_or_none(path))
+    detail = f"{type(exc).__name__}: {exc}"
+    return Prepared.rejected(base, imaging.Rejected(imaging.Reason.DECODER_FAILED, detail))
 
 
 def _regular_file(path: Path) -> os.stat_result | Prepared:
@@ -156,6 +173,8 @@ def _regular_file(path: Path) -> os.stat_result | Prepared:
     except FileNotFoundError:
         return Prepared(path, Verdict.SKIP, reason="vanished")
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # nothing can read or move it by its path: left, noted once
+            return Prepared(path, Verdict.SKIP, reason=PATH_TOO_LONG)
         return Prepared(path, Verdict.RETRY, reason=f"stat failed: {exc.strerror}")
     if stat.S_ISLNK(st.st_mode):
         return Prepared(path, Verdict.SKIP, sig=signature(st), reason="symlink")
@@ -502,7 +521,9 @@ class Processor:
         """The files that gave no pixels: retried later, skipped (noted once) or quarantined."""
         for prep in plan.batch:
             if prep.verdict == Verdict.RETRY:
-                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=prep.reason))
+                # Still being written is no failure: not a warning at every look.
+                waiting = prep.reason in set(Pending)
+                plan.outcomes.append(FileOutcome(prep.path, Fate.RETRY, reason=prep.reason, waiting=waiting))
             elif prep.verdict == Verdict.SKIP:
                 if prep.reason == "vanished" and self._moved_with_photo(prep.path):
                     plan.outcomes.append(FileOutcome(prep.path, Fate.SKIPPED, reason="moved with its photo"))
@@ -757,6 +778,7 @@ class Processor:
         executed = executing.execute(
             self.journal,
             [e for _, e in intents],
+            roots=self.settings().roots,
             notes=notes,
             orphan=executing.Orphan.DROP,
             on_failure=on_failure,
@@ -900,6 +922,8 @@ def _not_moved(prep: Prepared, entry: Entry, exc: OSError) -> FileOutcome:
         # In both places: a retry would only make a third copy.
         reason = f"move failed: cannot remove it from the inbox ({exc.strerror}); both kept"
         return FileOutcome(prep.path, Fate.FAILED, entry=entry, keep=prep.sig, reason=reason)
+    if isinstance(exc, moving.LinkedFolder):  # waits, with backoff, until it is a folder again
+        return FileOutcome(prep.path, Fate.RETRY, entry=entry, reason=f"move failed: {exc.strerror}")
     if isinstance(exc, FileNotFoundError):
         if os.path.lexists(prep.path):
             return FileOutcome(prep.path, Fate.RETRY, entry=entry, reason="destination folder vanished")

@@ -30,12 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cened import __version__
-from cened.config import Settings, load_settings
+from cened.config import SYSTEM_CONFIG, Settings, load_settings, refuse_temporary
 from cened.errors import ConfigError, ModelError
 from cened.ml import modelpack
 
 SYSTEM_UNIT = Path("/etc/systemd/system/cened.service")
-SYSTEM_CONFIG = Path("/etc/cened/config.toml")
+#: Where the system install puts a link to its cened, when no cened is on the system's PATH:
+#: `sudo -u cened cened history` then works, and finds SYSTEM_CONFIG by itself.
+PATH_LINK = Path("/usr/local/bin/cened")
+#: The PATH of sudo's secure_path and of systemd's services.
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 #: The system unit's StateDirectory=; systemd makes it writable itself.
 STATE_DIRECTORY = Path("/var/lib/cened")
 SERVICE_USER = "cened"
@@ -132,6 +136,7 @@ def make_plan(*, user: bool, exe: Path, config: Path | None) -> Plan:
     defaults = {} if user else SYSTEM_DEFAULTS
     with _without_cened_env():
         settings = load_settings(path) if exists else load_settings(None, **defaults)
+    refuse_temporary(settings)  # both units have PrivateTmp=yes
     covered = [] if user else [STATE_DIRECTORY]
     writable = writable_paths(settings, covered)
     protect_home = None

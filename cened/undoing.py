@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cened import executing, layout, moving
-from cened.config import Settings
+from cened.config import Settings, album_name_for_people
 from cened.errors import ConfigError, ModelError, Refused
 from cened.hashing import sha256_file
 from cened.journal import MOVING_ACTIONS, Action, Entry, Journal, State
@@ -314,8 +314,10 @@ def plan_correct(
     if row is None:
         raise UndoError([f"#{row_id} does not exist"])
     album = settings.album_for(label)
-    if not label or "/" in label or label in (".", "..") or "\0" in label:
-        raise UndoError([f"{label!r} is not a usable album name"])
+    try:  # the same names as `cened album add` takes (and review, other, a class's own)
+        album_name_for_people(album, {settings.review_album, settings.other_album, *settings.albums.values()})
+    except ValueError as exc:
+        raise UndoError([str(exc)]) from exc
     if not new_album:
         known = known_albums(journal, settings)
         if label not in known and album not in known:
@@ -383,6 +385,7 @@ def carry_out(
     label: str | None = None,
     *,
     lead: Entry | None = None,
+    roots: Sequence[Path] = (),
     settings: Settings | None = None,
 ) -> list[Entry]:
     """Journal the moves as intents, move, then mark them done (:mod:`cened.executing`).
@@ -390,7 +393,9 @@ def carry_out(
     A file that travels with a photo moves only once the photo has.  ``lead``
     is a photo's row already done (moved by hand, cened.library) that plans
     without a lead of their own travel with: their rows name it as their group.
-    With ``settings``, date folders of its layout left empty are removed.
+    No folder below ``roots`` (and ``settings``' library, quarantine and
+    inbox) is reached through a link.  With ``settings``, date folders of its
+    layout left empty are removed.
     """
     entries = [
         p.row.follow_up(
@@ -407,7 +412,8 @@ def carry_out(
     for plan, entry in zip(plans, entries, strict=True):
         if plan.lead is not None:
             entry.lead = next(e for p, e in zip(plans, entries, strict=True) if p is plan.lead)
-    executing.execute(journal, entries, make_folders=True)
+    guarded = [*roots, *(settings.roots if settings is not None else ())]
+    executing.execute(journal, entries, roots=guarded)
     if settings is not None:
         left = {p.source.parent for p, e in zip(plans, entries, strict=True) if e.state == State.DONE}
         remove_empty_date_folders(settings, left)
@@ -423,3 +429,59 @@ def remove_empty_date_folders(settings: Settings, folders: Iterable[Path]) -> No
         kept = layout.kept_above(settings.layout, relative)
         if kept is not None:
             moving.remove_empty(folder, settings.library.joinpath(*relative.parts[:kept]))
+
+
+#: The reason of the row of a quarantined file put back in the inbox because it changed.
+CHANGED_IN_QUARANTINE = "changed after it was quarantined (still being written): put back to be read again"
+
+
+def changed_since_quarantined(row: Entry) -> bool:
+    """Whether a quarantined file is no longer what its row says (size, then sha256): still being written."""
+    if row.action != Action.QUARANTINED or row.destination is None or row.sha256 is None:
+        return False
+    try:
+        if row.size is not None and os.lstat(row.destination).st_size != row.size:
+            return True
+        return sha256_file(row.destination) != row.sha256
+    except OSError:
+        return False
+
+
+def return_changed(journal: Journal, row: Entry, roots: Sequence[Path]) -> list[Entry]:
+    """Put a quarantined file that changed since, and the files with it, back where they came from.
+
+    Its writer had paused longer than ``unfinished_grace_s`` and went on
+    writing into the quarantined file: read again from the inbox, the whole
+    photo is filed.  A ``returned`` row supersedes the quarantine's; unlike an
+    undo, it does not keep the daemon from filing the file.  A name taken in
+    the inbox meanwhile gets ``-1``.
+    """
+    assert row.destination is not None
+    entries: list[Entry] = []
+    taken: set[Path] = set()
+    for member in [row, *companions_of(journal, row)]:
+        assert member.destination is not None
+        home = origin(journal, member).source
+        back = moving.free_name(home.parent, home.name, taken)
+        taken.add(back)
+        try:
+            st = os.lstat(member.destination)
+            sha = sha256_file(member.destination)
+        except OSError:
+            continue
+        entries.append(
+            member.follow_up(
+                Action.RETURNED,
+                source=member.destination,
+                destination=back,
+                sha256=sha,
+                size=st.st_size,
+                reason=CHANGED_IN_QUARANTINE,
+                state=State.PENDING,
+                lead=entries[0] if entries and member is not row else None,
+            )
+        )
+    if not entries or entries[0].source != row.destination:
+        return []
+    executing.execute(journal, entries, roots=roots)
+    return entries

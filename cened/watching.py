@@ -14,6 +14,7 @@ reports lost events (inotify queue overflow), and periodically as a safety net.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -68,11 +69,20 @@ def is_candidate(path: Path, inbox: Path, extensions: list[str], ignore_suffixes
 
 
 def scan(inbox: Path) -> Iterator[Path]:
-    """Every entry below ``inbox`` that is not a directory, without following links."""
-    for root, dirs, files in os.walk(inbox, followlinks=False):
+    """Every entry below ``inbox`` that is not a directory, without following links.
+
+    Folder by folder through their descriptors, so a folder whose path is
+    longer than PATH_MAX is listed too (``os.walk`` skips it without a word).
+    """
+    for root, dirs, files, _fd in os.fwalk(inbox, follow_symlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             yield Path(root) / name
+
+
+def too_long(exc: OSError) -> bool:
+    """Whether a path could not be used for its length: it is reported, never silently dropped."""
+    return exc.errno == errno.ENAMETOOLONG
 
 
 def signature(st: os.stat_result) -> tuple[int, int]:
@@ -90,6 +100,12 @@ class _Seen:
     # again after more writes, or came back unfinished: its writer opens it
     # anew for each chunk, and only holding still says it is done.
     trust_close: bool = True
+    # Handed back unfinished: while it stays as it was then, it is not read again before this.
+    recheck_at: float = 0.0
+
+
+#: How often a file handed back as unfinished is read again while it does not change.
+UNFINISHED_RECHECK_S = 5.0
 
 
 class StabilityTracker:
@@ -156,11 +172,19 @@ class StabilityTracker:
 
         It is taken again once its size and mtime have held for
         ``stable_seconds`` from now; its writer's closes no longer count.
+        A writer that pauses leaves it as it is: then it is read again only
+        every UNFINISHED_RECHECK_S (over a grace of minutes, not every second).
         """
         now = self._clock()
+        try:
+            sig: tuple[int, int] | None = signature(os.lstat(path))
+        except OSError:
+            sig = None
         with self._lock:
             self._busy.discard(path)
-            self._seen[path] = _Seen(changed_at=now, trust_close=False)
+            self._seen[path] = _Seen(
+                changed_at=now, signature=sig, trust_close=False, recheck_at=now + UNFINISHED_RECHECK_S
+            )
 
     def done(self, path: Path, *, keep: tuple[int, int] | None = None) -> None:
         """Finished with ``path``; ``keep`` (its signature) means it stays and must be ignored."""
@@ -185,9 +209,12 @@ class StabilityTracker:
                 continue
             try:
                 st = os.lstat(path)
-            except OSError:
+            except OSError as exc:
                 with self._lock:
                     self._seen.pop(path, None)
+                    if too_long(exc):  # released all the same: reading it says why it cannot be filed
+                        self._busy.add(path)
+                        out.append(path)
                 continue
             current = signature(st)
             with self._lock:
@@ -200,6 +227,8 @@ class StabilityTracker:
                     entry.signature = current
                 closed = entry.trust_close and entry.closed_as == current
                 settled = closed or now - entry.changed_at >= self.stable_seconds
+                if settled and entry.recheck_at > now and current == entry.signature:
+                    continue  # still as it was when it read as unfinished
                 if not settled and stat.S_ISREG(st.st_mode):
                     continue
                 del self._seen[path]
@@ -417,8 +446,10 @@ class InboxPump(threading.Thread):
                 continue
             try:
                 old = os.lstat(path).st_mtime < cutoff
-            except OSError:
-                continue
+            except OSError as exc:
+                if not too_long(exc):
+                    continue
+                old = True
             self._tracker.touch(path, old=old)
             found += 1
         log.info("scanned", inbox=str(s.inbox), candidates=found)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# A test run started by a systemd unit (a CI runner) must not make every daemon it starts
+# think it is the service, which refuses folders under /tmp; the tests that want it set it.
+os.environ.pop("INVOCATION_ID", None)
 
 import numpy as np
 import pytest

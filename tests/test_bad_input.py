@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COLOURS, picture, write_photo
+from conftest import COLOURS, picture, write_config, write_photo
+from daemon_helpers import DaemonProcess
 from PIL import Image
 
 from cened.config import Settings
@@ -293,3 +294,44 @@ def _as_nobody(fn) -> str:
     os.waitpid(pid, 0)
     with os.fdopen(read_end, "rb") as fh:
         return fh.read().decode()
+
+
+def _deep_photo(top: Path, data: bytes) -> Path:
+    """A photo below folders whose path is longer than PATH_MAX, made through descriptors."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    path = top
+    try:
+        while len(os.fsencode(path)) <= 4200:
+            name = "d" * 200
+            os.mkdir(name, dir_fd=fd)
+            below = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd, path = below, path / name
+        out = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+    return path / "deep.jpg"
+
+
+@pytest.mark.slow
+def test_a_path_longer_than_path_max_gets_a_row_and_a_log_line(tmp_path: Path, settings: Settings) -> None:
+    """It cannot be read or moved by its path: it stays, said once, and the daemon goes on."""
+    buf = io.BytesIO()
+    picture("sea").save(buf, "JPEG")
+    deep = _deep_photo(settings.inbox, buf.getvalue())
+    config = write_config(tmp_path / "cened.toml", settings)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for("started", timeout=90)
+        skipped = daemon.wait_for("skipped", timeout=30)
+        assert skipped["file"] == str(deep) and "path-too-long" in skipped["reason"], skipped
+        write_photo(settings.inbox / "after.jpg", "sea")
+        daemon.wait_for("filed", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    with sqlite3.connect(settings.database) as db:
+        rows = db.execute("SELECT action, source, reason FROM decisions ORDER BY id").fetchall()
+    assert rows[0][:2] == ("skipped", str(deep)) and rows[0][2].startswith("path-too-long"), rows
+    assert [r[0] for r in rows] == ["skipped", "moved"], rows

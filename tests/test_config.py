@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from conftest import write_config
 from daemon_helpers import run_cli
 
+from cened import config
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
 
@@ -65,6 +68,18 @@ def test_environment_wins_over_the_file(monkeypatch, tmp_path: Path) -> None:
         ('review_album = "a/b"', "review_album"),
         ('inbox = "/tmp/x"\nlibrary = "/tmp/x/albums"', "inbox and library"),
         ("batch_size = ", "not valid TOML"),
+        # Accepted once, then every photo failed forever, or a traceback (exit 1).
+        ("max_file_mb = inf", "max_file_mb"),
+        ("max_file_mb = nan", "max_file_mb"),
+        ("decode_memory_mb = inf", "decode_memory_mb"),
+        ("confidence_threshold = nan", "confidence_threshold"),
+        # Accepted once, and then nothing was ever filed.
+        ("extensions = []", "extensions"),
+        ('extensions = ["*"]', "extensions"),
+        ('extensions = [""]', "extensions"),
+        ('extensions = [".jpg", ".JPG"]', ".jpg listed twice"),
+        ('review_album = "other"', "other_album and review_album"),
+        ('other_album = "_duplicates"', "other_album"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, body: str, key: str) -> None:
@@ -94,6 +109,12 @@ def test_missing_model_fails_fast_with_exit_3(tmp_path: Path, settings: Settings
     assert "no-model" in result.stderr and "does not exist" in result.stderr
 
 
+def test_a_model_that_is_a_file_says_so(tmp_path: Path, settings: Settings) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, model="/etc/passwd")
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 3 and "/etc/passwd is a file, not a model directory" in result.stderr
+
+
 def test_model_not_matching_its_metadata_is_refused(
     tmp_path: Path, settings: Settings, model_dir: Path
 ) -> None:
@@ -105,6 +126,22 @@ def test_model_not_matching_its_metadata_is_refused(
     cfg = write_config(tmp_path / "c.toml", settings, model=str(broken))
     result = run_cli("run", config=cfg)
     assert result.returncode == 3 and "sha256" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["max_file_mb", "decode_memory_mb"])
+def test_an_infinite_limit_exits_2_with_one_line(tmp_path: Path, settings: Settings, key: str) -> None:
+    cfg = write_config(tmp_path / "c.toml", settings, **{key: "inf"})
+    cfg.write_text(cfg.read_text().replace('"inf"', "inf"))
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2 and key in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not settings.database.exists()
+
+
+def test_a_review_album_that_is_a_class_album_is_refused(tmp_path: Path, settings: Settings) -> None:
+    """Unsure photos filed among the sure ones of `sea` could never be told apart again."""
+    cfg = write_config(tmp_path / "c.toml", settings, review_album="sea")
+    result = run_cli("run", config=cfg)
+    assert result.returncode == 2 and "review_album: 'sea' is the album of class 'sea'" in result.stderr
 
 
 def test_unknown_class_in_album_mapping_is_refused(tmp_path: Path, settings: Settings) -> None:
@@ -143,9 +180,28 @@ def test_every_folder_is_probed_and_systemd_gets_a_hint(
     ):
         check_folders(settings)
     monkeypatch.setenv("INVOCATION_ID", "0123")
+    monkeypatch.setattr(config, "PRIVATE_TMP", ())  # pytest's folders are under /tmp
     with pytest.raises(JournalError, match=r"ReadWritePaths=.*cened install-service"):
         check_folders(settings)
     # The probes leave nothing behind.
     assert [p for folder in (settings.inbox, settings.library) for p in folder.iterdir()] == [
         settings.library / "_quarantine"
     ]
+
+
+def test_under_systemd_folders_under_tmp_are_refused(settings: Settings, tmp_path: Path) -> None:
+    """The units' PrivateTmp= makes /tmp the service's own, deleted at stop: photos there would be lost."""
+    never = Path(f"/var/tmp/cened-test-{os.getpid()}-{tmp_path.name}")
+    cfg = write_config(tmp_path / "c.toml", settings, database=never / "cened.sqlite3")
+    env = {**os.environ, "INVOCATION_ID": "0123456789abcdef", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cened", "--config", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"database {never / 'cened.sqlite3'}" in result.stderr, result.stderr
+    assert f"library {settings.library}" in result.stderr and "PrivateTmp=" in result.stderr
+    assert not never.exists()

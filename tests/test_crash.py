@@ -223,6 +223,8 @@ def _kill_run(
     (settings.inbox / "bad_1.jpg").write_bytes(b"")
     for bad in ("bad_0.jpg", "bad_1.jpg"):
         hashes[hashlib.sha256((settings.inbox / bad).read_bytes()).hexdigest()] += 1
+        old = time.time() - 3600  # long finished: quarantined at once, not waited for (unfinished_grace_s)
+        os.utime(settings.inbox / bad, (old, old))
     config = write_config(
         tmp_path / "cened.toml", settings, batch_size=4, batch_max_wait_ms=20, stable_seconds=0, layout=layout
     )

@@ -43,6 +43,27 @@ def test_deaths_by_a_fatal_signal_are_counted_for_the_photos_left_in_flight(tmp_
     assert inflight.deaths_recorded(file) == {a: 2, c: 1}
 
 
+def test_a_second_death_names_only_what_it_caught_in_flight(tmp_path: Path) -> None:
+    """Batch-mates retried alone and filed before the poison killed the daemon again are not named."""
+    file = tmp_path / "db.sqlite3.in-flight"
+    fault = inflight.fault_file_for(file)
+    poison, mate = tmp_path / "poison.jpg", tmp_path / "mate.jpg"
+    first = inflight.InFlight(file)
+    first.begin(catch_faults=False)
+    first.start(mate)
+    first.start(poison)
+    fault.write_text("Fatal Python error: Aborted\n")  # the first death, both in flight
+    second = inflight.InFlight(file)
+    assert second.at_death == {mate, poison} and second.deaths == {mate: 1, poison: 1}
+    second.begin(catch_faults=False)
+    second.start(mate)  # retried alone, and filed
+    second.end([mate])
+    second.forget(mate)
+    second.start(poison)  # retried alone: the daemon dies again
+    third = inflight.InFlight(file)
+    assert third.at_death == {poison} and third.deaths == {poison: 2}
+
+
 def test_a_clean_stop_leaves_no_suspects(settings: Settings) -> None:
     for i in range(6):
         write_photo(settings.inbox / f"{i}.jpg", CLASSES[i % 6], seed=i)

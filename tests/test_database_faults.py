@@ -50,7 +50,7 @@ def _filled_database(path: Path) -> None:
         journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-@pytest.mark.parametrize("damage", ["garbage-inside", "zeros-inside", "replaced"])
+@pytest.mark.parametrize("damage", ["garbage-inside", "zeros-inside", "8-kib-inside", "replaced"])
 def test_a_damaged_database_is_refused_with_code_4_by_every_command(
     tmp_path: Path, settings: Settings, damage: str
 ) -> None:
@@ -61,12 +61,17 @@ def test_a_damaged_database_is_refused_with_code_4_by_every_command(
         replacement = tmp_path / "garbage"
         replacement.write_bytes(os.urandom(size))
         os.replace(replacement, settings.database)
+    elif damage == "8-kib-inside":  # two pages no query of a short history or of doctor may read
+        with open(settings.database, "r+b") as fh:
+            fh.seek(size // 2 // 4096 * 4096)
+            fh.write(os.urandom(8192))
     else:  # the middle third: SQLite finds broken pages; zeros also make rows with a NULL action
         with open(settings.database, "r+b") as fh:
             fh.seek(size // 3)
             fh.write(os.urandom(size // 3) if damage == "garbage-inside" else bytes(size // 3))
     config = write_config(tmp_path / "cened.toml", settings)
-    for command in (["stats"], ["history", "--limit", "0"], ["doctor"]):
+    commands = (["stats"], ["history", "--limit", "0"], ["history"], ["doctor"], ["undo", "--last", "1"])
+    for command in commands:
         _refused(run_cli(*command, config=config), str(settings.database))
     # The daemon refuses at start, or stops at its first write to the damaged rows.
     write_photo(settings.inbox / "waiting.jpg", "sea")
@@ -135,6 +140,30 @@ def test_a_journal_that_fails_while_running_stops_the_daemon_with_code_4(
         assert "stopped" not in {e.get("event") for e in daemon.events}
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+@pytest.mark.slow
+def test_a_database_deleted_under_the_daemon_stops_it_before_another_photo_is_filed(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """SQLite would go on writing into the deleted file, whose rows the next start would never see."""
+    config = write_config(tmp_path / "cened.toml", settings)
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_for("started", timeout=90)
+        write_photo(settings.inbox / "first.jpg", "sea")
+        daemon.wait_for("filed", timeout=30)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.database}{suffix}").unlink(missing_ok=True)
+        photo = write_photo(settings.inbox / "late.jpg", "forest")
+        failed = daemon.wait_for("journal-failed", timeout=30)
+        assert "deleted or replaced" in failed["error"], failed
+        assert wait_until(lambda: daemon.proc.poll() is not None, timeout=30)
+    finally:
+        code = daemon.stop(or_kill=True)
+    assert code == ExitCode.DATABASE
+    assert photo.exists() and not (settings.library / "forest").exists()
+    assert [e.get("event") for e in daemon.events].count("filed") == 1
 
 
 def _busy_error(path: Path) -> JournalError:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CLASSES, write_config, write_photo
-from daemon_helpers import RunningDaemon, run_cli, wait_until
+from daemon_helpers import DaemonProcess, RunningDaemon, run_cli, wait_until
 from PIL import Image
 
 from cened import learn
@@ -427,3 +427,125 @@ def test_the_oldest_versions_never_used_are_forgotten(tmp_path: Path) -> None:
     kept = store.names()
     assert kept == [names[1], *names[-KEEP_UNUSED:]]
     assert store.active() == names[1] and store.load(names[1]).version == names[1]
+
+
+DAMAGED_ACTIVE = {
+    "not-utf8": b"\xff\xfe{\x00",
+    "garbage": b"{garbage",
+    "empty": b"",
+    "a-list": b"[]",
+    "null": b"null",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_ACTIVE))
+def test_a_damaged_active_file_stops_no_command_and_use_or_rollback_mends_it(
+    damage: str, taught: Settings, tmp_path: Path
+) -> None:
+    store = VersionStore(taught.learned_dir)
+    store.active_file.parent.mkdir(parents=True)
+    store.active_file.write_bytes(DAMAGED_ACTIVE[damage])
+    config = write_config(tmp_path / "cened.toml", taught)
+    listed = run_cli("model", "list", config=config)
+    assert listed.returncode == 0, listed.stderr
+    assert "cannot be read" in listed.stdout and "cened model use shipped" in listed.stdout
+    albums = run_cli("album", "list", config=config)
+    assert albums.returncode == 0 and "in use: unknown" in albums.stdout, albums.stderr
+    learned = run_cli("learn", config=config)  # nothing to learn from, which is the only problem
+    assert learned.returncode == 1 and "nothing to learn from" in learned.stderr, learned.stderr
+    mend = ["model", "use", "shipped"] if damage < "m" else ["model", "rollback"]
+    mended = run_cli(*mend, config=config)
+    assert mended.returncode == 0 and "in use now: shipped" in mended.stdout, mended.stderr
+    assert store.active() == SHIPPED
+
+
+@pytest.mark.slow
+def test_a_damaged_active_file_is_logged_and_the_daemon_keeps_its_model(
+    taught: Settings, tmp_path: Path
+) -> None:
+    """At start and while running: the pump thread lives on, photos are filed by the version in use."""
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    learn.add_album(taught, "magenta", tmp_path / "examples")
+    good = learn.learn(taught).version
+    store = VersionStore(taught.learned_dir)
+    with RunningDaemon(taught) as daemon:
+        assert daemon._classifier.version == good
+        store.active_file.write_bytes(b"{garbage")
+        time.sleep(3)  # the pump looks every 2 s
+        magenta(tmp_path / "b.jpg", 901).rename(taught.inbox / "b.jpg")
+        assert wait_until(lambda: daemon.filed >= 1, timeout=30)
+        assert daemon._classifier.version == good
+    assert (taught.library / "magenta" / "b.jpg").is_file()
+    # Started with it damaged: the shipped model, the damage logged, photos filed.
+    config = write_config(tmp_path / "cened.toml", taught)
+    daemon = DaemonProcess(config)
+    try:
+        refused = daemon.wait_for("model-switch-refused", timeout=90)
+        assert "cannot be read" in refused["error"], refused
+        daemon.wait_for("started", timeout=60)
+        magenta(tmp_path / "c.jpg", 902).rename(taught.inbox / "c.jpg")
+        daemon.wait_for("filed", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    assert (taught.library / "other" / "c.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("n" * 300, "at most 255 bytes"),
+        ("Review", "too like album 'review'"),
+        ("two\nlines", "not a usable folder name"),
+        ("_quarantine", "folders cened uses itself"),
+    ],
+)
+def test_album_add_refuses_names_in_one_line(taught: Settings, tmp_path: Path, name: str, why: str) -> None:
+    for i in range(20):
+        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    done = run_cli("album", "add", name, str(tmp_path / "examples"), config=config)
+    assert done.returncode == 1 and why in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (taught.learned_dir / learn.ALBUMS_FILE).exists()
+
+
+def test_correct_refuses_the_names_album_add_refuses(taught: Settings, tmp_path: Path, filing) -> None:
+    file, _journal = filing
+    (outcome,) = file(write_photo(taught.inbox / "a.jpg", "sea"))
+    config = write_config(tmp_path / "cened.toml", taught)
+    for name in ("_quarantine", "_duplicates", "Review", "n" * 300):
+        done = run_cli("correct", str(outcome.entry.id), name, config=config)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert (taught.library / "sea" / "a.jpg").exists()
+
+
+@pytest.mark.slow
+def test_an_album_of_twenty_thousand_photos_is_learned_in_bounded_memory(
+    taught: Settings, tmp_path: Path
+) -> None:
+    """Peak RSS at most 1 GiB, and a bounded sample of the album kept and learned from."""
+    import subprocess
+
+    base = magenta(tmp_path / "base.jpg", 1).read_bytes()
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(20_000):  # distinct photos: bytes after the JPEG's end change its sha256, not its pixels
+        (folder / f"m{i:05d}.jpg").write_bytes(base + b"%d" % i)
+    config = write_config(tmp_path / "cened.toml", taught)
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.returncode)"
+    )
+    cmd = [sys.executable, "-c", measure, sys.executable, "-m", "cened", "--config", str(config)]
+    out = subprocess.run(
+        [*cmd, "album", "add", "magenta", str(folder)], capture_output=True, text=True, timeout=900
+    )
+    peak_kib, code = map(int, out.stdout.split()[-2:])
+    assert code == 0, out.stderr
+    assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+    kept = list((taught.learned_dir / "albums" / "magenta").iterdir())
+    assert len(kept) == learning.MAX_EXAMPLES
+    assert (
+        learn.Albums.load(taught.learned_dir).albums["magenta"]["examples"].__len__() == learning.MAX_EXAMPLES
+    )

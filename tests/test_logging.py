@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -13,8 +14,11 @@ from typing import Any
 
 import pytest
 import structlog
+from conftest import picture, write_config
+from daemon_helpers import DaemonProcess
 
 from cened import logsetup
+from cened.config import Settings
 
 
 @pytest.fixture
@@ -189,3 +193,22 @@ def test_an_uncaught_exception_is_a_json_event_not_a_bare_traceback(where: str) 
     assert event["level"] == "critical" and "RuntimeError: boom" in event["exception"]
     assert "Traceback" not in done.stderr
     assert event.get("thread") == ("worker" if where == "thread" else None)
+
+
+@pytest.mark.slow
+def test_decoder_warnings_are_log_events_not_raw_lines(tmp_path: Path, settings: Settings) -> None:
+    """Pillow warns on stderr (Corrupt EXIF data): under systemd, each would be a line that is not JSON."""
+    buf = io.BytesIO()
+    picture("street").save(buf, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\xff\xff garbage")
+    config = write_config(tmp_path / "cened.toml", settings)
+    daemon = DaemonProcess(config)  # its stderr is read with its stdout
+    try:
+        daemon.wait_for("started", timeout=90)
+        (settings.inbox / "exif.jpg").write_bytes(buf.getvalue())
+        daemon.wait_for("filed", timeout=30)
+    finally:
+        assert daemon.stop() == 0
+    raw = [e["line"] for e in daemon.events if e.get("event") == "raw"]
+    assert raw == [], raw
+    warned = [e for e in daemon.events if "Corrupt EXIF" in str(e.get("event"))]
+    assert warned and warned[0]["level"] == "warning", daemon.events

@@ -123,7 +123,7 @@ def test_a_repeated_failure_is_still_journaled_before_its_try(
     photo = write_photo(settings.inbox / "beach.jpg", "sea")
     pending: list[int] = []
 
-    def full_disk(src: Path, dst: Path) -> None:
+    def full_disk(src: Path, dst: Path, root: Path | None = None) -> None:
         with sqlite3.connect(settings.database) as db:
             pending.append(db.execute("SELECT count(*) FROM decisions WHERE state = 'pending'").fetchone()[0])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))

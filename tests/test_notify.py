@@ -279,12 +279,17 @@ def test_sighup_reloads_refuses_bad_configs_and_keeps_the_queue(
         # Files still settling when SIGHUP arrives are not dropped: a long
         # stable_seconds keeps them waiting in the daemon, across the reload,
         # and they are filed under the *new* mapping.  queue_max only changes
-        # at a restart, which the reload says.
+        # at a restart: a reload that changes it is refused whole, and says so.
         write_reload_config(
             config, settings, {"forest": "woods"}, confidence_threshold=0.0, stable_seconds=6.0, queue_max=32
         )
-        daemon.proc.send_signal(signal.SIGHUP)
+        done = reload_command()
+        assert done.returncode == 1 and "queue_max only change(s) on a restart" in done.stderr, done.stderr
         assert nth_event(daemon, "reload-needs-restart", 1)["keys"] == ["queue_max"]
+        write_reload_config(
+            config, settings, {"forest": "woods"}, confidence_threshold=0.0, stable_seconds=6.0
+        )
+        daemon.proc.send_signal(signal.SIGHUP)
         nth_event(daemon, "reloaded", 2)
         waiting = [drop(inbox, f"wait-{i}.jpg", "forest", seed=10 + i) for i in range(4)]
         time.sleep(1.0)  # let the watcher see them

@@ -163,9 +163,10 @@ def test_any_exception_from_a_decoder_rejects_the_file(monkeypatch: pytest.Monke
     assert caught.value.reason == "corrupt" and "TypeError" in caught.value.detail
 
 
-def test_a_failure_outside_decoding_is_retried_not_raised(
+def test_a_failure_outside_decoding_is_the_files_outcome_not_a_retry(
     settings: Settings, classifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Retried, it would fail alike forever, a traceback every few seconds and never an outcome."""
     import cened.pipeline as pipeline
 
     path = write_photo(settings.inbox / "a.jpg", "sea")
@@ -176,8 +177,27 @@ def test_a_failure_outside_decoding_is_retried_not_raised(
     monkeypatch.setattr(pipeline, "_read_and_decode", broken)
     with structlog.testing.capture_logs() as logs:
         prep = prepare(path, settings, classifier.meta.input_size)
-    assert prep.verdict == Verdict.RETRY and "RuntimeError" in (prep.reason or "")
+    assert (prep.verdict, prep.reason) == (Verdict.REJECTED, "decoder-failed")
+    assert "RuntimeError" in (prep.detail or "") and prep.sha256 is not None
     assert [e["event"] for e in logs] == ["prepare-failed"]
+
+
+def _ftex() -> bytes:
+    """A texture of Pillow's FTEX plugin, which closes the file it was given (so a seek on it fails)."""
+    pixels = bytes(range(48)) * 4  # 8 x 8 RGB
+    header = b"FTEX" + struct.pack("<i2i2i2i", 1, 8, 8, 1, 1, 1, 36)
+    return header + struct.pack("<i", len(pixels)) + pixels
+
+
+@pytest.mark.parametrize("name", ["texture.jpg", "texture.heic", "texture.dng"])
+def test_an_ftex_file_named_as_a_photo_is_quarantined_once(name: str, settings: Settings, filing) -> None:
+    file, journal = filing
+    path = settings.inbox / name
+    path.write_bytes(_ftex())
+    (outcome,) = file(path)
+    assert outcome.fate == Fate.QUARANTINED, outcome
+    assert (settings.quarantine_dir / name).read_bytes() == _ftex()
+    assert [r.action for r in journal.history()] == ["quarantined"]
 
 
 def test_poison_files_in_a_batch_do_not_stop_the_others(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cened import service
+from cened import config, service
 from cened.cli import main
 from cened.errors import ConfigError, ExitCode
 
@@ -182,6 +182,22 @@ def test_verification_catches_a_typo(tmp_path: Path) -> None:
 # -- install-service -------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def tmp_is_not_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest's folders are under /tmp, which install-service refuses (PrivateTmp=); that has its own test."""
+    monkeypatch.setattr(config, "PRIVATE_TMP", ())
+
+
+@pytest.fixture
+def home_outside_tmp() -> Iterator[Path]:
+    """A home for a subprocess of install-service, which refuses folders under /tmp."""
+    home = Path(tempfile.mkdtemp(prefix="cened-test-home-", dir=Path.home()))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pretend user cened can reach everything: this venv's Python may sit under a closed /root
     (pyenv), which the system unit refuses; that refusal has its own test."""
@@ -206,9 +222,8 @@ def _fake_systemctl(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 @needs_analyze
-def test_install_service_user_writes_a_unit_that_verifies(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
+def test_install_service_user_writes_a_unit_that_verifies(tmp_path: Path, home_outside_tmp: Path) -> None:
+    home = home_outside_tmp
     fake_bin, called = _fake_systemctl(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "cened", "install-service", "--user"],
@@ -442,3 +457,19 @@ def test_the_keras_backend_gets_writable_executable_memory(
         config.write_text(f'backend = "{backend}"\n')
         plan = service.make_plan(user=True, exe=Path("/opt/cened/bin/cened"), config=config)
         assert parse_unit(plan.text)["Service"]["MemoryDenyWriteExecute"] == allowed, backend
+
+
+@pytest.mark.parametrize("key", ["library", "database", "quarantine"])
+def test_install_service_refuses_folders_under_tmp(
+    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The units' PrivateTmp= gives the service a /tmp of its own, deleted at every stop."""
+    monkeypatch.setattr(config, "PRIVATE_TMP", (Path("/tmp"), Path("/var/tmp")))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = tmp_path / "cened.toml"
+    where = {"library": "/var/tmp/albums", "database": "/tmp/state/cened.sqlite3", "quarantine": "/tmp/q"}
+    keys = {"inbox": "/srv/p/in", "library": "/srv/p/out", key: where[key]}
+    cfg.write_text("".join(f'{k} = "{v}"\n' for k, v in keys.items()))
+    assert main([f"--config={cfg}", "install-service", "--user", "--print"]) == ExitCode.CONFIG
+    err = capsys.readouterr().err
+    assert f"{key} {where[key]}" in err and "PrivateTmp=" in err

@@ -16,7 +16,7 @@ watchdog and points Python at this checkout, and then driven with
 * a daemon hung with SIGSTOP is killed by the watchdog and restarted;
 * ``systemctl stop`` ends it cleanly (exit 0, "stopped" logged);
 * a library outside ``ReadWritePaths=`` stops the start with exit code 2, not
-  restarted;
+  restarted, and so does a database under ``/var/tmp`` (``PrivateTmp=``);
 * every line of ``journalctl -t cened -o cat`` is JSON, and ``-p err`` has the
   refused reload.
 
@@ -304,9 +304,23 @@ def check_system_unit(box: Container) -> None:
     # A photo is filed, a poison one quarantined.
     write_photo(box.path(INBOX / ".sea.jpg.part"), "sea").rename(box.path(INBOX / "sea.jpg"))
     box.path(INBOX / "poison.jpg").write_bytes(os.urandom(3000))
+    old = time.time() - 3600  # long finished: quarantined at once, not waited for (unfinished_grace_s)
+    os.utime(box.path(INBOX / "poison.jpg"), (old, old))
     wait_for(lambda: box.path(LIBRARY / "sea" / "sea.jpg").exists(), 60, "sea.jpg filed")
     quarantine = box.path(LIBRARY / "_quarantine")
     wait_for(lambda: any("poison" in p.name for p in quarantine.rglob("*")), 60, "poison.jpg quarantined")
+
+    # The service's CLI as its user: `cened` on the PATH (install-service linked it), and the
+    # service's config found without --config. Anyone else: one line, never a traceback.
+    secure_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sudo's
+    python = ["env", f"PYTHONPATH={ROOT}", f"PATH={secure_path}"]
+    as_service = box.run("runuser", "-u", "cened", "--", *python, "cened", "history", check=False)
+    assert as_service.returncode == 0 and "sea.jpg" in as_service.stdout, as_service
+    outsider = box.run(
+        "runuser", "-u", "nobody", "--", *python, "cened", "model", "use", "shipped", check=False
+    )
+    assert outsider.returncode == 1 and "permission denied" in outsider.stderr, outsider
+    assert len(outsider.stderr.strip().splitlines()) == 1, outsider.stderr
 
     # A good reload succeeds; a broken config is refused, and so is `systemctl reload`.
     box.path(CONFIG).write_text(config_text(confidence_threshold=0.5))
@@ -316,6 +330,12 @@ def check_system_unit(box: Container) -> None:
     refused = box.run("systemctl", "reload", "cened", check=False, timeout=120)
     assert refused.returncode != 0, refused
     assert box.show("cened", "ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": first_pid}
+    # A key only a restart changes: the reload fails naming it, and nothing of it is taken.
+    box.path(CONFIG).write_text(config_text(queue_max=32, confidence_threshold=0.4))
+    refused = box.run("systemctl", "reload", "cened", check=False, timeout=120)
+    assert refused.returncode != 0, refused
+    needs = [e for e in events(box) if e.get("event") == "reload-needs-restart"]
+    assert needs and needs[-1]["keys"] == ["queue_max"], needs
     box.path(CONFIG).write_text(config_text())
 
     # A hung daemon: the watchdog kills it and systemd starts a new one.
@@ -346,6 +366,15 @@ def check_system_unit(box: Container) -> None:
     result = box.show("cened", "ActiveState", "ExecMainStatus", "NRestarts")
     assert result == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}, result
 
+    # A database under /var/tmp, which PrivateTmp= makes the service's own and deletes at every
+    # stop, with the log of every photo: refused at start (exit 2), never created.
+    box.path(CONFIG).write_text(config_text(database="/var/tmp/cened/cened.sqlite3"))
+    assert box.run("systemctl", "start", "cened", check=False, timeout=120).returncode != 0
+    time.sleep(2)
+    result = box.show("cened", "ActiveState", "ExecMainStatus", "NRestarts")
+    assert result == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}, result
+    assert not box.path(Path("/var/tmp/cened")).exists()
+
     # The journal: JSON only under -t cened, each line at its level's priority.
     seen = [e.get("event") for e in events(box)]
     for name in ("started", "filed", "quarantined", "reloaded", "reload-refused", "stopped"):
@@ -354,6 +383,7 @@ def check_system_unit(box: Container) -> None:
     assert "reload-refused" in [e.get("event") for e in errors], errors
     assert all(e.get("level") in ("error", "critical") for e in errors), errors
     assert any("not writable" in str(e.get("error")) for e in errors), errors
+    assert any("database /var/tmp/cened/cened.sqlite3" in str(e.get("error")) for e in errors), errors
     # watchdog's stop race (an emitter read after it was told to stop) is no error of ours.
     assert not any("thread is inactive" in json.dumps(e) for e in errors), errors
     # --all: without it journalctl shows a field over 4 KiB (the started line's config) as null.

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import picture
-from daemon_helpers import RunningDaemon, files_under, wait_until
+from conftest import picture, write_config
+from daemon_helpers import RunningDaemon, files_under, run_cli, wait_until
 from test_watching import FakeClock
 
 from cened.config import Settings
@@ -27,9 +27,9 @@ from cened.pipeline import Fate, Pending, Verdict, prepare, unless_unfinished
 from cened.watching import StabilityTracker
 
 
-def _photo() -> bytes:
+def _photo(seed: int = 11) -> bytes:
     buf = io.BytesIO()
-    picture("sea", (640, 480), seed=11).save(buf, "JPEG", quality=95)
+    picture("sea", (640, 480), seed=seed).save(buf, "JPEG", quality=95)
     return buf.getvalue()
 
 
@@ -146,3 +146,67 @@ def test_a_path_handed_back_unfinished_waits_to_hold_still(tmp_path: Path) -> No
     assert tracker.ready(10) == []
     clock.now += 1.0
     assert tracker.ready(10) == [path]
+
+
+@pytest.mark.slow
+def test_writers_that_pause_longer_than_ten_seconds_get_their_photos_filed_whole(settings: Settings) -> None:
+    """Pauses well past the old 10 s grace, on the default settings: one whole photo each, no fragment."""
+    data = {"open.jpg": _photo(1), "dd.jpg": _photo(2)}
+    writers = {"open.jpg": write_holding_open, "dd.jpg": write_reopening}
+    with RunningDaemon(settings) as daemon:
+        threads = [
+            threading.Thread(target=writer, args=(settings.inbox / name, data[name], 3, 12.0))
+            for name, writer in writers.items()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+        assert wait_until(lambda: files_under(settings.inbox) == [], timeout=30), "never filed"
+        counters = dict(daemon.counters)
+    assert counters.get(Fate.QUARANTINED, 0) == 0 and counters.get(Fate.MOVED) == 2, counters
+    assert sorted(p.name for p in files_under(settings.library)) == ["dd.jpg", "open.jpg"]
+    for name in writers:
+        assert (settings.library / "sea" / name).read_bytes() == data[name]
+
+
+@pytest.mark.slow
+def test_a_quarantined_file_its_writer_goes_on_writing_is_read_again_and_filed(settings: Settings) -> None:
+    """A pause longer than the grace: quarantined, then written to the end there; filed whole all the same."""
+    settings = settings.model_copy(update={"unfinished_grace_s": 1.0})
+    data = _photo()
+    path = settings.inbox / "slow.jpg"
+    with RunningDaemon(settings) as daemon:
+        write_holding_open(path, data, chunks=3, pause=8.0)  # longer than a recheck (5 s) and the grace
+        assert wait_until(lambda: (settings.library / "sea" / "slow.jpg").exists(), timeout=60)
+        time.sleep(settings.stable_seconds + 2.5)  # a look at the quarantine more: nothing left there
+        counters = dict(daemon.counters)
+    assert counters.get(Fate.QUARANTINED, 0) >= 1, counters  # it was quarantined on the way
+    assert files_under(settings.quarantine_dir) == [] and files_under(settings.inbox) == []
+    assert (settings.library / "sea" / "slow.jpg").read_bytes() == data
+    with sqlite3.connect(settings.database) as db:
+        rows = db.execute("SELECT action, state, sha256 FROM decisions ORDER BY id").fetchall()
+    assert rows[-1] == ("moved", "done", hashlib.sha256(data).hexdigest()), rows
+    assert {a for a, _, _ in rows[:-1]} == {"quarantined", "returned"}, rows
+
+
+def test_doctor_finds_a_quarantined_file_that_changed_and_puts_it_back(
+    tmp_path: Path, settings: Settings, filing
+) -> None:
+    file, _journal = filing
+    data = _photo()
+    path = settings.inbox / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    (outcome,) = file(path)
+    assert outcome.fate == Fate.QUARANTINED
+    quarantined = settings.quarantine_dir / "cut.jpg"
+    with open(quarantined, "ab") as fh:  # its writer had not finished
+        fh.write(data[len(data) // 2 :])
+    config = write_config(tmp_path / "cened.toml", settings)
+    found = run_cli("doctor", config=config)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"changed since it was quarantined: #{outcome.entry.id} {quarantined}" in found.stdout
+    fixed = run_cli("doctor", "--fix", config=config)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert path.read_bytes() == data and not quarantined.exists()
+    assert run_cli("doctor", config=config).stdout.strip() == "all consistent"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cened.config import Settings, load_settings
+from cened.config import Settings, installed_config, load_settings
 from cened.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -16,9 +16,14 @@ if TYPE_CHECKING:
     from cened.journal import Entry, Journal
 
 
+def config_of(args: argparse.Namespace) -> Path | None:
+    """The file the global ``--config`` names, else ``$CENED_CONFIG``, else an installed service's."""
+    return args.config or installed_config()
+
+
 def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings of the file the global ``--config`` names (default: ``$CENED_CONFIG``)."""
-    return load_settings(args.config)
+    """The settings of :func:`config_of`."""
+    return load_settings(config_of(args))
 
 
 def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
@@ -33,19 +38,44 @@ def reading_photos(args: argparse.Namespace, *, json: bool = False) -> Settings:
 
 
 def readonly_journal(settings: Settings) -> Journal:
+    """The log, read only, once SQLite found it whole: damage no query reads still ends the command (4)."""
     from cened.journal import Journal
 
-    return Journal(settings.database, readonly=True)
+    journal = Journal(settings.database, readonly=True)
+    return _checked(journal)
+
+
+def journal(settings: Settings) -> Journal:
+    """The log to write to (undo, correct), once SQLite has found it whole."""
+    from cened.journal import Journal
+
+    return _checked(Journal(settings.database))
+
+
+def _checked(journal: Journal) -> Journal:
+    try:
+        journal.check_integrity()
+    except BaseException:
+        journal.close()
+        raise
+    return journal
+
+
+def name(path: Path | None) -> str:
+    """A path as printed: its control characters escaped (cened.logsetup.printable)."""
+    from cened.logsetup import printable
+
+    return "" if path is None else printable(os.fsdecode(path))
 
 
 def short(path: Path | None, settings: Settings) -> str:
-    """Paths relative to the inbox or library, which is what a person scans a table for."""
+    """Paths relative to the inbox or library, which is what a person scans a table for; printable."""
     if path is None:
         return ""
     for root, prefix in ((settings.inbox, "inbox/"), (settings.library, "")):
         if path.is_relative_to(root):
-            return prefix + os.fsdecode(path.relative_to(root))
-    return os.fsdecode(path)
+            return prefix + name(path.relative_to(root))
+    return name(path)
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -56,16 +86,17 @@ def pct(x: float | None, digits: int = 1) -> str:
 def report_moves(entries: list[Entry], verb: str) -> int:
     """What ``undo`` and ``correct`` moved, one line each; failures on stderr and in the exit code."""
     from cened.journal import State
+    from cened.logsetup import printable
 
     failed = 0
     for e in entries:
         if e.state == State.DONE:
             print(
-                f"{verb} #{e.ref_id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')} (#{e.id})"
+                f"{verb} #{e.ref_id}: {name(e.source)} -> {name(e.destination)} (#{e.id})"
             )
         else:
             failed += 1
-            print(f"cened: failed #{e.ref_id}: {e.reason}", file=sys.stderr)
+            print(f"cened: failed #{e.ref_id}: {printable(e.reason or '')}", file=sys.stderr)
     return ExitCode.REFUSED if failed else ExitCode.OK
 
 

@@ -204,15 +204,21 @@ def _print_result(row: dict[str, object], settings: Settings, console: Console |
     if console is None:
         _print_line(row)
         return
+    from rich.markup import escape
+
+    from cened.logsetup import printable
+
     verb = _VERBS.get(str(row["action"]), (str(row["action"]),) * 2)[0 if dry else 1]
     where = _common.short(Path(str(row["destination"])), settings) if row.get("destination") else ""
-    arrow = f" → {where}" if where else ""
+    arrow = f" → {escape(where)}" if where else ""
+    name = escape(printable(str(row["file"])))  # a name is shown, never obeyed: no escape codes, no markup
     if "error" in row:
         detail = f": {row['detail']}" if row.get("detail") else ""
-        console.print(f"{row['file']}  [red]{verb}[/]{arrow}  [dim]{row['error']}{detail}[/]")
+        why = escape(printable(f"{row['error']}{detail}"))
+        console.print(f"{name}  [red]{verb}[/]{arrow}  [dim]{why}[/]")
         return
     note = _decision(row)
-    console.print(f"{row['file']}  {verb}{arrow}  [dim]{note}[/]")
+    console.print(f"{name}  {verb}{arrow}  [dim]{escape(printable(note))}[/]")
 
 
 def _decision(row: dict[str, object]) -> str:

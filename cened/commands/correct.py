@@ -23,11 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cened.journal import Action, Journal
+    from cened.journal import Action
     from cened.undoing import carry_out, plan_correct
 
     settings = _common.settings_of(args)
-    with Journal(settings.database) as journal:
+    with _common.journal(settings) as journal:
         plans = plan_correct(journal, settings, args.id, args.label, new_album=args.new_album)
         entries = carry_out(journal, plans, Action.CORRECTED, label=args.label, settings=settings)
     return _common.report_moves(entries, "corrected")

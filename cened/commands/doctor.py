@@ -52,17 +52,21 @@ def _examine(settings: Settings, *, fix: bool) -> int:
     from cened.doctor import examine, repair
     from cened.journal import Journal
     from cened.library import Places
+    from cened.logsetup import printable
 
     with Journal(settings.database) as journal:
+        journal.check_integrity(full=True)  # damage no row of the report reads is damage all the same
         report = examine(journal, settings.library, settings.quarantine_dir)
         for e in report.pending:
-            print(f"interrupted move #{e.id}: {os.fsdecode(e.source)} -> {os.fsdecode(e.destination or '')}")
+            print(f"interrupted move #{e.id}: {_common.name(e.source)} -> {_common.name(e.destination)}")
         for e in report.missing:
-            print(f"missing: #{e.id} says {os.fsdecode(e.destination or '')}")
+            print(f"missing: #{e.id} says {_common.name(e.destination)}")
         for p in report.unlogged:
-            print(f"not in the log: {os.fsdecode(p)}")
+            print(f"not in the log: {_common.name(p)}")
         for p in report.partials:
-            print(f"stray partial copy: {os.fsdecode(p)}")
+            print(f"stray partial copy: {_common.name(p)}")
+        for e in report.changed:
+            print(f"changed since it was quarantined: #{e.id} {_common.name(e.destination)}")
         if report.clean:
             print("all consistent")
             return 0
@@ -71,5 +75,5 @@ def _examine(settings: Settings, *, fix: bool) -> int:
             return 1
         places = Places.of(settings)
         for line in repair(journal, report, settings.library, settings.quarantine_dir, places=places):
-            print(f"fixed: {line}")
+            print(f"fixed: {printable(line)}")
     return 0

@@ -67,10 +67,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[Entry], settings: Settings) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from cened.journal import Action, State
+    from cened.logsetup import printable
 
     table = Table(show_lines=False, header_style="bold")
     for column in ("id", "time", "action", "file", "→", "label", "conf", "note"):
@@ -86,7 +90,7 @@ def _table(rows: list[Entry], settings: Settings) -> None:
             note = f"{seen}; {note}" if note else seen
         # A photo in other is like none of the classes: its top class is only the nearest one.
         label = f"none (nearest {r.label})" if r.action == Action.OTHER and r.label else r.label or ""
-        table.add_row(
+        cells = (
             str(r.id),
             r.time[5:16].replace("T", " "),
             action,
@@ -94,6 +98,8 @@ def _table(rows: list[Entry], settings: Settings) -> None:
             dest,
             label,
             f"{r.confidence:.2f}" if r.confidence is not None else "",
-            note,
+            printable(note),
         )
-    Console().print(table)
+        table.add_row(*(Text(cell) for cell in cells))  # Text: a name is never read as markup
+    # Not on a terminal (a pipe, a file), no width to fit: no line is folded.
+    Console(width=None if sys.stdout.isatty() else 100_000).print(table)

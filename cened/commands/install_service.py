@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -146,7 +147,15 @@ def _install_system(plan: Plan, output: Path | None) -> int:
         install = ""
         if dest != unit:
             install = f"{sudo}install -m 0644 {shlex.quote(str(dest))} {unit}"
-    for command in [*_system_setup(plan, sudo), install]:
+    commands = [*_system_setup(plan, sudo), install]
+    if _on_path() is None:
+        if root and output is None and not os.path.lexists(service.PATH_LINK):
+            service.PATH_LINK.symlink_to(plan.exe)
+            who = service.SERVICE_USER
+            print(f"linked {service.PATH_LINK} -> {plan.exe}, so that `sudo -u {who} cened ...` works")
+        else:
+            commands.append(f"{sudo}ln -s {shlex.quote(str(plan.exe))} {service.PATH_LINK}")
+    for command in commands:
         if command:
             print(command)
     print(f"{sudo}systemctl daemon-reload && {sudo}systemctl enable --now cened")
@@ -160,6 +169,13 @@ def _install_system(plan: Plan, output: Path | None) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _on_path() -> str | None:
+    """The cened that the service user, or sudo's secure_path, finds without a path: a command."""
+    from cened import service
+
+    return shutil.which("cened", path=os.pathsep.join(service.SYSTEM_PATH))
 
 
 def _system_setup(plan: Plan, sudo: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from cened.commands import _common
 from cened.config import load_settings
 
 if TYPE_CHECKING:
@@ -35,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from cened.daemon import Daemon
 
     override = {"log_format": args.log_format} if args.log_format else {}
-    settings = load_settings(args.config, **override)
+    config = _common.config_of(args)  # --config, $CENED_CONFIG or the installed service's
+    settings = load_settings(config, **override)
     logsetup.configure(settings.log_format, settings.log_level)
     # A reload re-reads the file, and the format asked for here still stands.
-    daemon = Daemon(settings, args.config, load=lambda path: load_settings(path, **override))
+    daemon = Daemon(settings, config, load=lambda path: load_settings(path, **override))
     if not logsetup.uses_json(settings.log_format):
         threading.Thread(target=_greet, args=(daemon, settings), name="greet", daemon=True).start()
     return daemon.run()

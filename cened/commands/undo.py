@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from cened.commands import _common
 
@@ -26,11 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cened.journal import Action, Journal
+    from cened.journal import Action
     from cened.undoing import carry_out, plan_undo, select_undo
 
     settings = _common.settings_of(args)
-    with Journal(settings.database) as journal:
+    with _common.journal(settings) as journal:
         ids = select_undo(journal, ids=args.ids, last=args.last, since=args.since, batch_id=args.batch)
         if not ids:
             print("nothing to undo")
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         plans = plan_undo(journal, ids)
         if args.dry_run:
             for plan in plans:
-                print(f"would move {os.fsdecode(plan.source)} -> {os.fsdecode(plan.destination)}")
+                print(f"would move {_common.name(plan.source)} -> {_common.name(plan.destination)}")
             return 0
         entries = carry_out(journal, plans, Action.UNDONE, settings=settings)
     return _common.report_moves(entries, "undid")

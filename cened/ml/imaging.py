@@ -125,6 +125,7 @@ class Reason(StrEnum):
     TOO_LARGE = "too-large"
     UNREADABLE = "unreadable"
     RAW_WITHOUT_PREVIEW = "raw-without-preview"
+    DECODER_FAILED = "decoder-failed"  # a decoder raised what it should not have: its bug, this file's fate
 
 
 #: What a file still being written can look like: cut short, or no header yet.

@@ -42,6 +42,11 @@ REPLAY_FILE = modelpack.REPLAY_FILE
 REPLAY_PER_CLASS = 100
 #: The fewest examples from which a new album is learned.
 MIN_EXAMPLES = 20
+#: The most examples of one label that are kept and learned from (an album of 20,000
+#: photos, or that many corrections): a fixed sample, the photos first in :func:`rank`'s
+#: order, so it stays the same as photos are added, and memory and the state folder stay
+#: bounded (each example is a prototype, and the fit holds every one).
+MAX_EXAMPLES = 1000
 #: Share of a user's labelled photos held back to compare versions (by sha256, so stable).
 HELD_BACK = 0.2
 #: Quantile of a new album's leave-one-out distances that its prototypes accept.
@@ -232,6 +237,11 @@ def fit_prototypes(examples: Labelled, base_classes: tuple[str, ...], threshold:
         mine = labels == label
         offsets[mine] = album_radius(examples.embeddings[mine], threshold) - threshold
     return Prototypes(examples.embeddings.astype(np.float32), offsets)
+
+
+def sample(shas: Sequence[str], limit: int = MAX_EXAMPLES) -> set[str]:
+    """The ``limit`` of ``shas`` first in :func:`rank`'s order: a sample that new photos change little."""
+    return set(sorted(set(shas), key=rank)[:limit])
 
 
 def rank(sha256: str) -> str:

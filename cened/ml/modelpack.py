@@ -20,6 +20,7 @@ A model directory holds:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,8 @@ def read_meta(model_dir: Path) -> ModelMeta:
     """Read and check ``metadata.json`` and the hashes of the files it lists."""
     meta_path = model_dir / METADATA_FILE
     if not model_dir.is_dir():
-        raise ModelError(f"model directory {model_dir} does not exist")
+        what = "is a file, not a model directory" if os.path.lexists(model_dir) else "does not exist"
+        raise ModelError(f"model directory {model_dir} {what}")
     if not meta_path.is_file():
         raise ModelError(f"{meta_path} is missing")
     try:

@@ -138,14 +138,32 @@ class VersionStore:
             shutil.rmtree(self.versions / name, ignore_errors=True)
 
     def history(self) -> list[str]:
-        """The versions put in use, oldest first; the last is in use (none: the shipped model)."""
+        """The versions put in use, oldest first; the last is in use (none: the shipped model).
+
+        An ``active.json`` that cannot be read (damaged, empty, not ours) raises
+        :class:`ModelError` saying how to mend it: ``cened model use`` and
+        ``rollback`` write a new one.
+        """
         try:
             data = json.loads(self.active_file.read_text(encoding="utf-8"))
-            return [str(v) for v in data["history"]]
+            history = data["history"] if isinstance(data, dict) else None
+            if not isinstance(history, list) or not all(isinstance(v, str) and v for v in history):
+                raise ValueError("no list of versions in it")
+            return history
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"{self.active_file} cannot be read: {exc}") from exc
+            raise ModelError(
+                f"{self.active_file} cannot be read ({exc}); `cened model use shipped` (or a version), "
+                "or `cened model rollback`, writes a new one"
+            ) from exc
+
+    def _history_to_change(self) -> list[str] | None:
+        """The history, or None when ``active.json`` cannot be read: changing it writes a new one."""
+        try:
+            return self.history()
+        except ModelError:
+            return None
 
     def active(self) -> str:
         history = self.history()
@@ -172,11 +190,14 @@ class VersionStore:
         """Put ``version`` (or ``shipped``) in use."""
         if version != SHIPPED:
             self.load(version)  # refuses a version that is not there or cannot be read
-        self._write([*self.history(), version])
+        self._write([*(self._history_to_change() or []), version])
 
     def rollback(self) -> str:
-        """Back to the version in use before this one; returns it."""
-        history = self.history()
+        """Back to the version in use before this one; returns it (the shipped model when unreadable)."""
+        history = self._history_to_change()
+        if history is None:
+            self._write([SHIPPED])
+            return SHIPPED
         if not history or history == [SHIPPED]:
             raise Refused("the shipped model is in use; there is nothing to roll back to")
         previous = history[:-1]
