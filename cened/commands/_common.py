@@ -91,9 +91,7 @@ def report_moves(entries: list[Entry], verb: str) -> int:
     failed = 0
     for e in entries:
         if e.state == State.DONE:
-            print(
-                f"{verb} #{e.ref_id}: {name(e.source)} -> {name(e.destination)} (#{e.id})"
-            )
+            print(f"{verb} #{e.ref_id}: {name(e.source)} -> {name(e.destination)} (#{e.id})")
         else:
             failed += 1
             print(f"cened: failed #{e.ref_id}: {printable(e.reason or '')}", file=sys.stderr)
