@@ -23,7 +23,7 @@ from conftest import picture, write_photo
 from daemon_helpers import RunningDaemon, files_under, wait_until
 from PIL import Image, PngImagePlugin
 
-from cened.config import Duplicates, Settings
+from cened.config import Duplicates, NearDuplicates, Settings
 from cened.journal import Journal
 from cened.ml import imaging
 from cened.ml.classifying import Classifier
@@ -119,8 +119,8 @@ def test_every_file_of_the_corpus_gets_a_verdict(
     assert {"corrupt", "not-an-image", "unsupported"} <= set(reasons), reasons
 
     # ... and every one of them is filed or quarantined by the real filing code (the corpus
-    # writes the same bytes under every extension: copies, which are not what this is about).
-    keep = settings.model_copy(update={"duplicates": Duplicates.KEEP})
+    # writes the same bytes under every extension: copies, exact or near, which are not what this is about).
+    keep = settings.model_copy(update={"duplicates": Duplicates.KEEP, "near_duplicates": NearDuplicates.KEEP})
     with Journal(settings.database) as journal:
         processor = Processor(classifier, journal, lambda: keep)
         outcomes = [o for i in range(0, len(prepared), 64) for o in processor.process(prepared[i : i + 64])]
