@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,9 +272,11 @@ def test_heic_and_raw_dropped_into_the_inbox_are_filed_whole(settings: Settings,
     whole_heic = made["IMG_0001.HEIC"]
     made["cut.heic"] = whole_heic[: len(whole_heic) // 2]
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in made.items()}
+    old = time.time() - 3600  # long finished: quarantined at once, not waited for (unfinished_grace_s)
     with RunningDaemon(settings):
         for name, data in made.items():
             (staging / name).write_bytes(data)
+            os.utime(staging / name, (old, old))
             os.replace(staging / name, settings.inbox / name)  # whole, at once
         assert wait_until(lambda: not files_under(settings.inbox), timeout=30), files_under(settings.inbox)
     filed = {p.name: p for p in files_under(settings.library / "sea")}
