@@ -355,7 +355,10 @@ def test_train_other_only_takes_negatives_and_evaluate_leaves_each_kind_out(
     assert 0 <= loko["validation"]["to_other_mean"] <= 0.2
     full = report["full_size"]
     assert full["n"] == 6 and set(full) >= {"as is", "jpeg", "heic"}
-    assert full["jpeg"]["decoded_from"] == {"photo": 6} and full["heic"]["decoded_from"] == {"photo": 6}
+    # As the daemon would: thumbnail_min_side (160) takes the JPEG's 160 px-high EXIF preview,
+    # not the HEIC's thumbnail, whose short side is less than that.
+    assert full["jpeg"]["decoded_from"] == {"exif-preview": 6}
+    assert full["heic"]["decoded_from"] == {"photo": 6}
     card = (model / "MODEL_CARD.md").read_text()
     assert "### Leave one kind out" in card and f"**Worst kind: {worst['kind']}" in card
     assert "| checks | 12 |" in card and "12 MP HEIC" in card and "linear score" in card
