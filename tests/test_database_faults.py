@@ -50,6 +50,7 @@ def _filled_database(path: Path) -> None:
         journal.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage-inside", "zeros-inside", "8-kib-inside", "replaced"])
 def test_a_damaged_database_is_refused_with_code_4_by_every_command(
     tmp_path: Path, settings: Settings, damage: str

@@ -158,6 +158,7 @@ def test_learn_refuses_a_worse_version_unless_forced(taught: Settings) -> None:
     assert forced.accepted and forced.forced and store.active() == forced.version
 
 
+@pytest.mark.slow
 def test_model_use_list_and_rollback(taught: Settings, tmp_path: Path) -> None:
     for i in range(20):
         magenta(tmp_path / "examples" / f"m{i}.jpg", i)
@@ -438,6 +439,7 @@ DAMAGED_ACTIVE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(DAMAGED_ACTIVE))
 def test_a_damaged_active_file_stops_no_command_and_use_or_rollback_mends_it(
     damage: str, taught: Settings, tmp_path: Path
@@ -509,6 +511,7 @@ def test_album_add_refuses_names_in_one_line(taught: Settings, tmp_path: Path, n
     assert "Traceback" not in done.stderr and not (taught.learned_dir / learn.ALBUMS_FILE).exists()
 
 
+@pytest.mark.slow
 def test_correct_refuses_the_names_album_add_refuses(taught: Settings, tmp_path: Path, filing) -> None:
     file, _journal = filing
     (outcome,) = file(write_photo(taught.inbox / "a.jpg", "sea"))

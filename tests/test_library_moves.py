@@ -406,6 +406,7 @@ def test_filing_makes_no_corrections_or_removals(settings: Settings, tmp_path: P
     assert rows(settings, Action.REMOVED, Action.MISSING, Action.RELOCATED) == []
 
 
+@pytest.mark.slow
 def test_an_undo_under_a_watching_daemon_removes_its_empty_date_folder_and_records_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:

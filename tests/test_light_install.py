@@ -43,6 +43,7 @@ def work(settings: Settings, other_model_dir: Path, tmp_path: Path) -> tuple[Pat
     return config, tmp_path
 
 
+@pytest.mark.slow
 def test_the_daemon_classify_learn_and_review_never_import_tensorflow(work: tuple[Path, Path]) -> None:
     result = _without_tensorflow(*work, "classify", "apply", "learn", "daemon", "review")
     for step, run in result["steps"].items():

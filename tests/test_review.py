@@ -260,6 +260,7 @@ def _chromium() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_in_a_real_browser_a_click_files_the_photo(site: Site, tmp_path: Path) -> None:
     """What a person does: open the page, see the thumbnails, click the right guess."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the [test] extra")
