@@ -106,6 +106,7 @@ def test_a_database_that_cannot_be_written_stops_the_daemon_at_start(
     assert photo.exists() and files_under(settings.library) == []
 
 
+@pytest.mark.slow
 def test_a_journal_that_fails_while_running_stops_the_daemon_with_code_4(
     tmp_path: Path, settings: Settings
 ) -> None:

@@ -75,6 +75,7 @@ def test_the_dry_run_says_what_apply_then_does(
     assert all(os.path.isfile(d) for d in where.values())
 
 
+@pytest.mark.slow
 def test_at_a_terminal_a_dry_run_says_would_and_sums_up(settings: Settings, tmp_path: Path) -> None:
     config = write_config(tmp_path / "cened.toml", settings)
     folder = tmp_path / "old"

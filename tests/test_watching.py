@@ -179,6 +179,7 @@ def test_new_and_moved_in_folders_are_watched_but_our_own_reads_are_not_events(
         watcher.stop()
 
 
+@pytest.mark.slow
 def test_temporaries_hidden_and_foreign_files_stay_put(settings: Settings) -> None:
     with RunningDaemon(settings):
         keep = [
@@ -344,6 +345,7 @@ def test_a_lone_photo_for_an_idle_model_does_not_wait_for_company(settings: Sett
     assert files_under(settings.library) == [settings.library / "sea" / "lone.jpg"]
 
 
+@pytest.mark.slow
 def test_a_stop_is_not_held_up_by_a_batch_waiting_to_fill(
     monkeypatch: pytest.MonkeyPatch, settings: Settings
 ) -> None:
@@ -468,6 +470,7 @@ def test_a_full_disk_leaves_one_failed_row_and_one_warning_per_photo(
         subprocess.run(["umount", "-l", str(library)], check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["removed", "moved-away"])
 def test_an_inbox_removed_and_made_again_is_watched_again_within_seconds(
     settings: Settings, tmp_path: Path, how: str
