@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from cened.journal import Entry, Journal
 
 
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: labelled photos for train and evaluate, from one folder or several."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="folders with one sub-folder of images per class (several: their photos together)",
+    )
+
+
 def config_of(args: argparse.Namespace) -> Path | None:
     """The file the global ``--config`` names, else ``$CENED_CONFIG``, else an installed service's."""
     return args.config or installed_config()

@@ -30,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cened evaluate``."""
     from cened.training import evaluate
 
-    parser.add_argument(
-        "--data",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="folders with one sub-folder of images per class (several: their photos together)",
-    )
+    _common.add_data_argument(parser)
     parser.add_argument(
         "--model", type=Path, default=evaluate.DEFAULT_MODEL, help="model directory (default: %(default)s)"
     )

@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from cened.commands import _common
 from cened.errors import ConfigError, Refused, require
 
 if TYPE_CHECKING:
@@ -29,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cened.training.train import Precision, TrainConfig
 
     d = TrainConfig()
-    parser.add_argument(
-        "--data",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="folders with one sub-folder of images per class (several: their photos together)",
-    )
+    _common.add_data_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="model directory to write, e.g. models/NAME")
     parser.add_argument("--variant", default=d.variant, choices=["lite0", "lite1", "lite2", "lite3", "lite4"])
     parser.add_argument("--input-size", type=int, default=d.input_size, help="square input side in pixels")
