@@ -50,6 +50,17 @@ def picture(cls: str, size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.
     return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
+def noisy_colours(root: Path, per_class: int) -> Path:
+    """``root/<red|green|blue>/``: noisy 40x30 JPEGs of three colours, the tiny training runs' data."""
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            px = np.clip(np.array(colour) + rng.normal(0, 25, (30, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.jpg")
+    return root
+
+
 def write_photo(
     path: Path, cls: str, fmt: str = "JPEG", size: tuple[int, int] = (64, 48), seed: int = 0
 ) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import noisy_colours
 from PIL import Image, ImageDraw
 
 from cened.commands import evaluate as evaluate_command
@@ -71,13 +72,7 @@ def test_grouped_folds_keep_groups_together_and_stratify() -> None:
 
 @pytest.mark.slow
 def test_evaluate_cross_validates_the_recipe_and_resumes(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for name, colour in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
-        (data / name).mkdir(parents=True)
-        for i in range(8):
-            px = np.clip(np.array(colour) + rng.normal(0, 25, (30, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(px).save(data / name / f"{i}.jpg")
+    data = noisy_colours(tmp_path / "data", per_class=8)
     out = tmp_path / "models" / "tiny"
     parser = argparse.ArgumentParser()
     train_command.add_arguments(parser)

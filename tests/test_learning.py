@@ -246,12 +246,17 @@ def test_a_running_daemon_switches_to_a_learned_version_and_back(taught: Setting
     assert versions["b.jpg"] == version and versions["a.jpg"] == versions["c.jpg"] != version
 
 
-@pytest.mark.slow
-def test_a_broken_version_is_refused_and_the_daemon_keeps_its_model(taught: Settings, tmp_path: Path) -> None:
+def _learned_magenta(taught: Settings, tmp_path: Path) -> str:
+    """A version that knows a magenta album of 20 examples, in use; its name."""
     for i in range(20):
         magenta(tmp_path / "examples" / f"m{i}.jpg", i)
     learn.add_album(taught, "magenta", tmp_path / "examples")
-    good = learn.learn(taught).version
+    return learn.learn(taught).version
+
+
+@pytest.mark.slow
+def test_a_broken_version_is_refused_and_the_daemon_keeps_its_model(taught: Settings, tmp_path: Path) -> None:
+    good = _learned_magenta(taught, tmp_path)
     store = VersionStore(taught.learned_dir)
     with RunningDaemon(taught) as daemon:
         assert daemon._classifier.version == good
@@ -466,10 +471,7 @@ def test_a_damaged_active_file_is_logged_and_the_daemon_keeps_its_model(
     taught: Settings, tmp_path: Path
 ) -> None:
     """At start and while running: the pump thread lives on, photos are filed by the version in use."""
-    for i in range(20):
-        magenta(tmp_path / "examples" / f"m{i}.jpg", i)
-    learn.add_album(taught, "magenta", tmp_path / "examples")
-    good = learn.learn(taught).version
+    good = _learned_magenta(taught, tmp_path)
     store = VersionStore(taught.learned_dir)
     with RunningDaemon(taught) as daemon:
         assert daemon._classifier.version == good

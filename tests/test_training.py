@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 import pytest
+from conftest import noisy_colours
 from PIL import Image
 
 from cened.commands import evaluate as evaluate_command
@@ -95,21 +96,11 @@ def test_temperature_fit_recovers_the_true_temperature() -> None:
     assert evaluate.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
-def _tiny_data(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for name, colour in (("red", (200, 40, 40)), ("green", (40, 200, 40)), ("blue", (40, 40, 200))):
-        (root / name).mkdir(parents=True)
-        for i in range(7):
-            px = np.clip(np.array(colour) + rng.normal(0, 25, (30, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(px).save(root / name / f"{i}.jpg")
-    return root
-
-
 @pytest.mark.slow
 def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path) -> None:
     import keras
 
-    data = _tiny_data(tmp_path / "data")
+    data = noisy_colours(tmp_path / "data", per_class=7)
     out = tmp_path / "models" / "tiny"
     parser = argparse.ArgumentParser()
     train_command.add_arguments(parser)
