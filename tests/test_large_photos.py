@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -33,7 +32,7 @@ PHONE_36MP = (6_936, 5_202)
 def _camera_picture(size: tuple[int, int]) -> Image.Image:
     """A photo-like picture of ``size``, made at 1/16 of it and enlarged: cheap to make at 200 MP."""
     small = np.asarray(synthetic_picture(1, (size[0] // 16, size[1] // 16)))
-    return Image.fromarray(cv2.resize(small, size, interpolation=cv2.INTER_LINEAR))
+    return Image.fromarray(small).resize(size, Image.Resampling.BILINEAR)
 
 
 def _heic(picture: Image.Image, thumbnail: int | None) -> bytes:

@@ -18,18 +18,18 @@ on edited copies and on distinct photos of one class: docs/usage.md gives the ra
 A 64-bit dHash alone links many distinct photos of one layout (sunsets, street
 canyons), hence three parts that must all agree.
 
-A leaf module: numpy and OpenCV only.
+A leaf module: numpy and Pillow only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+from PIL import Image
 
 #: The first byte of every signature; a signature of another version is never compared.
-VERSION = 1
+VERSION = 2
 _HASH_BYTES = 32  # 256 bits each
 _GRID = 4
 _COLOUR_BYTES = _GRID * _GRID * 3
@@ -58,16 +58,48 @@ BURST = Limits(phash=116, dhash=120, colour=12.0)
 
 def signature(pixels: np.ndarray) -> bytes:
     """The signature (:data:`SIZE` bytes) of a ``(height, width, 3)`` uint8 RGB image."""
-    grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
-    small = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
-    low = cv2.dct(small)[:16, :16].ravel()
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    grey = image.convert("L")
+    small = np.asarray(grey.resize((64, 64), Image.Resampling.BOX), dtype=np.float32)
+    low = (_DCT @ small @ _DCT.T)[:16, :16].ravel()
     # The DC term is the mean brightness, not the layout: left out of the median.
     phash = np.packbits(low > np.median(low[1:]))
-    cells = cv2.resize(grey, (17, 16), interpolation=cv2.INTER_AREA).astype(np.int16)
+    cells = np.asarray(grey.resize((17, 16), Image.Resampling.BOX), dtype=np.int16)
     dhash = np.packbits(cells[:, 1:] > cells[:, :-1])
-    grid = cv2.resize(np.ascontiguousarray(pixels), (_GRID, _GRID), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(grid, cv2.COLOR_RGB2LAB)  # 8-bit: L scaled to 0..255, a and b offset by 128
-    return bytes([VERSION]) + phash.tobytes() + dhash.tobytes() + lab.tobytes()
+    grid = np.asarray(image.resize((_GRID, _GRID), Image.Resampling.BOX))
+    return bytes([VERSION]) + phash.tobytes() + dhash.tobytes() + _lab8(grid.reshape(-1, 3)).tobytes()
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II as a matrix: ``m @ x`` transforms the columns of ``x``."""
+    k, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    m = np.sqrt(2 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    m[0] /= np.sqrt(2)
+    return m.astype(np.float32)
+
+
+_DCT = _dct_matrix(64)
+_SRGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_D65 = np.array([0.950456, 1.0, 1.088754])
+
+
+def _lab8(rgb: np.ndarray) -> np.ndarray:
+    """sRGB ``(n, 3)`` uint8 to CIELAB in 8 bits: L scaled to 0..255, a and b offset by 128.
+
+    OpenCV's formula, in which the colour limits were first measured; by hand
+    rather than through Pillow's ImageCms, for sixteen colours.
+    """
+    c = rgb.astype(np.float64) / 255
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    t = (linear @ _SRGB_TO_XYZ.T) / _D65
+    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
+    lightness = np.where(t[:, 1] > 0.008856, 116 * f[:, 1] - 16, 903.3 * t[:, 1])
+    lab = np.stack(
+        [lightness * 255 / 100, 500 * (f[:, 0] - f[:, 1]) + 128, 200 * (f[:, 1] - f[:, 2]) + 128], axis=1
+    )
+    return np.clip(np.rint(lab), 0, 255).astype(np.uint8)
 
 
 @dataclass
