@@ -100,10 +100,30 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     if daemon_cpu:
         share = raw["cpu_ms_per_image"] / daemon_cpu
         assert math.isclose(ratios["model_cpu_share_150px"], share, abs_tol=1e-3)
+        floor = raw["cpu_ms_per_image"] + sum(result["stages_ms"]["150px"].values())
+        assert math.isclose(ratios["e2e_cpu_vs_floor_150px"], daemon_cpu / floor, abs_tol=1e-3)
+    for name in sets:
+        e2e_set = result["e2e"][name]
+        assert e2e_set["spread"] == 0 and len(e2e_set["cores_busy_runs"]) == 1
+        if e2e_set["cpu_ms_per_photo"]:  # cores busy = CPU per photo x photos per second
+            busy = e2e_set["cpu_ms_per_photo"] * e2e_set["ips"] / 1000
+            assert math.isclose(e2e_set["cores_busy"], busy, rel_tol=0.02, abs_tol=2e-3), name
+    assert result["warnings"] == []  # one run has no spread to warn of
     for name, target in result["targets"].items():
         goal = float(target["target"].split()[1])
         value = target["value"]
         assert target["met"] == (value >= goal if target["target"].startswith(">=") else value <= goal), name
+
+
+def test_runs_that_disagree_by_more_than_a_tenth_are_warned_of() -> None:
+    from cened.bench.e2e import spread, spread_warnings
+
+    agree, disagree = [300.0, 310.0, 305.0, 298.0, 302.0], [307.0, 275.0, 496.0, 300.0, 310.0]
+    assert spread(agree) == round(12 / 302, 3)
+    assert spread(disagree) == round(221 / 307, 3)
+    e2e = {name: {"runs": runs, "spread": spread(runs)} for name, runs in (("a", agree), ("b", disagree))}
+    (warning,) = spread_warnings(e2e)
+    assert warning.startswith("b: runs differ by 72% (307, 275, 496, 300, 310 images/s)")
 
 
 def test_cached_photos_are_reused_and_realistic(tmp_path: Path) -> None:

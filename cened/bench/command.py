@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cened.bench.e2e import TIMED_SETTINGS, daemon_figures
+from cened.bench.e2e import TIMED_SETTINGS, daemon_figures, spread_warnings
 from cened.bench.model import daemon_backend, decoded, limit_rates, naive_throughput, raw_limits, stage_costs
 from cened.bench.photos import CAMERA_THUMBNAIL, LARGE, MPF_PREVIEW, PREVIEW, SMALL, image_set
 from cened.bench.plan import Plan, say
@@ -96,6 +96,9 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
             rates.measure_round()
 
     result.update(daemon_figures(plan, settings, model, sets, cache, between=limit_round))
+    result["warnings"] = spread_warnings(result["e2e"])
+    for warning in result["warnings"]:
+        say(f"warning: {warning}")
     result["raw"] = raw_limits(model, settings, limits, plan)
     result["naive"] = {
         name: naive_throughput(

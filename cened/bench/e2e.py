@@ -4,7 +4,9 @@ Throughput runs rename the photos into the inbox (arrival is instant) with
 ``stable_seconds = 0``: the stability hold is a fixed delay per file, not a
 limit on throughput, and would otherwise be timed as if it were.  Latency is
 measured the way a person drops a photo (a copy, closed by its writer) with the
-configured settings, hold included.  Figures are medians over ``--repeats``.
+configured settings, hold included.  Figures are medians over ``--repeats``,
+each with its spread; before each run the page cache's dirty pages are written
+back (:func:`settle`), so that no run pays for the writes of what came before it.
 """
 
 from __future__ import annotations
@@ -89,13 +91,29 @@ def workspace(cache: Path) -> Iterator[Workspace]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: Runs of one figure further apart than this, (max - min) / median, are warned of.
+SPREAD_WARNING = 0.10
+
+
 @dataclass(frozen=True)
 class Burst:
-    """One timed burst: images/s, seconds to the first ``filed`` line, CPU ms per photo."""
+    """One timed burst: images/s, seconds to the first ``filed`` line, CPU ms per photo, cores busy."""
 
     ips: float
     first_s: float
     cpu_ms: float | None
+    #: The daemon's CPU seconds (all threads) over the burst's wall seconds: 2.0 is two cores kept busy.
+    cores_busy: float | None
+
+
+def settle() -> None:
+    """Write back every dirty page before a timed run.
+
+    Making the photo sets writes hundreds of megabytes, and each run's clean-up
+    unlinks thousands of files; the daemon's own fsyncs would wait on that
+    writeback, in whichever run came first after it.
+    """
+    os.sync()
 
 
 def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag: str) -> Burst:
@@ -124,8 +142,11 @@ def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag:
     keys = [os.fsdecode(t) for t in targets]
     done = daemon.wait_done(keys, 60 + 5 * len(keys), f"{tag} filed")
     cpu_after = daemon.cpu_seconds()
-    cpu_ms = None if cpu_before is None or cpu_after is None else 1000 * (cpu_after - cpu_before) / len(keys)
-    return Burst(len(keys) / (max(done) - start), min(done) - start, cpu_ms)
+    wall = max(done) - start
+    if cpu_before is None or cpu_after is None:
+        return Burst(len(keys) / wall, min(done) - start, None, None)
+    cpu = cpu_after - cpu_before
+    return Burst(len(keys) / wall, min(done) - start, 1000 * cpu / len(keys), cpu / wall)
 
 
 def daemon_figures(
@@ -143,8 +164,10 @@ def daemon_figures(
     throughput: dict[str, list[float]] = {name: [] for name in sets}
     first: dict[str, list[float]] = {name: [] for name in sets}
     cpu: dict[str, list[float]] = {name: [] for name in sets}
+    busy: dict[str, list[float]] = {name: [] for name in sets}
     cold, rss = [], []
     for rep in range(plan.repeats):
+        settle()
         with workspace(cache) as ws:
             daemon = DaemonProcess(ws.config(settings, model, stable_seconds=0))
             try:
@@ -154,8 +177,9 @@ def daemon_figures(
                     burst = drop_burst(daemon, ws, files, f"{name}-{rep}")
                     throughput[name].append(burst.ips)
                     first[name].append(burst.first_s)
-                    if burst.cpu_ms is not None:
+                    if burst.cpu_ms is not None and burst.cores_busy is not None:
                         cpu[name].append(burst.cpu_ms)
+                        busy[name].append(burst.cores_busy)
                 rss.append(daemon.peak_rss_mib())
                 _check_clean(daemon)
             finally:
@@ -164,14 +188,18 @@ def daemon_figures(
             if ws.done_rows() != expected:
                 raise RuntimeError(f"the log has {ws.done_rows()} done rows, expected {expected}")
         between()
+    settle()
     latency, latency_cold, latency_rss = idle_latency(plan, settings, model, sets["150px"], cache)
     return {
         "e2e": {
             name: {
                 "ips": round(statistics.median(v), 2),
                 "runs": [round(x, 2) for x in v],
+                "spread": spread(v),
                 "first_filed_s": round(statistics.median(first[name]), 3),
                 "cpu_ms_per_photo": round(statistics.median(cpu[name]), 3) if cpu[name] else None,
+                "cores_busy": round(statistics.median(busy[name]), 3) if busy[name] else None,
+                "cores_busy_runs": [round(x, 3) for x in busy[name]],
             }
             for name, v in throughput.items()
         },
@@ -182,6 +210,21 @@ def daemon_figures(
             "runs": [round(c, 3) for c in [*cold, latency_cold]],
         },
     }
+
+
+def spread(runs: Sequence[float]) -> float:
+    """How far apart the runs of one figure are: (max - min) / median."""
+    return round((max(runs) - min(runs)) / statistics.median(runs), 3)
+
+
+def spread_warnings(e2e: dict[str, dict[str, Any]]) -> list[str]:
+    """A line for each figure whose runs differ by more than :data:`SPREAD_WARNING`."""
+    return [
+        f"{name}: runs differ by {figures['spread']:.0%} ({', '.join(f'{r:g}' for r in figures['runs'])} "
+        "images/s): the machine was not quiet, or something in the daemon varies from run to run"
+        for name, figures in e2e.items()
+        if len(figures["runs"]) > 1 and figures["spread"] > SPREAD_WARNING
+    ]
 
 
 def idle_latency(

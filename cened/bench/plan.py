@@ -12,6 +12,8 @@ from cened.bench.photos import LARGE
 #: emptying the pipeline, which the model limit, timed on a running model,
 #: never pays; a long burst keeps that a small share of the time.
 SMALL_BURST = 1024
+#: Runs behind each figure: its median, and a spread that says whether the runs agree.
+REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Plan:
         if args.quick:
             plan = cls(1, 12, 3, (1600, 1200), 2, (1, 4), 4, 3, 0.2, 8)
         else:
-            plan = cls(3, SMALL_BURST, 48, LARGE, 16, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
+            plan = cls(REPEATS, SMALL_BURST, 48, LARGE, 16, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
         overrides = {
             "repeats": args.repeats,
             "small_count": args.count,

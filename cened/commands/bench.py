@@ -26,11 +26,13 @@ cened bench --compare batch_size=8 --json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from cened.bench.compare import COMPARE_ROUNDS
-    from cened.bench.plan import SMALL_BURST
+    from cened.bench.plan import REPEATS, SMALL_BURST
 
     parser.add_argument("--model", type=Path, help="model directory (default: the configured model)")
     parser.add_argument("--images", type=Path, help="also time the daemon on these images (a folder)")
-    parser.add_argument("--repeats", type=int, help="repeats per figure; the median is reported (3)")
+    parser.add_argument(
+        "--repeats", type=int, help=f"repeats per figure; the median and spread are reported ({REPEATS})"
+    )
     parser.add_argument("--count", type=int, help=f"150 px photos per throughput run ({SMALL_BURST})")
     parser.add_argument("--large-count", type=int, help="12-megapixel photos per throughput run (48)")
     parser.add_argument("--heic-count", type=int, help="12-megapixel HEIC photos per throughput run (16)")
