@@ -112,6 +112,9 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     for name, target in result["targets"].items():
         goal = float(target["target"].split()[1])
         value = target["value"]
+        if value is None:  # a ratio of a CPU figure that clock ticks rounded down to nothing
+            assert not target["met"], name
+            continue
         assert target["met"] == (value >= goal if target["target"].startswith(">=") else value <= goal), name
 
 

@@ -9,12 +9,20 @@ TARGETS = {
     "e2e_150px_vs_limit": 0.9,
     "e2e_150px_vs_naive": 10.0,
     "e2e_12mp_vs_150px": 0.5,
+    # Issue 25: a camera JPEG filed from its MPF preview.
+    "e2e_12mp_camera_mpf_vs_150px": 0.8,
     # Issue 26: the cores kept busy during a burst, as a share of those the daemon may use.
     "cores_busy_share_150px": 0.9,
     "cores_busy_share_12mp_no_preview": 0.9,
 }
-#: Issue 26: the daemon's CPU per photo at most this many times the model's plus the decode floor's.
-CPU_VS_FLOOR_TARGET = 1.25
+#: The daemon's CPU per photo over the least it can be (the model's, plus reading, hashing and
+#: decoding the photo on one thread): at most 1.25 (issue 26); 1.2 for a HEIC whose thumbnail
+#: is too small for the model, decoded whole (issue 25).
+CEILINGS = {
+    "e2e_cpu_vs_floor_150px": 1.25,
+    "e2e_cpu_vs_floor_12mp_no_preview": 1.25,
+    "e2e_cpu_vs_floor_12mp_heic_small_thumbnail": 1.2,
+}
 LATENCY_P95_TARGET_S = 1.0
 PEAK_RSS_TARGET_MIB = 1024.0
 
@@ -47,7 +55,7 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         ),
     }
     cores = result["machine"].get("usable_cores") or result["machine"]["cores"]
-    for key, name in (("150px", "150px"), ("12mp_no_preview", f"{large}-no-preview")):
+    for key, name in _keys(large).items():
         figures, stages = result["e2e"][name], result["stages_ms"][name]
         # The least CPU a photo can cost: the model's, and reading, hashing and decoding it on one thread.
         floor = result["raw"]["cpu_ms_per_image"] + stages["read"] + stages["sha256"] + stages["decode"]
@@ -57,13 +65,9 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         name: {"target": f">= {goal:g}", "value": values[name], "met": (values[name] or 0) >= goal}
         for name, goal in TARGETS.items()
     }
-    for key in ("150px", "12mp_no_preview"):
-        value = values[f"e2e_cpu_vs_floor_{key}"]
-        targets[f"e2e_cpu_vs_floor_{key}"] = {
-            "target": f"<= {CPU_VS_FLOOR_TARGET:g}",
-            "value": value,
-            "met": value is not None and value <= CPU_VS_FLOOR_TARGET,
-        }
+    for name, goal in CEILINGS.items():
+        value = values[name]
+        targets[name] = {"target": f"<= {goal:g}", "value": value, "met": value is not None and value <= goal}
     p95 = result["latency"]["p95_s"]
     rss = result["memory"]["peak_rss_mib"]
     targets["idle_latency_p95_s"] = {
@@ -77,6 +81,12 @@ def ratios(result: dict[str, Any], large: str) -> tuple[dict[str, float | None],
         "met": rss <= PEAK_RSS_TARGET_MIB,
     }
     return values, targets
+
+
+def _keys(large: str) -> dict[str, str]:
+    """The photo sets by the names their ratios go by (``12mp`` whatever ``--quick`` made them)."""
+    kinds = ("", "-no-preview", "-camera-mpf", "-heic", "-heic-small-thumbnail", "-heic-no-thumbnail")
+    return {"150px": "150px", **{"12mp" + kind.replace("-", "_"): large + kind for kind in kinds}}
 
 
 def print_report(result: dict[str, Any]) -> None:
