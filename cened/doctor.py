@@ -12,7 +12,8 @@ Checks, in order:
   undo refuses it with a clear reason;
 * **unlogged files** -- photos in the library that no row accounts for
   (copied in by hand, or filed by another tool): an ``adopted`` row records
-  them so history and stats include them;
+  them so history and stats include them, with what the photo looks like
+  (``look``), so that a copy of it arriving later is filed beside it;
 * **stray partial copies** (``.name.cened-part``) with no intent behind them:
   moved to quarantine, never deleted;
 * **quarantined files that changed** since their row (size, sha256): a writer
@@ -25,6 +26,7 @@ Without ``--fix`` nothing is changed and the exit code says whether all is well.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,11 +92,13 @@ def repair(
     template: str = layout.DEFAULT,
     *,
     places: Places | None = None,
+    look: Callable[[Path], tuple[bytes | None, float | None]] | None = None,
 ) -> list[str]:
     """Apply the fixes described in the module docstring; returns what was done.
 
     ``template`` (the ``layout`` setting) tells which folder of a nested path is a file's album;
-    ``places`` (from the settings) also knows the review album and the class → album mapping.
+    ``places`` (from the settings) also knows the review album and the class → album mapping;
+    ``look`` gives an adopted photo's signature and capture time (:func:`cened.pipeline.look`).
     """
     places = places or Places(library, quarantine, template)
     done: list[str] = []
@@ -122,6 +126,7 @@ def repair(
             sha, size = sha256_file(path), path.stat().st_size
         except OSError:
             continue
+        signature, shot_at = look(path) if look is not None else (None, None)
         rows.append(
             Entry(
                 action=Action.ADOPTED,
@@ -131,6 +136,8 @@ def repair(
                 size=size,
                 album=_album(path, library, template),
                 reason="in the library without a log row",
+                signature=signature,
+                shot_at=shot_at,
             )
         )
         done.append(f"adopted {os.fsdecode(path)}")

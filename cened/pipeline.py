@@ -153,6 +153,15 @@ def prepare(
         return _failed(path, exc)
 
 
+def look(path: Path, settings: Settings, input_size: tuple[int, int]) -> tuple[bytes | None, float | None]:
+    """What a photo already in the library looks like: its signature and capture time, as if filed.
+
+    None for a companion, or a file that cannot be read or decoded.
+    """
+    prepared = prepare(path, settings, input_size)
+    return prepared.signature, prepared.shot_at
+
+
 def _failed(path: Path, exc: Exception) -> Prepared:
     """A file whose reading raised something unforeseen (a plugin closing our file: FTEX): quarantined.
 

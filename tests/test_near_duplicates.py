@@ -199,3 +199,21 @@ def test_the_measuring_command_finds_copies_and_no_distinct_photo(tmp_path: Path
     assert same["limits"] == {"phash": 100, "dhash": 106, "colour": 7.0}
     assert same["pairs"] == 2 * 66 and same["false_pairs"] == 0
     assert same["found"] >= 0.9, same["found_by_edit"]
+
+
+def test_doctor_signs_what_it_adopts_so_a_copy_joins_it(settings: Settings, filing, tmp_path: Path) -> None:
+    """A photo put in the library by hand, adopted by `cened doctor --fix`, draws its copies to it."""
+    from conftest import write_config
+
+    file, journal = filing
+    picture = synthetic_picture(8, SIZE)
+    by_hand = _write(settings.library / "sea" / "holiday.jpg", _jpeg(picture))
+    _write(settings.library / "sea" / "holiday.xmp", b"<x:xmpmeta/>")  # a companion: adopted, not signed
+    config = write_config(tmp_path / "cened.toml", settings)
+    assert main(["--config", str(config), "doctor", "--fix"]) == 0
+    ((adopted_id, sig, _),) = journal.signed(0)
+    adopted = journal.get(adopted_id)
+    assert (adopted.action, adopted.destination) == (Action.ADOPTED, by_hand) and similar.usable(sig)
+    (copy,) = file(_write(settings.inbox / "holiday (WhatsApp).jpg", _copies(picture)["forwarded"]))
+    assert copy.fate == Fate.MOVED and copy.entry.destination == settings.library / "sea" / copy.path.name
+    assert journal.get(copy.entry.id).similar_id == adopted_id

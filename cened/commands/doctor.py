@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cened.commands import _common
@@ -74,6 +76,23 @@ def _examine(settings: Settings, *, fix: bool) -> int:
             print("run `cened doctor --fix` to mend these (nothing is deleted)")
             return 1
         places = Places.of(settings)
-        for line in repair(journal, report, settings.library, settings.quarantine_dir, places=places):
+        look = _look(settings) if report.unlogged else None
+        for line in repair(
+            journal, report, settings.library, settings.quarantine_dir, places=places, look=look
+        ):
             print(f"fixed: {printable(line)}")
     return 0
+
+
+def _look(settings: Settings) -> Callable[[Path], tuple[bytes | None, float | None]] | None:
+    """How doctor sees a photo it adopts, at the configured model's input size; None without a model."""
+    from cened import pipeline
+    from cened.errors import ModelError
+    from cened.ml import modelpack
+
+    try:
+        size = modelpack.read_meta(settings.model).input_size
+    except ModelError as exc:
+        print(f"adopting without signatures, so copies will not join them: {exc}")
+        return None
+    return functools.partial(pipeline.look, settings=settings, input_size=size)
