@@ -43,7 +43,7 @@ from types import FrameType
 
 import structlog
 
-from cened import inflight, logsetup, recovery, reloading, undoing
+from cened import inflight, logsetup, recovery, reloading, threadnames, undoing
 from cened.batching import Collector, Filer, Scored
 from cened.config import Settings, check_folders, load_settings
 from cened.errors import ConfigError, JournalError
@@ -241,8 +241,12 @@ class Daemon:
                 follower.start()
             pump.scan()  # before READY: every file already waiting is known to the tracker
             with (
-                ThreadPoolExecutor(s.decode_threads, thread_name_prefix="decode") as pool,
-                ThreadPoolExecutor(classifier.workers, thread_name_prefix="score") as scorer,
+                ThreadPoolExecutor(
+                    s.decode_threads, thread_name_prefix="decode", initializer=threadnames.name_current
+                ) as pool,
+                ThreadPoolExecutor(
+                    classifier.workers, thread_name_prefix="score", initializer=threadnames.name_current
+                ) as scorer,
             ):
                 collector = Collector(
                     self.settings,
@@ -273,6 +277,7 @@ class Daemon:
                 collector.start()
                 learner = AutoLearner(self.settings, classifier, self.stopping, self._last_busy)
                 learner.start()
+                threadnames.name_threads()
                 self._serve(processor, collector)
                 pump.join(timeout=5)  # first: the pump may re-arm the watch
             self._flights.close()  # a clean stop: no photo was in flight at a death
@@ -316,6 +321,7 @@ class Daemon:
     def _serve(self, processor: Processor, collector: Collector) -> None:
         filer = Filer(lambda scored: self._handle(scored, processor))
         filer.start()
+        threadnames.name(filer)
         interval = watchdog_interval()
         last_ping = 0.0
         try:

@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,10 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
             busy = e2e_set["cpu_ms_per_photo"] * e2e_set["ips"] / 1000
             assert math.isclose(e2e_set["cores_busy"], busy, rel_tol=0.02, abs_tol=2e-3), name
     assert result["warnings"] == []  # one run has no spread to warn of
+    if Path("/proc/self/task").is_dir():  # CPU by thread, as the daemon names them
+        assert {"score", "decode", "filer", "collect", "main"} <= set(
+            result["e2e"]["150px"]["threads_ms_per_photo"]
+        )
     for name, target in result["targets"].items():
         goal = float(target["target"].split()[1])
         value = target["value"]
@@ -279,3 +284,24 @@ def test_against_the_shipped_model_times_yours_with_its_learned_version(
     result = json.loads(done.stdout)
     assert result["model"]["version"] == version and result["against"]["version"] != version
     assert result["cpu_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_a_running_daemon_names_its_threads_for_the_system(tmp_path: Path, settings: Settings) -> None:
+    """`top -H` and the benchmark's CPU by thread see the daemon's threads by what they do."""
+    from conftest import write_config
+
+    from cened.bench.process import DaemonProcess
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("thread names are read from /proc (Linux)")
+    named = {"main", "pump", "collect", "filer", "library", "learner"}
+    daemon = DaemonProcess(write_config(tmp_path / "cened.toml", settings))
+    try:
+        daemon.wait_started()  # logged just before the threads start and are named
+        deadline = time.monotonic() + 30
+        while not named <= (kinds := set(daemon.thread_cpu())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        daemon.stop(30, or_kill=True)
+    assert named <= kinds, kinds

@@ -104,6 +104,8 @@ class Burst:
     cpu_ms: float | None
     #: The daemon's CPU seconds (all threads) over the burst's wall seconds: 2.0 is two cores kept busy.
     cores_busy: float | None
+    #: CPU ms per photo by kind of thread (DaemonProcess.thread_cpu).
+    threads_ms: dict[str, float] = field(default_factory=dict)
 
 
 def settle() -> None:
@@ -135,18 +137,20 @@ def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag:
             shutil.copyfile(src, dst)
         staged.append(dst)
     targets = [ws.inbox / p.name for p in staged]
-    cpu_before = daemon.cpu_seconds()
+    cpu_before, threads_before = daemon.cpu_seconds(), daemon.thread_cpu()
     start = time.monotonic()
     for src, dst in zip(staged, targets, strict=True):
         os.rename(src, dst)
     keys = [os.fsdecode(t) for t in targets]
     done = daemon.wait_done(keys, 60 + 5 * len(keys), f"{tag} filed")
-    cpu_after = daemon.cpu_seconds()
+    cpu_after, threads_after = daemon.cpu_seconds(), daemon.thread_cpu()
     wall = max(done) - start
     if cpu_before is None or cpu_after is None:
         return Burst(len(keys) / wall, min(done) - start, None, None)
     cpu = cpu_after - cpu_before
-    return Burst(len(keys) / wall, min(done) - start, 1000 * cpu / len(keys), cpu / wall)
+    # A thread that ended during the burst takes its CPU with it: the kinds may sum to a little less.
+    threads_ms = {k: 1000 * (v - threads_before.get(k, 0.0)) / len(keys) for k, v in threads_after.items()}
+    return Burst(len(keys) / wall, min(done) - start, 1000 * cpu / len(keys), cpu / wall, threads_ms)
 
 
 def daemon_figures(
@@ -165,6 +169,7 @@ def daemon_figures(
     first: dict[str, list[float]] = {name: [] for name in sets}
     cpu: dict[str, list[float]] = {name: [] for name in sets}
     busy: dict[str, list[float]] = {name: [] for name in sets}
+    threads: dict[str, list[dict[str, float]]] = {name: [] for name in sets}
     cold, rss = [], []
     for rep in range(plan.repeats):
         settle()
@@ -180,6 +185,7 @@ def daemon_figures(
                     if burst.cpu_ms is not None and burst.cores_busy is not None:
                         cpu[name].append(burst.cpu_ms)
                         busy[name].append(burst.cores_busy)
+                        threads[name].append(burst.threads_ms)
                 rss.append(daemon.peak_rss_mib())
                 _check_clean(daemon)
             finally:
@@ -200,6 +206,7 @@ def daemon_figures(
                 "cpu_ms_per_photo": round(statistics.median(cpu[name]), 3) if cpu[name] else None,
                 "cores_busy": round(statistics.median(busy[name]), 3) if busy[name] else None,
                 "cores_busy_runs": [round(x, 3) for x in busy[name]],
+                "threads_ms_per_photo": _median_by_key(threads[name]),
             }
             for name, v in throughput.items()
         },
@@ -210,6 +217,13 @@ def daemon_figures(
             "runs": [round(c, 3) for c in [*cold, latency_cold]],
         },
     }
+
+
+def _median_by_key(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's median over the runs that have it, largest first."""
+    keys = {k for run in runs for k in run}
+    medians = {k: round(statistics.median(run[k] for run in runs if k in run), 3) for k in keys}
+    return dict(sorted(medians.items(), key=lambda kv: -kv[1]))
 
 
 def spread(runs: Sequence[float]) -> float:

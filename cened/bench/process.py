@@ -170,6 +170,31 @@ class DaemonProcess:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far by kind of thread (the daemon names them: cened.threadnames); {} off Linux.
+
+        The pools' numbered threads count together (``decode_0`` and
+        ``decode_1`` as ``decode``), the main thread as ``main``, threads the
+        daemon did not name (watchdog's observers) as ``other``.
+        """
+        tick = os.sysconf("SC_CLK_TCK")
+        kinds: dict[str, float] = {}
+        try:
+            tasks = list(Path(f"/proc/{self.proc.pid}/task").iterdir())
+        except OSError:
+            return {}
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread has just ended
+                continue
+            comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+            kind = "main" if task.name == str(self.proc.pid) else comm.rstrip("0123456789").rstrip("_")
+            if kind.startswith("Thread-") or not kind:
+                kind = "other"
+            kinds[kind] = kinds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return kinds
+
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

@@ -147,6 +147,9 @@ def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
         if e2e.get("cpu_ms_per_photo") is not None:
             yield ("  daemon CPU per photo, all threads", f"{e2e['cpu_ms_per_photo']:.2f}", "ms")
             yield ("  cores kept busy (CPU ÷ wall time)", f"{e2e['cores_busy']:.2f}", "cores")
+            by_thread = " · ".join(f"{k} {v:.2f}" for k, v in e2e.get("threads_ms_per_photo", {}).items())
+            if by_thread:
+                yield ("  CPU per photo by thread", by_thread, "ms")
     yield ("model alone, CPU per image at the limit", f"{raw['cpu_ms_per_image']:.2f}", "ms")
     for name, naive in result["naive"].items():
         if naive["ips"] is not None:
