@@ -143,7 +143,6 @@ def machine_info() -> dict[str, Any]:
         "pillow-heif",
         "rawpy",
         "simplejpeg",
-        "opencv-python-headless",
         "numpy",
     ):
         with contextlib.suppress(metadata.PackageNotFoundError):
