@@ -303,6 +303,11 @@ def test_the_detector_is_fitted_with_negatives_and_stored_with_the_model(
     assert meta.version.startswith("tiny-test-1+other-")
     assert meta.version != modelpack.read_meta(other_model_dir).version
     assert other.config_of(meta.novelty).crops == 20  # the recipe, for leave-one-kind-out
+    # Each training photo also re-encoded as a JPEG, as camera previews are; a pack fitted
+    # before that view existed is read back without it, so its leave-one-kind-out is its own.
+    assert linear["reencoded"] == [70, 90] and other.config_of(meta.novelty).reencoded == (70, 90)
+    older = {**meta.novelty, "linear": {k: v for k, v in linear.items() if k != "reencoded"}}
+    assert other.config_of(older).reencoded is None and other.positive_views(other.config_of(older)) == 2
 
     classifier = Classifier(linear_model_dir)
     assert classifier.detector is not None and classifier.detector.threshold == linear["threshold"]

@@ -309,9 +309,11 @@ def _leave_one_kind_out(
     say = lambda text: print(text, file=sys.stderr)  # noqa: E731
     say(f"leave one kind out: {len(kinds)} kinds; decoding {len(everything.paths)} photos")
     pixels = dataset.load_pixels(everything.paths, size)
-    positives = np.concatenate(
-        [other.view_outputs(runner.outputs, pixels, tr, v, cfg.seed, batch) for v in range(cfg.linear_views)]
-    )[:, n:]
+    views = [
+        other.view_outputs(runner.outputs, pixels, tr, v, cfg.seed, batch) for v in range(cfg.linear_views)
+    ]
+    reencoded = other.reencoded_outputs(runner.outputs, pixels, tr, cfg, batch)
+    positives = np.concatenate(views + ([reencoded] if reencoded is not None else []))[:, n:]
     del pixels
     measured = {
         variant: {

@@ -66,6 +66,9 @@ class NoveltyConfig:
     # Negatives are made to look like the training photos: a centre square of this side, JPEG this quality.
     negative_side: int = 150
     negative_quality: int = 95
+    # Each training photo once more among the positives, re-encoded as a JPEG of a quality in this
+    # range: camera previews carry such artefacts (None: no such view, as packs before it).
+    reencoded: tuple[int, int] | None = (70, 90)
 
 
 @dataclass(frozen=True)

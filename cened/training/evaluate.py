@@ -456,6 +456,8 @@ def _other_section(meta: modelpack.ModelMeta, other: dict[str, Any] | None, extr
     if lin:
         kinds = lin.get("negatives", {})
         views = ["the photo", "its mirror", "a crop with colour jitter"][: lin.get("linear_views", 1)]
+        if lin.get("reencoded"):
+            views.append("the photo re-encoded as a JPEG of quality {}–{}".format(*lin["reencoded"]))
         low, high = lin.get("crop_area", (0, 0))
         lines += [
             "- Novelty = a linear score, the log-odds of none of the classes, on the standardised "

@@ -156,6 +156,41 @@ def view_outputs(
     return np.concatenate(out)
 
 
+def reencoded_outputs(
+    run: Run,
+    pixels: np.ndarray,
+    index: np.ndarray,
+    cfg: novelty.NoveltyConfig,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray | None:
+    """Outputs of the photos at ``index`` re-encoded as JPEGs of a quality in ``cfg.reencoded``, or None.
+
+    The daemon classifies most camera photos from their embedded previews,
+    smaller and more compressed than the photo; a detector that never saw
+    such artefacts on a scene sends those photos to other twice as often.
+    """
+    if cfg.reencoded is None:
+        return None
+    from PIL import Image
+
+    low, high = cfg.reencoded
+
+    def images() -> Iterable[bytes]:
+        for i in index:
+            quality = int(np.random.default_rng([cfg.seed, 31, int(i)]).integers(low, high + 1))
+            out = io.BytesIO()
+            Image.fromarray(pixels[i]).save(out, "JPEG", quality=quality)
+            yield out.getvalue()
+
+    return outputs_of(run, images(), (pixels.shape[1], pixels.shape[2]), batch_size, progress)
+
+
+def positive_views(cfg: novelty.NoveltyConfig) -> int:
+    """How many embeddings of each training photo the linear detector is fitted on."""
+    return cfg.linear_views + (cfg.reencoded is not None)
+
+
 def negative_outputs(
     run: Run,
     kinds: Mapping[str, Sequence[Path]],
@@ -204,8 +239,8 @@ def fit_linear(
 ) -> novelty.Linear:
     """Logistic regression "none of the classes" on standardised embeddings; no threshold yet (inf).
 
-    ``positives`` are the training photos' embeddings (``cfg.linear_views``
-    views of each), ``negatives`` each kind's.  The training photos weigh one in all
+    ``positives`` are the training photos' embeddings (:func:`positive_views`
+    of each), ``negatives`` each kind's.  The training photos weigh one in all
     per photo; each kind of negatives ``1 / len(negatives)`` of them together.
     """
     from sklearn.linear_model import LogisticRegression
@@ -219,7 +254,7 @@ def fit_linear(
     scale = np.maximum(spread, 1e-3 * float(np.median(spread)) + 1e-6)
     x = np.concatenate([positives, *(negatives[k] for k in kinds)])
     x = (x - mean) / scale
-    views = cfg.linear_views
+    views = positive_views(cfg)
     photos = len(positives) / views
     weights = [np.full(len(positives), 1.0 / views)]
     weights += [np.full(len(negatives[k]), photos / len(kinds) / len(negatives[k])) for k in kinds]
@@ -244,15 +279,17 @@ def config_of(info: Mapping[str, Any]) -> novelty.NoveltyConfig:
     """The recipe a model's detector was fitted with, from its metadata's ``novelty`` (or the defaults)."""
     names = {f.name for f in fields(novelty.NoveltyConfig)}
     known = {k: v for k, v in {**info, **info.get("linear", {})}.items() if k in names}
-    for key in ("layers", "crop_area"):
-        if key in known:
+    for key in ("layers", "crop_area", "reencoded"):
+        if known.get(key) is not None:
             known[key] = tuple(known[key])
+    if info.get("linear") and "reencoded" not in info["linear"]:
+        known["reencoded"] = None  # fitted before the view existed
     return novelty.NoveltyConfig(**known)
 
 
 def recipe(cfg: novelty.NoveltyConfig) -> dict[str, Any]:
     """The linear detector's part of ``cfg``, as metadata stores it."""
-    keep = ("c", "crops", "crop_area", "negative_side", "negative_quality", "linear_views")
+    keep = ("c", "crops", "crop_area", "negative_side", "negative_quality", "linear_views", "reencoded")
     return {k: v for k, v in asdict(cfg).items() if k in keep}
 
 

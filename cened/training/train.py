@@ -654,6 +654,7 @@ def fit_novelty(
 
         train_out = [embed(train_idx, view) for view in views]
         val_out = embed(val_idx, 0)
+        reencoded = other.reencoded_outputs(both, pixels, train_idx, cfg, batch_size) if kinds else None
         if kinds:
             total = sum(map(len, kinds.values())) + cfg.crops
             task = bar.add_task("negatives", total=total)
@@ -673,7 +674,8 @@ def fit_novelty(
         fitted = {k: v[:, n_cls:] for k, v in negative_out.items()}
         if cfg.crops:
             fitted[other.CROPS] = crops_out[:, n_cls:]
-        positives = np.concatenate([o[:, n_cls:] for o in train_out[: cfg.linear_views]])
+        extra = [reencoded[:, n_cls:]] if reencoded is not None else []
+        positives = np.concatenate([o[:, n_cls:] for o in train_out[: cfg.linear_views]] + extra)
         linear = other.thresholded(
             other.fit_linear(positives, fitted, cfg), val_out[:, n_cls:], cfg.rejection_rate
         )
