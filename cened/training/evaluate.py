@@ -532,12 +532,15 @@ def _full_size_line(full: dict[str, Any]) -> str:
     shares = "; ".join(
         f"{names[w]} **{_pct(full[w]['to_other'])}** (top-1 {_pct(full[w]['accuracy'])})" for w in ways
     )
+    used = full["preview_side"] >= full["thumbnail_min_side"]
+    route = (
+        "lets the daemon classify them from it" if used else "leaves unused, so the photo itself is decoded"
+    )
     return (
         f"- The same through the daemon's own decoding of full-size photos ({full['runtime']}; "
         f"{full['n']} validation photos, stratified, enlarged to {full['megapixels']:g} MP with a "
         f"{full['preview_side']} px EXIF preview or HEIF thumbnail, which `thumbnail_min_side` = "
-        f"{full['thumbnail_min_side']} leaves unused, so the photo itself is decoded), sent to other: "
-        f"{shares}."
+        f"{full['thumbnail_min_side']} {route}), sent to other: {shares}."
     )
 
 
