@@ -108,26 +108,44 @@ def test_photos_of_none_of_the_classes_are_kept_out_of_the_albums(shipped: Path,
 def test_the_card_measured_other_on_kinds_it_never_saw(shipped: Path) -> None:
     """The shipped detector's figures from `cened evaluate --leave-one-kind-out`, as the card has them.
 
-    Every kind is under 5% filed when left out, but for underwater: the Intel data labels ~50 underwater
-    photos `sea`, so a sea floor is sea to a detector that was never shown one (docs/model.md).
+    Two kinds stay above the 3% aimed at when left out: underwater (the Intel data labels ~50 sea
+    floors `sea`) and animals; every other kind is at most 3% (docs/model.md).
     """
     report = json.loads((shipped / "evaluation.json").read_text())
     meta = modelpack.read_meta(shipped)
     loko = report["leave_one_kind_out"]
     left_out = {k: r for k, r in loko["kinds"].items() if r["fitted_without_it"]}
     assert set(left_out) == set(meta.novelty["linear"]["negatives"])
-    assert loko["worst"]["as_is"] == {"kind": "underwater", "filed": left_out["underwater"]["as_is"]["filed"]}
-    assert left_out["underwater"]["as_is"]["filed"] <= 0.2
-    assert all(r["as_is"]["filed"] <= 0.05 for k, r in left_out.items() if k != "underwater"), left_out
-    assert loko["pooled_filed"]["as_is"] <= 0.03
+    worst = max(left_out, key=lambda k: left_out[k]["as_is"]["filed"])
+    assert loko["worst"]["as_is"] == {"kind": worst, "filed": left_out[worst]["as_is"]["filed"]}
+    above = {k for k, r in left_out.items() if r["as_is"]["filed"] > 0.03}
+    assert above <= {"underwater", "animals"} and left_out[worst]["as_is"]["filed"] <= 0.07, left_out
+    assert loko["pooled_filed"]["as_is"] <= 0.02
     assert all(r["as_is"]["filed"] == 0 for k, r in loko["kinds"].items() if k.startswith("made: "))
     v = loko["validation"]
     assert (
         v["to_other_max"] <= 0.025 and v["accuracy_not_other_min"] >= v["accuracy_without_detector"] - 0.002
     )
     full = report["full_size"]
-    assert full["n"] >= 100 and all(full[way]["to_other"] <= 0.03 for way in ("as is", "jpeg", "heic"))
+    assert full["n"] >= 100 and all(full[way]["to_other"] <= 0.04 for way in ("as is", "jpeg", "heic"))
     assert report["other"]["inliers"]["to_other"] <= 0.02
+
+
+def test_the_card_cross_validated_the_recipe(shipped: Path) -> None:
+    """`cened evaluate --folds 5`: the shipped recipe trained on grouped folds of every photo."""
+    report = json.loads((shipped / "evaluation.json").read_text())
+    meta = modelpack.read_meta(shipped)
+    cv = report["crossval"]
+    assert len(cv["folds"]) == 5 and sum(f["photos"] for f in cv["folds"]) == cv["photos"] == 14_014
+    accuracies = [f["accuracy"] for f in cv["folds"]]
+    assert min(accuracies) <= cv["mean"] <= max(accuracies) and cv["sd"] < 0.02
+    assert cv["mean"] >= 0.93 and cv["pooled_accuracy"] >= 0.93
+    # The recipe is the shipped model's, its last phase left out (docs/model.md says why).
+    assert cv["recipe"] == {**meta.training["config"], "full_epochs": 0}
+    assert (
+        f"## Cross-validation (`cened evaluate --folds {len(accuracies)}`)"
+        in (shipped / "MODEL_CARD.md").read_text()
+    )
 
 
 @pytest.mark.slow
