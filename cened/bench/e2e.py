@@ -113,7 +113,8 @@ def settle() -> None:
 
     Making the photo sets writes hundreds of megabytes, and each run's clean-up
     unlinks thousands of files; the daemon's own fsyncs would wait on that
-    writeback, in whichever run came first after it.
+    writeback, in whichever run came first after it.  It is not what makes the
+    first runs slower (docs/benchmarks.md): they are, with it or without.
     """
     os.sync()
 
