@@ -106,6 +106,7 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     for name in sets:
         e2e_set = result["e2e"][name]
         assert e2e_set["spread"] == 0 and len(e2e_set["cores_busy_runs"]) == 1
+        assert len(e2e_set["threads_ms_per_photo_runs"]) == 1
         if e2e_set["cpu_ms_per_photo"]:  # cores busy = CPU per photo x photos per second
             busy = e2e_set["cpu_ms_per_photo"] * e2e_set["ips"] / 1000
             assert math.isclose(e2e_set["cores_busy"], busy, rel_tol=0.02, abs_tol=2e-3), name

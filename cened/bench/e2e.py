@@ -208,6 +208,10 @@ def daemon_figures(
                 "cores_busy": round(statistics.median(busy[name]), 3) if busy[name] else None,
                 "cores_busy_runs": [round(x, 3) for x in busy[name]],
                 "threads_ms_per_photo": _median_by_key(threads[name]),
+                # Each run's, in order: which thread's cost moves from run to run.
+                "threads_ms_per_photo_runs": [
+                    {k: round(v, 3) for k, v in run.items()} for run in threads[name]
+                ],
             }
             for name, v in throughput.items()
         },
