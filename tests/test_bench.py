@@ -13,7 +13,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -291,6 +290,7 @@ def test_against_the_shipped_model_times_yours_with_its_learned_version(
 def test_a_running_daemon_names_its_threads_for_the_system(tmp_path: Path, settings: Settings) -> None:
     """`top -H` and the benchmark's CPU by thread see the daemon's threads by what they do."""
     from conftest import write_config
+    from daemon_helpers import wait_until
 
     from cened.bench.process import DaemonProcess
 
@@ -300,9 +300,6 @@ def test_a_running_daemon_names_its_threads_for_the_system(tmp_path: Path, setti
     daemon = DaemonProcess(write_config(tmp_path / "cened.toml", settings))
     try:
         daemon.wait_started()  # logged just before the threads start and are named
-        deadline = time.monotonic() + 30
-        while not named <= (kinds := set(daemon.thread_cpu())) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_until(lambda: named <= set(daemon.thread_cpu()), timeout=30), daemon.thread_cpu()
     finally:
         daemon.stop(30, or_kill=True)
-    assert named <= kinds, kinds

@@ -97,13 +97,11 @@ SPREAD_WARNING = 0.10
 
 @dataclass(frozen=True)
 class Burst:
-    """One timed burst: images/s, seconds to the first ``filed`` line, CPU ms per photo, cores busy."""
+    """One timed burst: images/s, seconds to the first ``filed`` line, CPU ms per photo (all, by thread)."""
 
     ips: float
     first_s: float
     cpu_ms: float | None
-    #: The daemon's CPU seconds (all threads) over the burst's wall seconds: 2.0 is two cores kept busy.
-    cores_busy: float | None
     #: CPU ms per photo by kind of thread (DaemonProcess.thread_cpu).
     threads_ms: dict[str, float] = field(default_factory=dict)
 
@@ -147,11 +145,10 @@ def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag:
     cpu_after, threads_after = daemon.cpu_seconds(), daemon.thread_cpu()
     wall = max(done) - start
     if cpu_before is None or cpu_after is None:
-        return Burst(len(keys) / wall, min(done) - start, None, None)
-    cpu = cpu_after - cpu_before
+        return Burst(len(keys) / wall, min(done) - start, None)
     # A thread that ended during the burst takes its CPU with it: the kinds may sum to a little less.
     threads_ms = {k: 1000 * (v - threads_before.get(k, 0.0)) / len(keys) for k, v in threads_after.items()}
-    return Burst(len(keys) / wall, min(done) - start, 1000 * cpu / len(keys), cpu / wall, threads_ms)
+    return Burst(len(keys) / wall, min(done) - start, 1000 * (cpu_after - cpu_before) / len(keys), threads_ms)
 
 
 def daemon_figures(
@@ -183,9 +180,10 @@ def daemon_figures(
                     burst = drop_burst(daemon, ws, files, f"{name}-{rep}")
                     throughput[name].append(burst.ips)
                     first[name].append(burst.first_s)
-                    if burst.cpu_ms is not None and burst.cores_busy is not None:
+                    if burst.cpu_ms is not None:
                         cpu[name].append(burst.cpu_ms)
-                        busy[name].append(burst.cores_busy)
+                        # CPU per photo x photos per second: the cores kept busy (2.0 is two).
+                        busy[name].append(burst.cpu_ms * burst.ips / 1000)
                         threads[name].append(burst.threads_ms)
                 rss.append(daemon.peak_rss_mib())
                 _check_clean(daemon)

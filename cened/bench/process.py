@@ -40,6 +40,12 @@ def _event(raw: bytes) -> dict[str, Any]:
     return event
 
 
+def _cpu_of(stat: str) -> float:
+    """User + system CPU seconds from a ``/proc/.../stat`` line (of a process or of one thread)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class DaemonProcess:
     """``cened run --config config`` in a subprocess, its progress read from its JSON log lines.
 
@@ -165,10 +171,9 @@ class DaemonProcess:
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the daemon so far, all threads (Linux ``/proc``; None elsewhere)."""
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return _cpu_of(Path(f"/proc/{self.proc.pid}/stat").read_text())
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def thread_cpu(self) -> dict[str, float]:
         """CPU seconds so far by kind of thread (the daemon names them: cened.threadnames); {} off Linux.
@@ -177,7 +182,6 @@ class DaemonProcess:
         ``decode_1`` as ``decode``), the main thread as ``main``, threads the
         daemon did not name (watchdog's observers) as ``other``.
         """
-        tick = os.sysconf("SC_CLK_TCK")
         kinds: dict[str, float] = {}
         try:
             tasks = list(Path(f"/proc/{self.proc.pid}/task").iterdir())
@@ -188,11 +192,11 @@ class DaemonProcess:
                 stat = (task / "stat").read_text()
             except OSError:  # the thread has just ended
                 continue
-            comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
             kind = "main" if task.name == str(self.proc.pid) else comm.rstrip("0123456789").rstrip("_")
             if kind.startswith("Thread-") or not kind:
                 kind = "other"
-            kinds[kind] = kinds.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            kinds[kind] = kinds.get(kind, 0.0) + _cpu_of(stat)
         return kinds
 
     def peak_rss_mib(self) -> float:
