@@ -98,3 +98,8 @@ def test_evaluate_cross_validates_the_recipe_and_resumes(tmp_path: Path) -> None
     assert evaluate_command.run(parser.parse_args(args)) == 0
     again = json.loads((out / "evaluation.json").read_text())["crossval"]
     assert again["folds"] == cv["folds"]
+    # Another input size is another recipe: its own folds, beside the first.
+    assert evaluate_command.run(parser.parse_args([*args, "--folds-input-size", "40"])) == 0
+    bigger = json.loads((out / "evaluation.json").read_text())["crossval"]
+    assert bigger["recipe"]["input_size"] == 40 and cv["recipe"]["input_size"] == 32
+    assert len(list(saved.glob("folds-2-*/fold-*.npz"))) == 4

@@ -119,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --folds: epochs of the recipe's last phase (default: the model's own; 0 is ~2x faster)",
     )
     parser.add_argument(
+        "--folds-input-size",
+        type=int,
+        metavar="PX",
+        help="with --folds: cross-validate the recipe at this input size instead of the model's own, "
+        "to rank sizes before shipping one",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path.home() / ".cache" / "cened" / "evaluate",
@@ -422,6 +429,8 @@ def _cross_validate(args: argparse.Namespace, meta: ModelMeta, listing: Listing)
     recipe = TrainConfig(**meta.training["config"])
     if args.folds_full_epochs is not None:
         recipe = dataclasses.replace(recipe, full_epochs=args.folds_full_epochs)
+    if args.folds_input_size is not None:
+        recipe = dataclasses.replace(recipe, input_size=args.folds_input_size)
     cache = args.cache / dataset.data_hash(listing)[:16]
     cache.mkdir(parents=True, exist_ok=True)
     grouped = cache / "groups.npy"
