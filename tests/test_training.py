@@ -154,6 +154,8 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     card = (out / "MODEL_CARD.md").read_text()
     previous = json.loads((out / "evaluation.json").read_text())["previous"]
     assert previous["accuracy"] == previous["this"] and f"`{meta.version}` (32 px" in card
+    assert previous["unseen_only"] and previous["photos"] == meta.training["num_val"]
+    assert f"the {meta.training['num_val']} validation photos that neither model trained on" in card
     assert "Accuracy" in card and "review threshold" in card and "## Other" in card
     assert "whole network (batch-norm frozen) for 1 epoch on photos" in card
     assert "Keras through EXIF-style previews" in card and "240 / 160 / 120 px" in card
@@ -161,6 +163,12 @@ def test_tiny_training_run_writes_a_loadable_model_and_evaluates(tmp_path: Path)
     assert list(previews["accuracy"]) == ["240", "160", "120"]
     assert all(0 <= a <= 1 for a in previews["accuracy"].values())
     assert Image.open(out / "confusion_matrix.png").size[0] > 100
+    # Over every photo, the previous model is still measured only on those it never trained on.
+    report_dir = tmp_path / "all"
+    args = ["--data", str(data), "--model", str(out), "--previous", str(out), "--split", "all"]
+    assert evaluate_command.run(parser.parse_args([*args, "--report-dir", str(report_dir)])) == 0
+    previous = json.loads((report_dir / "evaluation.json").read_text())["previous"]
+    assert previous["photos"] == meta.training["num_val"] < meta.training["num_images"]
 
 
 def test_bad_arguments_data_and_models_end_with_their_exit_codes(

@@ -101,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--previous",
         type=Path,
         metavar="MODEL_DIR",
-        help="also measure the model this one replaces on the same validation photos (its own input "
-        "size) and put both figures in the card",
+        help="also measure the model this one replaces (its own input size) on the validation photos "
+        "neither trained on, and put both figures in the card",
     )
     parser.add_argument(
         "--folds",
@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
         p = extra["previous"]
         print(
             f"previous model {p['version']}: accuracy {_pct(p['accuracy'])} ({p['runtime']}); "
-            f"this one {_pct(p['this'])}"
+            f"this one {_pct(p['this'])}; on {p['photos']} photos"
+            + (" neither trained on" if p["unseen_only"] else " (what it trained on is not known here)")
         )
     if runner.detector is not None:
         outliers: dict[str, np.ndarray] = {}

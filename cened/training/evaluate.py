@@ -267,19 +267,42 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean()) if len(labels) else float("nan")
 
 
+def trained_photos(meta: modelpack.ModelMeta) -> frozenset[Path] | None:
+    """The photos a model trained on, rebuilt from its metadata; None when its data is not here as it was."""
+    training = meta.training
+    if not {"data_dir", "data_sha256", "split_seed", "val_fraction"} <= training.keys():
+        return None
+    roots = [Path(root) for root in str(training["data_dir"]).split(", ")]
+    try:
+        listing = dataset.list_images(roots, meta.classes)
+    except (FileNotFoundError, ValueError):
+        return None
+    if dataset.data_hash(listing) != training["data_sha256"]:
+        return None
+    train_idx, _ = dataset.split_indices(listing.labels, training["val_fraction"], training["split_seed"])
+    return frozenset(listing.paths[i].resolve() for i in train_idx)
+
+
 def previous_report(
     model_dir: Path, listing: dataset.Listing, batch_size: int, this: Classifier
 ) -> dict[str, Any]:
-    """The accuracy of the model a new one replaces on the same photos, decoded for its own input size."""
+    """The accuracy of the model a new one replaces, decoded for its own input size.
+
+    Only photos neither model trained on are fair to both: a validation photo
+    of the new split may be one the old model learned.
+    """
     meta = modelpack.read_meta(model_dir)
     backend = this.backend
+    seen = trained_photos(meta)
+    unseen = [i for i, path in enumerate(listing.paths) if seen is None or path.resolve() not in seen]
+    fair = listing.subset(np.asarray(unseen, dtype=np.int64))
     previous = load_classifier(model_dir, backend, batch_size)  # type: ignore[arg-type]
-    accuracy = _accuracy(
-        previous.logits(dataset.load_pixels(listing.paths, meta.input_size)).argmax(1), listing.labels
-    )
-    mine = _accuracy(
-        this.logits(dataset.load_pixels(listing.paths, this.meta.input_size)).argmax(1), listing.labels
-    )
+
+    def accuracy_of(model: Classifier) -> float:
+        pixels = dataset.load_pixels(fair.paths, model.meta.input_size)
+        return _accuracy(model.logits(pixels).argmax(1), fair.labels)
+
+    accuracy, mine = accuracy_of(previous), accuracy_of(this)
     runtime = "LiteRT" if backend == "tflite" else "Keras"
     return {
         "path": str(model_dir),
@@ -288,6 +311,8 @@ def previous_report(
         "runtime": runtime,
         "accuracy": accuracy,
         "this": mine,
+        "photos": len(unseen),
+        "unseen_only": seen is not None,
     }
 
 
@@ -643,8 +668,13 @@ def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[st
     if previous:
         tflite_line += (
             f"\n- The model this one replaces, `{previous['version']}` "
-            f"({previous['input_size'][0]} px, on the same validation photos, {previous['runtime']}): "
-            f"accuracy {_pct(previous['accuracy'])}; this one {_pct(previous['this'])} on the same runtime."
+            f"({previous['input_size'][0]} px, {previous['runtime']}), on "
+            + (
+                f"the {previous['photos']} validation photos that neither model trained on"
+                if previous.get("unseen_only")
+                else f"the same {previous['photos']} validation photos (what it trained on is not known here)"
+            )
+            + f": accuracy {_pct(previous['accuracy'])}; this one {_pct(previous['this'])}, the same runtime."
         )
     return f"""# Model card: `{meta.name}` ({meta.version})
 
