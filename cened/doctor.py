@@ -18,7 +18,11 @@ Checks, in order:
   moved to quarantine, never deleted;
 * **quarantined files that changed** since their row (size, sha256): a writer
   that had not finished went on writing into one; put back in the inbox, to
-  be read again (:func:`cened.undoing.return_changed`).
+  be read again (:func:`cened.undoing.return_changed`);
+* **unsigned photos** -- filed before near-duplicates were looked for, or
+  signed by an older version (:mod:`cened.ml.similar`): copies of them are not
+  recognised until ``look`` signs them.  Not a disagreement, so the exit code
+  ignores them.
 
 Without ``--fix`` nothing is changed and the exit code says whether all is well.
 """
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from cened import executing, layout, moving, recovery, undoing
 from cened.hashing import sha256_file
-from cened.journal import Action, Entry, Journal, State
+from cened.journal import LIBRARY_ACTIONS, Action, Entry, Journal, State
 from cened.library import (
     FOUND_BY_HASH,
     NOT_FOUND,
@@ -43,6 +47,7 @@ from cened.library import (
     follow_ups,
     match,
 )
+from cened.ml import similar
 
 __all__ = ["Report", "current_rows", "examine", "repair"]
 
@@ -54,13 +59,17 @@ class Report:
     unlogged: list[Path] = field(default_factory=list)
     partials: list[Path] = field(default_factory=list)
     changed: list[Entry] = field(default_factory=list)  # quarantined files no longer as their rows say
+    unsigned: list[Entry] = field(default_factory=list)  # photos this version has not signed
 
     @property
     def clean(self) -> bool:
         return not (self.pending or self.missing or self.unlogged or self.partials or self.changed)
 
 
-def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
+def examine(
+    journal: Journal, library: Path, quarantine: Path, photo: Callable[[Path], bool] | None = None
+) -> Report:
+    """What disagrees; with ``photo`` (is this file a photo, not a companion?), also the unsigned photos."""
     report = Report(pending=journal.pending())
     current = current_rows(journal)
     known: set[Path] = set()
@@ -71,6 +80,8 @@ def examine(journal: Journal, library: Path, quarantine: Path) -> Report:
             report.missing.append(row)
         elif undoing.changed_since_quarantined(row):
             report.changed.append(row)
+        elif photo is not None and _unsigned(row, library, quarantine) and photo(row.destination):
+            report.unsigned.append(row)
     # Compared forwards: a shortened temporary's name does not give back its destination's.
     pending_partials = {moving.partial_path(e.destination) for e in report.pending if e.destination}
     roots = [library] + ([] if quarantine.resolve().is_relative_to(library.resolve()) else [quarantine])
@@ -176,12 +187,33 @@ def repair(
             )
         else:
             done.append(f"#{row.id}: changed since quarantined; could not put it back")
+    if look is not None and report.unsigned:
+        signed = [(row.id or 0, *look(row.destination or row.source)) for row in report.unsigned]
+        journal.sign([(row_id, sig or similar.UNSIGNABLE, shot_at) for row_id, sig, shot_at in signed])
+        made = sum(sig is not None for _, sig, _ in signed)
+        done.append(f"signed {made} photos for near-duplicates" + _could_not(len(signed) - made))
     # Companions a photo moved by hand left behind go to it, as the daemon has them do.
     for entry in follow_companions(journal, places, found_rows):
         what = "moved" if entry.state == State.DONE else f"could not move ({entry.reason})"
         where = f"{os.fsdecode(entry.source)} -> {os.fsdecode(entry.destination or '')}"
         done.append(f"{what} {where} with its photo")
     return done
+
+
+def _could_not(n: int) -> str:
+    return f"; {n} could not be decoded, and are not looked at again" if n else ""
+
+
+def _unsigned(row: Entry, library: Path, quarantine: Path) -> bool:
+    """Whether ``row`` files a photo in the library that this version of the signature has not looked at."""
+    dst = row.destination
+    in_library = dst is not None and dst.is_relative_to(library) and not dst.is_relative_to(quarantine)
+    return (
+        in_library
+        and row.action in LIBRARY_ACTIONS
+        and row.group_id is None
+        and not similar.current(row.signature)
+    )
 
 
 def _album(path: Path, library: Path, template: str) -> str:

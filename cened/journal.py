@@ -506,6 +506,19 @@ class Journal:
                 [(row_id, State.PENDING) for row_id in discard],
             )
 
+    def sign(self, rows: Iterable[tuple[int, bytes, float | None]]) -> None:
+        """Give rows (id, signature, capture time) a signature of this version, and a time if they had none.
+
+        A signature is what the pixels look like, not a decision: replacing one of
+        an older version rewrites no history.  Only with no daemon running (``cened
+        doctor --fix`` holds the lock): a daemon reads each row's signature once.
+        """
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE decisions SET signature = ?, shot_at = coalesce(shot_at, ?) WHERE id = ?",
+                [(sig, shot_at, row_id) for row_id, sig, shot_at in rows],
+            )
+
     # -- reading -----------------------------------------------------------
 
     def _select(self, where: str = "1", params: Sequence[Any] = (), tail: str = "ORDER BY id") -> list[Entry]:

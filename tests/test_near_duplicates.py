@@ -184,7 +184,7 @@ def test_a_version_4_log_gains_signatures(settings: Settings) -> None:
         assert journal.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         (row,) = journal.history()
         assert (row.signature, row.shot_at, row.similar_id) == (None, None, None)
-        assert journal.signed(0) == []
+        assert not [row for row in journal.signed(0) if similar.usable(row[1])]
 
 
 def test_the_measuring_command_finds_copies_and_no_distinct_photo(tmp_path: Path, capsys) -> None:
@@ -217,3 +217,33 @@ def test_doctor_signs_what_it_adopts_so_a_copy_joins_it(settings: Settings, fili
     (copy,) = file(_write(settings.inbox / "holiday (WhatsApp).jpg", _copies(picture)["forwarded"]))
     assert copy.fate == Fate.MOVED and copy.entry.destination == settings.library / "sea" / copy.path.name
     assert journal.get(copy.entry.id).similar_id == adopted_id
+
+
+def test_doctor_signs_photos_filed_before_signatures_so_copies_join_them(
+    settings: Settings, filing, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library filed by an older version (no signature, or one of an older version) is signed by doctor."""
+    from conftest import write_config
+
+    file, journal = filing
+    picture = synthetic_picture(9, SIZE)
+    (old,) = file(_write(settings.inbox / "old.jpg", _jpeg(picture)))
+    (broken,) = file(_write(settings.inbox / "other.jpg", _jpeg(synthetic_picture(10, SIZE))))
+    assert old.fate == broken.fate == Fate.MOVED
+    with sqlite3.connect(settings.database) as conn:  # as an older version left them
+        conn.execute("UPDATE decisions SET signature = ? WHERE id = ?", (bytes([1]) * similar.SIZE, old.entry.id))
+        conn.execute("UPDATE decisions SET signature = NULL WHERE id = ?", (broken.entry.id,))
+    broken.entry.destination.write_bytes(b"no longer a picture")  # undecodable: looked at once, then left
+    config = write_config(tmp_path / "cened.toml", settings)
+    assert main(["--config", str(config), "doctor"]) == 0  # not a disagreement: the exit code says all is well
+    assert "2 photos filed before this version's near-duplicate signature" in capsys.readouterr().out
+    assert not [row for row in journal.signed(0) if similar.usable(row[1])]
+    assert main(["--config", str(config), "doctor", "--fix"]) == 0
+    out = capsys.readouterr().out
+    assert "signed 1 photos for near-duplicates; 1 could not be decoded" in out
+    ((signed_id, sig, _),) = [row for row in journal.signed(0) if similar.usable(row[1])]
+    assert signed_id == old.entry.id and sig == old.entry.signature
+    assert main(["--config", str(config), "doctor"]) == 0
+    assert capsys.readouterr().out == "all consistent\n"
+    (copy,) = file(_write(settings.inbox / "old (WhatsApp).jpg", _copies(picture)["forwarded"]))
+    assert journal.get(copy.entry.id).similar_id == old.entry.id

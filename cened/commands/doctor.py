@@ -58,7 +58,9 @@ def _examine(settings: Settings, *, fix: bool) -> int:
 
     with Journal(settings.database) as journal:
         journal.check_integrity(full=True)  # damage no row of the report reads is damage all the same
-        report = examine(journal, settings.library, settings.quarantine_dir)
+        report = examine(
+            journal, settings.library, settings.quarantine_dir, functools.partial(_photo, settings)
+        )
         for e in report.pending:
             print(f"interrupted move #{e.id}: {_common.name(e.source)} -> {_common.name(e.destination)}")
         for e in report.missing:
@@ -69,19 +71,31 @@ def _examine(settings: Settings, *, fix: bool) -> int:
             print(f"stray partial copy: {_common.name(p)}")
         for e in report.changed:
             print(f"changed since it was quarantined: #{e.id} {_common.name(e.destination)}")
-        if report.clean:
+        if report.unsigned:
+            print(
+                f"{len(report.unsigned)} photos filed before this version's near-duplicate signature: "
+                "copies of them are not recognised until `cened doctor --fix` signs them"
+            )
+        if report.clean and (not report.unsigned or not fix):
             print("all consistent")
             return 0
         if not fix:
             print("run `cened doctor --fix` to mend these (nothing is deleted)")
             return 1
         places = Places.of(settings)
-        look = _look(settings) if report.unlogged else None
+        look = _look(settings) if report.unlogged or report.unsigned else None
         for line in repair(
             journal, report, settings.library, settings.quarantine_dir, places=places, look=look
         ):
             print(f"fixed: {printable(line)}")
     return 0
+
+
+def _photo(settings: Settings, path: Path) -> bool:
+    """A photo, which a signature is made of, rather than a companion that travels with one."""
+    from cened import companions
+
+    return companions.kind(path, settings) == companions.Kind.PHOTO
 
 
 def _look(settings: Settings) -> Callable[[Path], tuple[bytes | None, float | None]] | None:

@@ -141,3 +141,12 @@ def colour_distance(one: np.ndarray, others: np.ndarray) -> np.ndarray:
 def usable(sig: bytes | None) -> bool:
     """Whether ``sig`` is a signature of this version (rows of older versions have other ones, or none)."""
     return sig is not None and len(sig) == SIZE and sig[0] == VERSION
+
+
+#: Stored for a photo this version looked at and could not sign (undecodable): not looked at again.
+UNSIGNABLE = bytes([VERSION])
+
+
+def current(sig: bytes | None) -> bool:
+    """Whether this version has looked at the photo: a signature of it, or :data:`UNSIGNABLE`."""
+    return sig is not None and sig[:1] == UNSIGNABLE
