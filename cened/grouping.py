@@ -45,15 +45,15 @@ def kinds(
     if not len(others):
         return []
     one = similar.Signatures.of([sig])
-    phash, dhash, colour = one.distances(0, others)
+    near, phash, dhash, colour = one.near(0, others, similar.LOOSEST)
     same = similar.SAME_PICTURE.holds(phash, dhash, colour)
-    burst = np.zeros(len(others), bool)
+    burst = np.zeros(len(near), bool)
     if shot_at is not None:
-        gap = np.abs(shots - shot_at)
+        gap = np.abs(shots[near] - shot_at)
         burst = (gap > 0) & (gap <= similar.BURST_GAP_S) & similar.BURST.holds(phash, dhash, colour)
     found = np.flatnonzero(same | burst)
     order = found[np.argsort(phash[found], kind="stable")]
-    return [(int(i), Kind.BURST if burst[i] else Kind.SAME) for i in order]
+    return [(int(near[i]), Kind.BURST if burst[i] else Kind.SAME) for i in order]
 
 
 @dataclass(frozen=True)
@@ -76,20 +76,26 @@ class LibraryIndex:
 
     _last: int = 0
     _ids: list[int] = field(default_factory=list)
-    _sigs: list[bytes] = field(default_factory=list)
-    _shots: list[float] = field(default_factory=list)
-    _arrays: tuple[similar.Signatures, np.ndarray] | None = None
+    # Arrays with room to grow (similar.appended): their first len(_ids) rows are the library's.
+    _sigs: similar.Signatures = field(default_factory=lambda: similar.Signatures.of([]))
+    _shots: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     def refresh(self, journal: Journal) -> None:
         rows = journal.signed(self._last)
-        for row_id, sig, shot_at in rows:
-            self._last = row_id
-            if similar.usable(sig):
-                self._ids.append(row_id)
-                self._sigs.append(sig)
-                self._shots.append(np.nan if shot_at is None else shot_at)
-        if rows:
-            self._arrays = None
+        if not rows:
+            return
+        self._last = rows[-1][0]
+        kept = [row for row in rows if similar.usable(row[1])]
+        if not kept:
+            return
+        n = len(self._ids)
+        self._sigs = similar.appended(self._sigs, n, similar.Signatures.of([sig for _, sig, _ in kept]))
+        if len(self._shots) < len(self._sigs):
+            grown = np.full(len(self._sigs), np.nan)
+            grown[:n] = self._shots[:n]
+            self._shots = grown
+        self._shots[n : n + len(kept)] = [np.nan if shot is None else shot for _, _, shot in kept]
+        self._ids.extend(row_id for row_id, _, _ in kept)
 
     def match(
         self,
@@ -105,9 +111,8 @@ class LibraryIndex:
         A photo of content ``not_sha256`` is no near-duplicate but an exact copy, and left out.
         """
         self.refresh(journal)
-        if self._arrays is None:
-            self._arrays = (similar.Signatures.of(self._sigs), np.asarray(self._shots, np.float64))
-        for index, kind in kinds(sig, shot_at, *self._arrays):
+        n = len(self._ids)
+        for index, kind in kinds(sig, shot_at, self._sigs.head(n), self._shots[:n]):
             row = journal.get(self._ids[index])
             if row is not None and row.sha256 != not_sha256 and _in_library(journal, row, library, apart):
                 return Match(row, kind, lead_of(journal, row))

@@ -69,6 +69,54 @@ def test_copies_are_the_same_picture_and_other_photos_are_not(size: tuple[int, i
     assert set(near.values()) == {grouping.Kind.SAME}
 
 
+def test_the_hashes_rule_out_first_and_miss_nothing_the_limits_hold() -> None:
+    """Measuring colour only where both hashes are near finds what measuring everything finds, bursts too."""
+    rng = np.random.default_rng(3)
+    pictures = [imaging.decode(_jpeg(synthetic_picture(seed, SIZE)), (64, 64)) for seed in range(60)]
+    # Each picture a little changed, again and again: pairs at every distance around the limits.
+    made = [
+        np.clip(p.astype(int) + rng.integers(-k, k + 1, p.shape), 0, 255).astype(np.uint8)
+        for p in pictures
+        for k in (0, 20, 60)
+    ]
+    sigs = similar.Signatures.of([similar.signature(p) for p in made])
+    shots = rng.uniform(0, 3, len(sigs))
+    for i in range(0, len(sigs), 7):
+        phash = np.array(
+            [
+                np.unpackbits(np.frombuffer(sigs.phash[j] ^ sigs.phash[i], np.uint8)).sum()
+                for j in range(len(sigs))
+            ]
+        )
+        dhash = np.array(
+            [
+                np.unpackbits(np.frombuffer(sigs.dhash[j] ^ sigs.dhash[i], np.uint8)).sum()
+                for j in range(len(sigs))
+            ]
+        )
+        colour = similar.colour_distance(sigs.colour[i], sigs.colour)
+        gap = np.abs(shots - shots[i])
+        burst = (gap > 0) & (gap <= similar.BURST_GAP_S) & similar.BURST.holds(phash, dhash, colour)
+        expected = set(np.flatnonzero(similar.SAME_PICTURE.holds(phash, dhash, colour) | burst))
+        found = grouping.kinds(bytes(similar.signature(made[i])), shots[i], sigs, shots)
+        assert {j for j, _ in found} == expected and len(expected) < len(sigs)
+        assert {j for j, kind in found if kind == grouping.Kind.BURST} == {j for j in expected if burst[j]}
+
+
+def test_signatures_added_a_batch_at_a_time_are_those_made_at_once() -> None:
+    rng = np.random.default_rng(4)
+    sigs = [similar.signature(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(150)]
+    store, used = similar.Signatures.of([]), 0
+    for start in range(0, len(sigs), 23):
+        more = similar.Signatures.of(sigs[start : start + 23])
+        store = similar.appended(store, used, more)
+        used += len(more)
+        assert len(store) >= used
+    whole, grown = similar.Signatures.of(sigs), store.head(used)
+    for name in ("phash", "dhash", "colour"):
+        assert np.array_equal(getattr(grown, name), getattr(whole, name))
+
+
 def test_signature_is_a_fixed_size_and_versioned() -> None:
     sig = similar.signature(imaging.decode(_jpeg(synthetic_picture(1, SIZE)), (160, 160)))
     assert len(sig) == similar.SIZE and sig[0] == similar.VERSION and similar.usable(sig)
@@ -231,11 +279,15 @@ def test_doctor_signs_photos_filed_before_signatures_so_copies_join_them(
     (broken,) = file(_write(settings.inbox / "other.jpg", _jpeg(synthetic_picture(10, SIZE))))
     assert old.fate == broken.fate == Fate.MOVED
     with sqlite3.connect(settings.database) as conn:  # as an older version left them
-        conn.execute("UPDATE decisions SET signature = ? WHERE id = ?", (bytes([1]) * similar.SIZE, old.entry.id))
+        conn.execute(
+            "UPDATE decisions SET signature = ? WHERE id = ?", (bytes([1]) * similar.SIZE, old.entry.id)
+        )
         conn.execute("UPDATE decisions SET signature = NULL WHERE id = ?", (broken.entry.id,))
     broken.entry.destination.write_bytes(b"no longer a picture")  # undecodable: looked at once, then left
     config = write_config(tmp_path / "cened.toml", settings)
-    assert main(["--config", str(config), "doctor"]) == 0  # not a disagreement: the exit code says all is well
+    assert (
+        main(["--config", str(config), "doctor"]) == 0
+    )  # not a disagreement: the exit code says all is well
     assert "2 photos filed before this version's near-duplicate signature" in capsys.readouterr().out
     assert not [row for row in journal.signed(0) if similar.usable(row[1])]
     assert main(["--config", str(config), "doctor", "--fix"]) == 0
