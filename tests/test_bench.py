@@ -71,6 +71,8 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
         assert e2e_set["ips"] > 0 and len(e2e_set["runs"]) == 1 and e2e_set["first_filed_s"] > 0
         assert result["naive"][name]["ips"] > 0
         assert all(v >= 0 for v in result["stages_ms"][name].values())
+    lookup = result["near_duplicate_lookup_ms"]
+    assert list(lookup) == ["1000"] and lookup["1000"] > 0
 
     latency = result["latency"]
     assert latency["drops"] == 3 and 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]

@@ -14,7 +14,8 @@ something side by side:
   one too small for the model, and without;
 * the **naive baseline** -- one file at a time, full decode, ``model.predict``
   -- the way the original notebook sorted photos;
-* idle **latency** from one drop to ``filed``, **peak memory** and **cold start**.
+* idle **latency** from one drop to ``filed``, **peak memory** and **cold start**;
+* the **near-duplicate lookup** of one photo against libraries of growing size.
 
 This module is :func:`measure`, which runs the parts in order (the command's
 options and output are :mod:`cened.commands.bench`).  :mod:`~cened.bench.model`
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cened.bench.e2e import TIMED_SETTINGS, daemon_figures, spread_warnings
+from cened.bench.lookup import lookup_costs
 from cened.bench.model import daemon_backend, decoded, limit_rates, naive_throughput, raw_limits, stage_costs
 from cened.bench.photos import CAMERA_THUMBNAIL, LARGE, MPF_PREVIEW, PREVIEW, SMALL, image_set
 from cened.bench.plan import Plan, say
@@ -85,6 +87,7 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
     result["stages_ms"] = {
         name: stage_costs(files[:16], input_size, settings.thumbnail_min_side) for name, files in sets.items()
     }
+    result["near_duplicate_lookup_ms"] = lookup_costs(sets["150px"][:64], input_size, plan.lookup_sizes)
     # The limit is measured a round at a time between the daemon runs, so that
     # a burst of load from elsewhere hits both sides of their ratio alike; the
     # other runtime and the naive loop import TensorFlow, so they come last.

@@ -31,11 +31,13 @@ class Plan:
     latency_drops: int
     latency_gap_s: float
     raw_min_images: int
+    #: Library sizes the near-duplicate lookup of a photo is timed against.
+    lookup_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
         if args.quick:
-            plan = cls(1, 12, 3, (1600, 1200), 2, (1, 4), 4, 3, 0.2, 8)
+            plan = cls(1, 12, 3, (1600, 1200), 2, (1, 4), 4, 3, 0.2, 8, (1_000,))
         else:
             plan = cls(REPEATS, SMALL_BURST, 48, LARGE, 16, (1, 2, 4, 8, 16, 32), 32, 20, 0.5, 96)
         overrides = {

@@ -160,6 +160,10 @@ def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             f"read {st['read']} · sha256 {st['sha256']} · decode {st['decode']}",
             "ms, 1 thread",
         )
+    lookup = result.get("near_duplicate_lookup_ms", {})
+    if lookup:
+        sizes = " · ".join(f"{int(n):,} photos {ms:.3f}" for n, ms in lookup.items())
+        yield ("near-duplicate lookup per photo, by library size", sizes, "ms, 1 thread")
     lat = result["latency"]
     yield ("idle drop → filed p50 / p95", f"{lat['p50_s']:.3f} / {lat['p95_s']:.3f}", "s")
     yield ("peak RSS of the daemon", f"{result['memory']['peak_rss_mib']:.0f}", "MiB")
