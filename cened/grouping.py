@@ -46,6 +46,8 @@ def kinds(
         return []
     one = similar.Signatures.of([sig])
     near, phash, dhash, colour = one.near(0, others, similar.LOOSEST)
+    if not len(near):
+        return []
     same = similar.SAME_PICTURE.holds(phash, dhash, colour)
     burst = np.zeros(len(near), bool)
     if shot_at is not None:
