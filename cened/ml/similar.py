@@ -145,13 +145,11 @@ class Signatures:
         """
         phash = _bits(others.phash, self.phash[index])
         found = np.flatnonzero(phash <= within.phash)
-        if len(found):  # mostly not: the rest is skipped, which matters in a batch of a few dozen
-            dhash = _bits(others.dhash[found], self.dhash[index])
-            found = found[dhash <= within.dhash]
-        if not len(found):
-            nothing = np.zeros(0, np.uint16)
-            return found, nothing, nothing, np.zeros(0, np.float32)
+        if not len(found):  # mostly: the rest is skipped, which matters in a batch of a few dozen
+            return found, phash[found], phash[found], np.zeros(0, np.float32)
         dhash = _bits(others.dhash[found], self.dhash[index])
+        kept = dhash <= within.dhash
+        found, dhash = found[kept], dhash[kept]
         return found, phash[found], dhash, colour_distance(self.colour[index], others.colour[found])
 
 
