@@ -143,6 +143,10 @@ def taken(photo: bytes | Path, mtime: float) -> datetime:
         return datetime.fromtimestamp(mtime)
 
 
+#: How far into a JPEG its EXIF may start: two segments of at most 64 KiB each before it.
+_EXIF_WITHIN = 2 * 65_536
+
+
 def shot_at(photo: bytes) -> float | None:
     """When a photo was taken by its EXIF (DateTimeOriginal and its fraction), in seconds; None without one.
 
@@ -151,6 +155,10 @@ def shot_at(photo: bytes) -> float | None:
     """
     from PIL import ExifTags, Image
 
+    # A JPEG's EXIF is an APP1 segment right after its start (the EXIF standard; a JFIF APP0 may
+    # come first): without it near the start, opening the file tells nothing.
+    if photo[:2] == b"\xff\xd8" and photo.find(b"Exif\x00\x00", 0, _EXIF_WITHIN) < 0:
+        return None
     try:
         with Image.open(BytesIO(photo)) as im:
             exif = im.getexif().get_ifd(ExifTags.IFD.Exif)
