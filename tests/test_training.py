@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -268,3 +269,30 @@ def test_an_int8_export_classifies_like_keras(model_dir: Path, tmp_path: Path) -
     lite = tflite_function(tmp_path / "int8.tflite", INPUT)(list(fresh))
     exact = keras_function(model, INPUT)(list(fresh))
     assert (lite.argmax(1) == exact.argmax(1)).mean() >= 0.95
+
+
+def test_an_int8_export_keeps_its_noisiest_layers_float(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers whose int8 error is over the limit stay float: with no limit none, with a low one more."""
+    import keras
+    from conftest import CLASSES, INPUT, picture
+
+    from cened.ml._tflite import Interpreter
+
+    model = keras.models.load_model(model_dir / modelpack.KERAS_FILE, compile=False)
+    photos = np.stack([np.asarray(picture(c, INPUT, seed=s)) for c in CLASSES for s in range(3)])
+
+    def float_tensors(data: bytes) -> int:
+        details = Interpreter(model_content=data).get_tensor_details()
+        return sum(d["dtype"] == np.float32 for d in details)
+
+    errors = modelpack.int8_errors(model, photos)
+    worst = max(errors.values())
+    assert len(errors) >= 2 and all(e > 0 for e in errors.values())
+    monkeypatch.setattr(modelpack, "INT8_MAX_ERROR", math.inf)
+    plain, none_kept = modelpack.export_int8(model, photos)
+    monkeypatch.setattr(modelpack, "INT8_MAX_ERROR", worst * 0.999)  # the worst layer alone
+    careful, kept = modelpack.export_int8(model, photos)
+    assert none_kept == () and kept == tuple(name for name, e in errors.items() if e == worst)
+    assert float_tensors(careful) > float_tensors(plain)

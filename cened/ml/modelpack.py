@@ -20,7 +20,9 @@ A model directory holds:
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,39 +175,82 @@ def export_tflite(model: Any, *, float16: bool = False, int8: np.ndarray | None 
     ``from_keras_model`` is used because converting a hand-made concrete
     function of a Keras 3 model silently drops its variables (garbage logits).
     ``float16`` halves the file; the daemon's tests compare it with Keras.
-
-    ``int8`` (a few hundred training photos, uint8 ``(n, H, W, 3)``) makes a
-    full-integer model calibrated on them, with float input and output: on
-    CPUs with int8 dot products (VNNI, ARM dotprod) XNNPACK runs it at about
-    half the CPU of float (docs/benchmarks.md).  The embedding's tail (its
-    poolings, normalisations and concatenation) stays float: one int8 scale
-    for logits and embedding together made the embedding coarse.
+    ``int8`` (calibration photos) makes a full-integer model: :func:`export_int8`.
     """
+    if int8 is not None:
+        return export_int8(model, int8)[0]
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8 is not None:
-        photos = int8
-
-        def representative() -> Any:
-            for photo in photos:
-                yield [photo[None].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-        options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_TAIL_OPS))
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=representative, debug_options=options
-        )
-        return bytes(debugger.get_nondebug_quantized_model())
     if float16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     return bytes(converter.convert())
+
+
+def export_int8(model: Any, photos: np.ndarray) -> tuple[bytes, tuple[str, ...]]:
+    """A full-integer LiteRT model calibrated on ``photos`` (uint8 ``(n, H, W, 3)``), float in and out.
+
+    On CPUs with int8 dot products (VNNI, ARM dotprod) XNNPACK runs it at about
+    half the CPU of float (docs/benchmarks.md).  Two kinds of layers stay float:
+    the embedding's tail (its poolings, normalisations and concatenation: one
+    int8 scale for logits and embedding together made the embedding coarse),
+    and every layer whose int8 output is off by more than
+    :data:`INT8_MAX_ERROR` of a quantization step on the calibration photos
+    (:func:`int8_errors`; the stem and first depthwise convolution, fed by the
+    raw picture, are the usual ones).  Returns the model and the names of those layers.
+    """
+    noisy = tuple(name for name, error in int8_errors(model, photos).items() if error > INT8_MAX_ERROR)
+    return bytes(_int8_debugger(model, photos, noisy).get_nondebug_quantized_model()), noisy
+
+
+def int8_errors(model: Any, photos: np.ndarray) -> dict[str, float]:
+    """Each int8 layer's output error on ``photos``: root mean square, in quantization steps.
+
+    LiteRT's quantization debugger runs the int8 model beside the float one, layer by layer.
+    """
+    import csv
+    import io
+
+    debugger = _int8_debugger(model, photos, ())
+    debugger.run()
+    stats = io.StringIO()
+    debugger.layer_statistics_dump(stats)
+    stats.seek(0)
+    return {
+        row["tensor_name"]: math.sqrt(float(row["mean_squared_error"])) / float(row["scale"])
+        for row in csv.DictReader(stats)
+        if float(row["scale"]) > 0
+    }
+
+
+def _int8_debugger(model: Any, photos: np.ndarray, floats: Sequence[str]) -> Any:
+    """LiteRT's quantization debugger of ``model`` calibrated on ``photos``, with ``floats`` kept float."""
+    import tensorflow as tf
+
+    def representative() -> Any:
+        for photo in photos:
+            yield [photo[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+    ]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(FLOAT_TAIL_OPS), denylisted_nodes=list(floats)
+    )
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=representative, debug_options=options
+    )
+
+
+#: A layer whose int8 output is off by more than this share of a quantization step
+#: (root mean square, on the calibration photos) stays float.  Rounding alone is
+#: 0.29 of a step; LiteRT's selective-quantization guide suggests 0.7.
+INT8_MAX_ERROR = 0.5
 
 
 #: Operations an int8 export keeps in float: what the embedding is made of after the

@@ -656,6 +656,9 @@ def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[st
     precision = {"int8": "full int8", "float16": "float16"}.get(
         meta.novelty.get("fitted_with", ""), "float16"
     )
+    if meta.novelty.get("int8_float_layers"):
+        kept = len(meta.novelty["int8_float_layers"])
+        precision += f" ({kept} layer{'s' * (kept > 1)} kept float: int8 error over half a step)"
     tflite_line = (
         f"- LiteRT {precision} (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
         f"macro-F1 {tfl['macro_f1']:.4f}, "

@@ -629,6 +629,7 @@ def fit_novelty(
     classifier = keras.models.load_model(model_dir / modelpack.KERAS_FILE, compile=False)
     model = novelty.with_embedding(classifier, cfg.layers)
     n_cls = len(meta.classes)
+    float_layers: tuple[str, ...] = ()  # of an int8 export: its noisiest layers, kept float
 
     with _progress(say) as bar:
         task = bar.add_task("decoding", total=len(listing.paths))
@@ -638,8 +639,10 @@ def fit_novelty(
             calibration = train_idx[
                 learning.replay_sample(listing.labels[train_idx], INT8_CALIBRATION_PER_CLASS, cfg.seed)
             ]
-            int8 = pixels[calibration] if precision == Precision.INT8 else None
-            exported = modelpack.export_tflite(model, float16=int8 is None, int8=int8)
+            if precision == Precision.INT8:
+                exported, float_layers = modelpack.export_int8(model, pixels[calibration])
+            else:
+                exported = modelpack.export_tflite(model, float16=True)
             (model_dir / modelpack.TFLITE_FILE).write_bytes(exported)
             both = tflite_function(model_dir / modelpack.TFLITE_FILE, meta.input_size)
         else:
@@ -715,6 +718,8 @@ def fit_novelty(
         # Whose outputs it was fitted on: the LiteRT file at this precision, or Keras.
         "fitted_with": runtime,
     }
+    if float_layers:
+        info["int8_float_layers"] = list(float_layers)
     if linear_info:
         info["linear"] = linear_info
     version = f"{meta.version.split('+')[0]}+other-{digest.hexdigest()[:8]}"
