@@ -153,12 +153,12 @@ def shot_at(photo: bytes) -> float | None:
     The wall-clock time as the camera wrote it, counted as if UTC: only the
     gaps between photos matter (the frames of a burst, cened.grouping).
     """
-    from PIL import ExifTags, Image
-
     # A JPEG's EXIF is an APP1 segment right after its start (the EXIF standard; a JFIF APP0 may
     # come first): without it near the start, opening the file tells nothing.
     if photo[:2] == b"\xff\xd8" and photo.find(b"Exif\x00\x00", 0, _EXIF_WITHIN) < 0:
         return None
+    from PIL import ExifTags, Image
+
     try:
         with Image.open(BytesIO(photo)) as im:
             exif = im.getexif().get_ifd(ExifTags.IFD.Exif)

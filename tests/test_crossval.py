@@ -102,4 +102,5 @@ def test_evaluate_cross_validates_the_recipe_and_resumes(tmp_path: Path) -> None
     assert evaluate_command.run(parser.parse_args([*args, "--folds-input-size", "40"])) == 0
     bigger = json.loads((out / "evaluation.json").read_text())["crossval"]
     assert bigger["recipe"]["input_size"] == 40 and cv["recipe"]["input_size"] == 32
+    assert "(Keras, 40 px; 0 epochs of the" in (out / "MODEL_CARD.md").read_text()
     assert len(list(saved.glob("folds-2-*/fold-*.npz"))) == 4

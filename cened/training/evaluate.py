@@ -635,7 +635,8 @@ def _crossval_section(cv: dict[str, Any] | None) -> str:
 
 The training recipe, trained {len(folds)} times on stratified folds of all {cv["photos"]} photos
 (near-duplicates, {cv["groups"]} groups, kept in one fold; `cened.training.groups`), each model
-measured on the fold it never saw (Keras; {recipe["full_epochs"]} epochs of the whole-network phase):
+measured on the fold it never saw (Keras, {recipe["input_size"]} px; {recipe["full_epochs"]} epochs of the
+whole-network phase):
 **{_pct(cv["mean"])} ± {_pct(cv["sd"])}** (mean ± standard deviation over folds; standard error
 {_pct(cv["se"])}); all out-of-fold predictions together: {_pct(cv["pooled_accuracy"])}.
 
@@ -658,7 +659,8 @@ def model_card(meta: modelpack.ModelMeta, report: dict[str, Any], extra: dict[st
     )
     if meta.novelty.get("int8_float_layers"):
         kept = len(meta.novelty["int8_float_layers"])
-        precision += f" ({kept} layer{'s' * (kept > 1)} kept float: int8 error over half a step)"
+        limit = meta.novelty.get("int8_max_error", modelpack.INT8_MAX_ERROR)
+        precision += f" ({kept} layer{'s' * (kept > 1)} kept float: int8 error over {limit:g} of a step)"
     tflite_line = (
         f"- LiteRT {precision} (`model.tflite`): accuracy {_pct(tfl['accuracy'])}, "
         f"macro-F1 {tfl['macro_f1']:.4f}, "

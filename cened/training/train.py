@@ -721,6 +721,7 @@ def fit_novelty(
     }
     if float_layers:
         info["int8_float_layers"] = list(float_layers)
+        info["int8_max_error"] = modelpack.INT8_MAX_ERROR
     if linear_info:
         info["linear"] = linear_info
     version = f"{meta.version.split('+')[0]}+other-{digest.hexdigest()[:8]}"
