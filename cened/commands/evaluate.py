@@ -320,7 +320,7 @@ def _leave_one_kind_out(
     views = [
         other.view_outputs(runner.outputs, pixels, tr, v, cfg.seed, batch) for v in range(cfg.linear_views)
     ]
-    reencoded = other.reencoded_outputs(runner.outputs, everything.paths, tr, size, cfg, batch)
+    reencoded = other.reencoded_outputs(runner.outputs, pixels, tr, cfg, batch)
     positives = np.concatenate(views + ([reencoded] if reencoded is not None else []))[:, n:]
     del pixels
     measured = {

@@ -64,10 +64,6 @@ DECODERS: dict[str, float] = {
 COEFFICIENT_BYTES = 2
 #: Previews larger than this are not used, which bounds what loading one costs.
 PREVIEW_MAX_PIXELS = 2_000_000
-#: The most detail a photo keeps on its way to the model: the training photos' side.  The
-#: network and its "other" detector never saw sharper, and a sharp photo of a kind the
-#: detector was not fitted on was filed three to five times as often (docs/model.md).
-DETAIL_SIDE = 150
 #: Images up to this size (decoded bytes) that need no reduction take the direct
 #: way, which holds a few whole copies (turned, flattened, converted) at once.
 DIRECT_MAX_BYTES = 4 * 2**20
@@ -488,21 +484,16 @@ def _reduced_rgb(im: Image.Image, reduction: _Reduction) -> Image.Image:
 def fit(rgb: Image.Image, width: int, height: int) -> np.ndarray:
     """Centre-crop ``rgb`` to the target's aspect ratio and resize it to ``width`` x ``height``.
 
-    The crop is :func:`PIL.ImageOps.fit`'s.  A crop larger than :data:`DETAIL_SIDE`
-    on its short side is first reduced to it, so every photo reaches the model as
-    the training photos did: at most 150 px of detail, enlarged.  Pillow's bilinear
-    filter widens with the scale, so a photo reduced several times over does not
-    alias; enlarging (every 150 px training photo going to the model's 160 px) it is
-    plain bilinear interpolation.  Pillow, not OpenCV: its 173 MB were a third of
-    the install, for this one call.
+    The crop is :func:`PIL.ImageOps.fit`'s.  Pillow's bilinear filter widens with
+    the scale, so a photo reduced several times over does not alias; enlarging
+    (every 150 px training photo going to the model's 160 px) it is plain bilinear
+    interpolation.  Pillow, not OpenCV: its 173 MB were a third of the install,
+    for this one call.
     """
     left, top, crop_w, crop_h = _crop_box(*rgb.size, width, height)
-    box: tuple[float, float, float, float] | None = (left, top, left + crop_w, top + crop_h)
-    shrink = DETAIL_SIDE / min(crop_w, crop_h)
-    if shrink < 1:
-        detail = (max(1, round(crop_w * shrink)), max(1, round(crop_h * shrink)))
-        rgb, box = rgb.resize(detail, Image.Resampling.BILINEAR, box=box), None
-    resized = rgb.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    resized = rgb.resize(
+        (width, height), Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h)
+    )
     return np.asarray(resized, dtype=np.uint8)
 
 

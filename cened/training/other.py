@@ -158,21 +158,17 @@ def view_outputs(
 
 def reencoded_outputs(
     run: Run,
-    paths: Sequence[Path],
+    pixels: np.ndarray,
     index: np.ndarray,
-    size: tuple[int, int],
     cfg: novelty.NoveltyConfig,
     batch_size: int,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray | None:
-    """Outputs of the photos at ``index`` of ``paths`` re-encoded as JPEGs of a quality in ``cfg.reencoded``.
+    """Outputs of the photos at ``index`` re-encoded as JPEGs of a quality in ``cfg.reencoded``, or None.
 
-    None without ``cfg.reencoded``.  The daemon classifies most camera photos
-    from their embedded previews, smaller and more compressed than the photo;
-    a detector that never saw such artefacts on a scene sends those photos to
-    other twice as often.  The photo is re-encoded at its own size, as a
-    preview reaches the model at no more than the training photos' detail
-    (:data:`cened.ml.imaging.DETAIL_SIDE`).
+    The daemon classifies most camera photos from their embedded previews,
+    smaller and more compressed than the photo; a detector that never saw
+    such artefacts on a scene sends those photos to other twice as often.
     """
     if cfg.reencoded is None:
         return None
@@ -183,13 +179,11 @@ def reencoded_outputs(
     def images() -> Iterable[bytes]:
         for i in index:
             quality = int(np.random.default_rng([cfg.seed, 31, int(i)]).integers(low, high + 1))
-            with Image.open(paths[int(i)]) as im:
-                rgb = upright_rgb(im)
             out = io.BytesIO()
-            rgb.save(out, "JPEG", quality=quality)
+            Image.fromarray(pixels[i]).save(out, "JPEG", quality=quality)
             yield out.getvalue()
 
-    return outputs_of(run, images(), size, batch_size, progress)
+    return outputs_of(run, images(), (pixels.shape[1], pixels.shape[2]), batch_size, progress)
 
 
 def positive_views(cfg: novelty.NoveltyConfig) -> int:

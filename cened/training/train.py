@@ -658,10 +658,7 @@ def fit_novelty(
 
         train_out = [embed(train_idx, view) for view in views]
         val_out = embed(val_idx, 0)
-        reencoded = None
-        if kinds:
-            size = meta.input_size
-            reencoded = other.reencoded_outputs(both, listing.paths, train_idx, size, cfg, batch_size)
+        reencoded = other.reencoded_outputs(both, pixels, train_idx, cfg, batch_size) if kinds else None
         if kinds:
             total = sum(map(len, kinds.values())) + cfg.crops
             task = bar.add_task("negatives", total=total)
