@@ -224,7 +224,8 @@ def _prepare(
         return Prepared.rejected(base, imaging.Rejected("unreadable", f"{exc.strerror}"))
     with os.fdopen(fd, "rb") as fh:
         try:
-            cost = imaging.decode_cost(fh, input_size, settings.thumbnail_min_side)
+            room = max(budget.capacity - st.st_size, 0)
+            cost = imaging.decode_cost(fh, input_size, settings.thumbnail_min_side, limit=room)
             fh.seek(0)
         except OSError as exc:
             return Prepared.rejected(base, imaging.Rejected("unreadable", f"read failed: {exc.strerror}"))

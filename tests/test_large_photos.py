@@ -63,15 +63,58 @@ def test_a_200_mp_heic_is_classified_from_its_thumbnail(settings: Settings, phon
     phone_heic.rename(target)
     prep = prepare(target, settings.model_copy(update={"thumbnail_min_side": 160}), MODEL)
     assert (prep.verdict, prep.pixel_source) == (Verdict.DECODED, imaging.FROM_HEIF_THUMBNAIL), prep
-    # The route decides the cost: the whole photo would hold far more than the budget.
+    # The whole photo would hold far more than the budget; with a thumbnail listed the cost
+    # pass holds at most the room there is, and the decode takes the thumbnail within it.
     with target.open("rb") as fh:
-        through_thumbnail = imaging.decode_cost(fh, MODEL, thumbnail_min_side=160)
+        capped = imaging.decode_cost(fh, MODEL, thumbnail_min_side=160, limit=settings.decode_memory_bytes)
         fh.seek(0)
         whole = imaging.decode_cost(fh, MODEL, thumbnail_min_side=0)
-    assert through_thumbnail is not None and through_thumbnail < 16 * 2**20
+    assert capped == settings.decode_memory_bytes
     assert whole is not None and whole > settings.decode_memory_bytes
     whole_only = prepare(target, settings.model_copy(update={"thumbnail_min_side": 0}), MODEL)
     assert (whole_only.verdict, whole_only.reason) == (Verdict.REJECTED, "too-large"), whole_only
+
+
+@pytest.fixture(scope="module")
+def heics(tmp_path_factory: pytest.TempPathFactory) -> dict[int, bytes]:
+    """A 6 MP HEIC by the side of its thumbnail: 320 px (one that stands for it), 120 px (too small)."""
+    picture = _camera_picture((3_000, 2_000))
+    return {side: _heic(picture, side) for side in (320, 120)}
+
+
+def test_the_cost_of_a_heic_is_worked_out_without_decoding_its_thumbnail(
+    heics: dict[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pillow_heif.heif import HeifThumbnail
+
+    loads: list[tuple[int, int]] = []
+    load = HeifThumbnail.load
+    monkeypatch.setattr(HeifThumbnail, "load", lambda self: (loads.append(self.size), load(self))[1])
+    data = heics[320]
+    cost = imaging.decode_cost(io.BytesIO(data), MODEL, thumbnail_min_side=160)
+    whole = imaging.decode_cost(io.BytesIO(data), MODEL, thumbnail_min_side=0)
+    assert loads == [] and cost == whole
+    _, source = imaging.decode_with_source(data, MODEL, thumbnail_min_side=160, max_bytes=cost or 0)
+    assert source == imaging.FROM_HEIF_THUMBNAIL and loads  # what the cost pass no longer does
+
+
+@pytest.mark.parametrize(
+    ("thumbnail", "verdict", "source"),
+    [(320, Verdict.DECODED, imaging.FROM_HEIF_THUMBNAIL), (120, Verdict.REJECTED, None)],
+)
+def test_a_heic_dearer_than_the_budget_is_filed_only_through_a_thumbnail_that_stands_for_it(
+    settings: Settings, heics: dict[int, bytes], thumbnail: int, verdict: Verdict, source: str | None
+) -> None:
+    # 16 MiB is less than the whole 6 MP photo holds, more than any thumbnail route.
+    tight = settings.model_copy(update={"thumbnail_min_side": 160, "decode_memory_mb": 16})
+    whole = imaging.decode_cost(io.BytesIO(heics[thumbnail]), MODEL)
+    assert whole is not None and whole > tight.decode_memory_bytes
+    target = settings.inbox / f"IMG_{thumbnail}.HEIC"
+    target.write_bytes(heics[thumbnail])
+    prep = prepare(target, tight, MODEL)
+    assert (prep.verdict, prep.pixel_source) == (verdict, source), prep
+    if verdict is Verdict.REJECTED:
+        assert prep.reason == "too-large" and prep.sha256 is not None
 
 
 @pytest.mark.slow

@@ -293,12 +293,20 @@ def decode_with_source(
         raise Rejected(Reason.CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode_cost(fp: IO[bytes], size: tuple[int, int], thumbnail_min_side: int = 0) -> int | None:
+def decode_cost(
+    fp: IO[bytes], size: tuple[int, int], thumbnail_min_side: int = 0, limit: int | None = None
+) -> int | None:
     """The bytes :func:`decode_with_source` will hold at most for the file open as ``fp``.
 
     Read from the header alone, so a caller can wait for room in a
     :class:`MemoryBudget` before reading the whole file.  None when the header
     says nothing usable: decoding will then say what is wrong.
+
+    A HEIF that lists a thumbnail is costed as its whole photo, at most
+    ``limit``: whether a thumbnail can stand for the photo is known only once
+    pillow-heif has decoded it, and deciding that here decoded it twice.  The
+    decode, given the result as its ``max_bytes``, still refuses a photo
+    dearer than that when no thumbnail stands.
     """
     try:
         nbytes = os.fstat(fp.fileno()).st_size
@@ -307,6 +315,9 @@ def decode_cost(fp: IO[bytes], size: tuple[int, int], thumbnail_min_side: int = 
         fp.seek(0)
     try:
         with Image.open(fp) as im:
+            if im.format == "HEIF" and thumbnail_min_side > 0 and im.info.get("thumbnails"):
+                whole = _plan(im, size, 0, nbytes)
+                return whole if limit is None else min(whole, limit)
             return _plan(im, size, thumbnail_min_side, nbytes)
     except Exception:  # noqa: BLE001 - the decode itself gives the verdict
         return None
