@@ -728,7 +728,7 @@ def fit_novelty(
     meta = modelpack.write_meta(model_dir, replace(meta, version=version, novelty=info))
     say(
         f"novelty detector: {info['prototypes']} prototypes of {info['width']} values, k={cfg.k}, "
-        f"threshold {detector.reach:.4f} ({cfg.rejection_rate:.1%} of validation photos) "
+        f"threshold {detector.reach:.4f} ({cfg.rejection_rate:.2%} of validation photos) "
         f"in {time.monotonic() - t0:.0f} s"
     )
     if linear_info:
