@@ -89,7 +89,12 @@ def test_the_cost_of_a_heic_is_worked_out_without_decoding_its_thumbnail(
 
     loads: list[tuple[int, int]] = []
     load = HeifThumbnail.load
-    monkeypatch.setattr(HeifThumbnail, "load", lambda self: (loads.append(self.size), load(self))[1])
+
+    def counted(self: HeifThumbnail) -> None:
+        loads.append(self.size)
+        load(self)
+
+    monkeypatch.setattr(HeifThumbnail, "load", counted)
     data = heics[320]
     cost = imaging.decode_cost(io.BytesIO(data), MODEL, thumbnail_min_side=160)
     whole = imaging.decode_cost(io.BytesIO(data), MODEL, thumbnail_min_side=0)
