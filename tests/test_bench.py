@@ -97,13 +97,18 @@ def test_quick_bench_reports_every_figure(model_dir: Path, tmp_path: Path) -> No
     # clock ticks (10 ms) can round a dozen photos of a tiny model down to nothing.
     assert raw["cpu_ms_per_image"] > 0
     daemon_cpu = result["e2e"]["150px"]["cpu_ms_per_photo"]
+    stages = result["stages_ms"]["150px"]
+    floor = raw["cpu_ms_per_image"] + stages["read"] + stages["sha256"] + stages["decode"]
     if Path("/proc/self/stat").exists():
         assert daemon_cpu is not None and daemon_cpu >= 0
     if daemon_cpu:
         share = raw["cpu_ms_per_image"] / daemon_cpu
         assert math.isclose(ratios["model_cpu_share_150px"], share, abs_tol=1e-3)
-        floor = raw["cpu_ms_per_image"] + sum(result["stages_ms"]["150px"].values())
         assert math.isclose(ratios["e2e_cpu_vs_floor_150px"], daemon_cpu / floor, abs_tol=1e-3)
+    # The daemon's prepare does the floor's three steps and more, on the same idle thread.
+    assert stages["prepare"] > stages["decode"]
+    idle = (raw["cpu_ms_per_image"] + stages["prepare"]) / floor
+    assert math.isclose(ratios["idle_prepare_vs_floor_150px"], idle, abs_tol=1e-3)
     for name in sets:
         e2e_set = result["e2e"][name]
         assert e2e_set["spread"] == 0 and len(e2e_set["cores_busy_runs"]) == 1

@@ -85,7 +85,7 @@ def measure(plan: Plan, settings: Settings, model: Path, cache: Path, images: Pa
         "sets": {name: _describe(files) for name, files in sets.items()},
     }
     result["stages_ms"] = {
-        name: stage_costs(files[:16], input_size, settings.thumbnail_min_side) for name, files in sets.items()
+        name: stage_costs(files[:16], input_size, settings) for name, files in sets.items()
     }
     result["near_duplicate_lookup_ms"] = lookup_costs(sets["150px"][:64], input_size, plan.lookup_sizes)
     # The limit is measured a round at a time between the daemon runs, so that

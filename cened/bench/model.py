@@ -21,27 +21,37 @@ from cened.config import Settings
 from cened.errors import MissingExtra, require
 
 
-def stage_costs(
-    files: Sequence[Path], input_size: tuple[int, int], thumbnail_min_side: int
-) -> dict[str, float]:
-    """Median milliseconds per photo for each step of ``pipeline.prepare``, on one thread."""
+def stage_costs(files: Sequence[Path], input_size: tuple[int, int], settings: Settings) -> dict[str, float]:
+    """Median milliseconds per photo, on one idle thread: the floor's steps, and the daemon's whole prepare.
+
+    ``read``, ``sha256`` and ``decode`` are the least a photo can cost before the
+    model; ``prepare`` is what the daemon's decode threads run for it
+    (``pipeline.prepare``: the header pass for the memory budget, the same three
+    steps, the near-duplicate signature and the capture time), so the two say
+    how much of the daemon's work around the model is there without any contention.
+    """
+    from cened import pipeline
     from cened.ml import imaging
 
-    read, digest, decode = [], [], []
+    budget = imaging.MemoryBudget(settings.decode_memory_bytes)
+    read, digest, decode, prepare = [], [], [], []
     for path in files:
         t0 = time.perf_counter()
         data = path.read_bytes()
         t1 = time.perf_counter()
         hashlib.sha256(data).hexdigest()
         t2 = time.perf_counter()
-        imaging.decode(data, input_size, thumbnail_min_side=thumbnail_min_side)
+        imaging.decode(data, input_size, thumbnail_min_side=settings.thumbnail_min_side)
         t3 = time.perf_counter()
+        pipeline.prepare(path, settings, input_size, budget)
+        t4 = time.perf_counter()
         read.append(t1 - t0)
         digest.append(t2 - t1)
         decode.append(t3 - t2)
+        prepare.append(t4 - t3)
     return {
         k: round(statistics.median(v) * 1000, 3)
-        for k, v in (("read", read), ("sha256", digest), ("decode", decode))
+        for k, v in (("read", read), ("sha256", digest), ("decode", decode), ("prepare", prepare))
     }
 
 
