@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cened.bench.photos import warm
 from cened.bench.plan import Plan, say
 from cened.bench.process import DaemonProcess
 from cened.config import Settings
@@ -150,20 +151,6 @@ def drop_burst(daemon: DaemonProcess, ws: Workspace, files: Sequence[Path], tag:
     # A thread that ended during the burst takes its CPU with it: the kinds may sum to a little less.
     threads_ms = {k: 1000 * (v - threads_before.get(k, 0.0)) / len(keys) for k, v in threads_after.items()}
     return Burst(len(keys) / wall, min(done) - start, 1000 * (cpu_after - cpu_before) / len(keys), threads_ms)
-
-
-def warm(files: Sequence[Path]) -> None:
-    """Read ``files`` once, so that a burst finds them in the page cache.
-
-    Photos copied into an inbox were just written, so they are there; the
-    benchmark's cached photos are not, after minutes unread (this machine gives
-    idle page cache back to its host), and a burst that reads them from disk
-    times the disk, most in the first run of each set.
-    """
-    for path in files:
-        with path.open("rb", buffering=0) as fh:
-            while fh.read(1 << 20):
-                pass
 
 
 def daemon_figures(

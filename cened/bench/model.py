@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cened.bench.photos import warm
 from cened.bench.plan import Plan, say
 from cened.config import Settings
 from cened.errors import MissingExtra, require
@@ -34,6 +35,7 @@ def stage_costs(files: Sequence[Path], input_size: tuple[int, int], settings: Se
     from cened.ml import imaging
 
     budget = imaging.MemoryBudget(settings.decode_memory_bytes)
+    warm(files)  # the reads from memory, as the daemon's bursts find them
     read, digest, decode, prepare = [], [], [], []
     for path in files:
         t0 = time.perf_counter()
